@@ -1,0 +1,57 @@
+"""ruvattn: attention mechanisms on graphs, accelerated with Numba.
+
+>>> import numpy as np
+>>> from ruvattn import ScaledDotProductAttention
+>>> rng = np.random.default_rng(0)
+>>> keys = rng.standard_normal((100, 128)).astype(np.float32)
+>>> out = ScaledDotProductAttention(128).forward(keys[0], keys, keys)
+>>> out.shape, out.dtype
+((128,), dtype('float32'))
+"""
+
+from ruvattn._config import threads
+from ruvattn.backend import backend_info, warmup
+from ruvattn.errors import (
+    AttentionError,
+    DimensionMismatch,
+    EmptyInput,
+    InvalidConfig,
+    NumericalInstability,
+    OutOfBounds,
+    Unsupported,
+)
+from ruvattn.graph import NeighbourList
+from ruvattn.mechanisms import (
+    Attention,
+    FlashAttention,
+    MultiHeadAttention,
+    ProjectedKeysValues,
+    ScaledDotProductAttention,
+    available,
+    build,
+)
+from ruvattn.record import record
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Attention",
+    "AttentionError",
+    "DimensionMismatch",
+    "EmptyInput",
+    "FlashAttention",
+    "InvalidConfig",
+    "MultiHeadAttention",
+    "NeighbourList",
+    "NumericalInstability",
+    "OutOfBounds",
+    "ProjectedKeysValues",
+    "ScaledDotProductAttention",
+    "Unsupported",
+    "available",
+    "backend_info",
+    "build",
+    "record",
+    "threads",
+    "warmup",
+]

@@ -1,0 +1,186 @@
+"""Input checks shared by every mechanism, and the one error-message format.
+
+Messages read ``<op>: <argument> <constraint>; got <value>. <fix>`` or
+``<op>: <argument> has shape (7, 64), expected (n, 128).``  The checks are
+cheap (shape, dtype and flag look-ups): NaN and infinity are not scanned for up
+front but detected by the kernels from their results, and only then are the
+inputs scanned to name the culprit (:func:`raise_for_status`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ruvattn.errors import DimensionMismatch, EmptyInput, InvalidConfig, NumericalInstability, OutOfBounds
+from ruvattn.kernels.attention import EMPTY, NONFINITE
+
+_FLOATS = (np.float32, np.float64)
+
+
+def _shape(x: Any) -> str:
+    return str(tuple(np.shape(x))) if not isinstance(x, np.ndarray) else str(x.shape)
+
+
+def as_array(x: Any, op: str, name: str, ndim: int, dtype: np.dtype | None = None) -> NDArray[np.floating]:
+    """Convert ``x`` to a C-contiguous float32/float64 array of ``ndim`` dimensions.
+
+    A float32/float64 C-contiguous array of the right dtype passes through
+    unchanged (no copy).  Lists of vectors are converted once.  ``dtype`` forces
+    the result dtype; otherwise float32/float64 are kept, float16 becomes
+    float32 and anything else float64.
+    """
+    if isinstance(x, np.ndarray):
+        arr = x
+    else:
+        try:
+            arr = np.asarray(x)
+        except ValueError as exc:  # ragged lists
+            raise DimensionMismatch(f"{op}: {name} must be a rectangular array; got ragged rows ({exc}).") from None
+    if arr.ndim != ndim:
+        want = "(d,)" if ndim == 1 else "(n, d)" if ndim == 2 else f"{ndim}-D"
+        raise DimensionMismatch(f"{op}: {name} has shape {arr.shape}, expected {want}.")
+    if dtype is None:
+        if arr.dtype in _FLOATS:
+            dtype = arr.dtype
+        elif arr.dtype == np.float16:
+            dtype = np.dtype(np.float32)
+        elif arr.dtype.kind in "iub":
+            dtype = np.dtype(np.float64)
+        else:
+            raise DimensionMismatch(f"{op}: {name} must hold real numbers; got dtype {arr.dtype}.")
+    if arr.dtype != dtype or not arr.flags.c_contiguous:
+        if arr.dtype.kind not in "fiub":
+            raise DimensionMismatch(f"{op}: {name} must hold real numbers; got dtype {arr.dtype}.")
+        arr = np.ascontiguousarray(arr, dtype=dtype)
+    return arr
+
+
+def common_dtype(*arrays: NDArray[np.floating]) -> np.dtype:
+    """float64 if any input is float64, else float32."""
+    for a in arrays:
+        if a is not None and a.dtype == np.float64:
+            return np.dtype(np.float64)
+    return np.dtype(np.float32)
+
+
+def check_width(op: str, name: str, arr: NDArray[Any], expected: int, what: str = "d") -> None:
+    if arr.shape[-1] != expected:
+        want = f"({expected},)" if arr.ndim == 1 else f"(n, {expected})" if arr.ndim == 2 else f"(..., {expected})"
+        raise DimensionMismatch(f"{op}: {name} has shape {arr.shape}, expected {want} ({what}={expected}).")
+
+
+def check_keys_values(op: str, keys: NDArray[Any], values: NDArray[Any]) -> None:
+    if keys.shape[0] != values.shape[0]:
+        raise DimensionMismatch(
+            f"{op}: keys and values must have the same number of rows; got {keys.shape[0]} keys and "
+            f"{values.shape[0]} values. Every key needs exactly one value (nothing is truncated)."
+        )
+
+
+def as_keep(op: str, mask: Any, shape: tuple[int, ...]) -> NDArray[np.bool_]:
+    """A boolean keep-mask (true = the key takes part) of exactly ``shape``."""
+    arr = np.asarray(mask)
+    if arr.dtype != np.bool_:
+        raise DimensionMismatch(
+            f"{op}: mask must be boolean (true = the key takes part); got dtype {arr.dtype}. "
+            "For additive scores use bias=."
+        )
+    if arr.shape != shape:
+        raise DimensionMismatch(f"{op}: mask has shape {arr.shape}, expected {shape}.")
+    return np.ascontiguousarray(arr)
+
+
+def as_bias(op: str, bias: Any, shape: tuple[int, ...], dtype: np.dtype) -> NDArray[np.floating]:
+    arr = as_array(bias, op, "bias", len(shape), dtype)
+    if arr.shape != shape:
+        raise DimensionMismatch(f"{op}: bias has shape {arr.shape}, expected {shape}.")
+    return arr
+
+
+def as_ids(op: str, ids: Any, size: int, name: str = "ids") -> NDArray[np.int64]:
+    """Integer row ids, each in ``[0, size)``."""
+    arr = np.asarray(ids)
+    if arr.ndim != 1:
+        raise DimensionMismatch(f"{op}: {name} has shape {arr.shape}, expected (n,).")
+    if arr.size and arr.dtype.kind not in "iu":
+        raise DimensionMismatch(f"{op}: {name} must be integers; got dtype {arr.dtype}.")
+    arr = np.ascontiguousarray(arr, dtype=np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() >= size):
+        bad = arr[(arr < 0) | (arr >= size)][0]
+        raise OutOfBounds(f"{op}: {name} must be in [0, {size}); got {bad}.")
+    return arr
+
+
+def positive_int(owner: str, name: str, value: Any, hint: str = "") -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InvalidConfig(f"{owner}: '{name}' must be a positive integer; got {value!r}.{hint}")
+    return int(value)
+
+
+def positive_float(owner: str, name: str, value: Any, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise InvalidConfig(f"{owner}: '{name}' must be a positive number; got {value!r}.") from None
+    if not np.isfinite(f) or f <= 0:
+        raise InvalidConfig(f"{owner}: '{name}' must be a positive finite number; got {value!r}.")
+    return f
+
+
+def unit_interval(owner: str, name: str, value: Any) -> float:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise InvalidConfig(f"{owner}: '{name}' must be a number in [0, 1); got {value!r}.") from None
+    if not (0.0 <= f < 1.0):
+        raise InvalidConfig(f"{owner}: '{name}' must be in [0, 1); got {value!r}.")
+    return f
+
+
+def _first_nonfinite(name: str, arr: NDArray[Any] | None) -> str | None:
+    if arr is None or arr.size == 0:
+        return None
+    bad = ~np.isfinite(arr)
+    if name == "bias":
+        bad &= arr != -np.inf  # -inf bias is a mask
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        return f"{name}{list(where)} = {arr[where]}"
+    return None
+
+
+def raise_for_status(
+    op: str,
+    status: int | NDArray[np.integer],
+    *,
+    query: NDArray[Any] | None = None,
+    keys: NDArray[Any] | None = None,
+    values: NDArray[Any] | None = None,
+    bias: NDArray[Any] | None = None,
+    empty_ok: bool = False,
+) -> None:
+    """Turn a kernel status into a typed error naming the culprit."""
+    st = np.asarray(status)
+    if st.size == 0 or not st.any():
+        return
+    if (st == NONFINITE).any():
+        for name, arr in (("query", query), ("keys", keys), ("values", values), ("bias", bias)):
+            found = _first_nonfinite(name, arr)
+            if found is not None:
+                raise NumericalInstability(f"{op}: {name} must be finite; got {found}. Remove or replace NaN/inf.")
+        raise NumericalInstability(
+            f"{op}: a score or the output overflowed {keys.dtype if keys is not None else 'the dtype'} "
+            "(inputs are finite but too large). Scale the inputs down or use float64."
+        )
+    if (st == EMPTY).any() and not empty_ok:
+        rows = np.flatnonzero(np.atleast_1d(st) == EMPTY)
+        where = "" if st.ndim == 0 else f" (query rows {rows[:5].tolist()}{'...' if rows.size > 5 else ''})"
+        raise EmptyInput(
+            f"{op}: nothing to attend over{where}: the key set is empty or every key is masked out. "
+            "Pass at least one key with mask=True."
+        )

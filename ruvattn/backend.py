@@ -1,0 +1,94 @@
+"""Which backend runs the kernels, and compiling them all once (:func:`warmup`)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numba
+import numpy as np
+
+from ruvattn import _config
+from ruvattn.kernels import attention as K
+
+__all__ = ["backend_info", "warmup"]
+
+
+def backend_info() -> dict[str, Any]:
+    """The kernel backend in use: Numba version, JIT on/off, target CPU and its SIMD features.
+
+    >>> info = backend_info()
+    >>> info["backend"] in {"numba", "python (NUMBA_DISABLE_JIT=1)"}
+    True
+    """
+    import llvmlite.binding as llvm
+
+    features = llvm.get_host_cpu_features() if not _config.JIT_DISABLED else {}
+    return {
+        "backend": "python (NUMBA_DISABLE_JIT=1)" if _config.JIT_DISABLED else "numba",
+        "numba": numba.__version__,
+        "llvm_cpu": llvm.get_host_cpu_name(),
+        "simd": sorted(f for f in ("sse4.2", "avx", "avx2", "fma", "avx512f") if features.get(f)),
+        "fastmath": sorted(_config.FASTMATH),
+        "cache": _config.CACHE,
+        "threads": numba.get_num_threads(),
+        "threading_layer": _threading_layer(),
+    }
+
+
+def _threading_layer() -> str:
+    try:
+        return numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet
+        return "not started"
+
+
+def warmup(verbose: bool = False) -> dict[str, float]:
+    """Compile every kernel for float32 and float64 once; returns seconds per dtype.
+
+    With the on-disk cache (``NUMBA_CACHE_DIR``) a second process loads the
+    serial kernels instead of compiling them.
+    """
+    timings: dict[str, float] = {}
+    for dt in (np.float32, np.float64):
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(0)
+        q = rng.standard_normal((3, 8)).astype(dt)
+        k = rng.standard_normal((5, 8)).astype(dt)
+        w = np.empty((2, 5), dt)
+        out = np.empty(8, dt)
+        lse = np.empty(2, dt)
+        ids = np.array([0, 2, 4], np.int64)
+        keep = np.ones(5, np.bool_)
+        K.dot(q[0], k[0])
+        K.axpy(dt(0.5), q[0], out)
+        K.weighted_sum(k[:, 0].copy(), k, out)
+        K.softmax(w[0])
+        K.logsumexp(k[:, 0].copy())
+        K.exp_sum(k[:, 0].copy(), dt(0))
+        K.max_value(k[:, 0].copy())
+        K.online_softmax_update(dt(-np.inf), dt(0), out, k[:, 0].copy(), k, ids, False)
+        K.gather_rows(k, ids, np.empty((3, 8), dt))
+        K.gather_rows_parallel(k, ids, np.empty((3, 8), dt))
+        K.matvec(np.eye(8, dtype=dt), q[0], q[1], out)
+        K.matmat_t(q, np.eye(8, dtype=dt), q[0], np.empty((3, 8), dt))
+        K.softmax_rows(q.copy(), np.empty(3, dt))
+        for heads in (1, 2):
+            K.attend_one(q[0], k, k, heads, dt(0.3), w[:heads], out, lse[:heads])
+            K.attend_one_general(q[0], k, k, ids, True, keep[:3], True, q[0, :3], True, heads, dt(0.3),
+                                 w[:heads, :3], out, lse[:heads])  # fmt: skip
+            K.attend_weights(q[0], k, ids, True, keep[:3], True, q[0, :3], True, heads, dt(0.3), w[:heads, :3],
+                             lse[:heads])  # fmt: skip
+        st = np.empty(3, np.int8)
+        kk = np.ones((1, 5), np.bool_)
+        bb = np.zeros((1, 5), dt)
+        for heads in (1, 2):
+            K.attend_many(q, k, k, kk, 1, bb, 1, heads, dt(0.3), np.empty((3, heads, 5), dt), True,
+                          np.empty((3, 8), dt), np.empty((3, heads), dt), st)  # fmt: skip
+            K.attend_csr(q, k, k, np.array([0, 1, 3, 3]), ids, heads, dt(0.3), np.empty((heads, 3), dt), True,
+                         np.empty((3, 8), dt), np.empty((3, heads), dt), st)  # fmt: skip
+        K.flash_many(q, k, k, kk, 1, bb, 1, dt(0.3), 2, np.empty((3, 8), dt), np.empty(3, dt), st)
+        timings[np.dtype(dt).name] = time.perf_counter() - t0
+        if verbose:
+            print(f"warmup {np.dtype(dt).name}: {timings[np.dtype(dt).name]:.2f} s")
+    return timings

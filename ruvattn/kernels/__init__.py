@@ -1,0 +1,1 @@
+"""Numba kernels (see :mod:`ruvattn.kernels.attention`) and the helpers around them."""

@@ -1,0 +1,498 @@
+"""Numba kernels for dot-product attention: the primitives and the fused loops.
+
+Every primitive here has a plain-numpy twin in :mod:`ruvattn.reference` with
+the same name and meaning; ``tests/test_kernels.py`` holds them to each other.
+The fused kernels (``attend_*``, ``flash_*``) call the primitives, so there is
+one dot product, one softmax and one online-softmax step in the package.  They
+live in this one module on purpose: Numba's on-disk cache does not notice a
+change in a helper defined in another file.
+
+Conventions shared by the fused kernels
+---------------------------------------
+* ``heads`` splits the query/key width ``d`` and the value width ``dv`` into
+  equal column blocks (``heads = 1`` is plain scaled dot-product attention).
+* ``ids``/``use_ids``: when ``use_ids`` is true, key ``j`` is row ``ids[j]`` of
+  the key and value tables (an embedding table plus neighbour ids), else row
+  ``j``.
+* ``keep``/``keep_mode`` and ``bias``/``bias_mode``: 2-D arrays with a mode
+  ``0`` (not given), ``1`` (one row shared by every query) or ``2`` (one row per
+  query).  ``keep[., j]`` false, or ``bias[., j] == -inf``, removes key ``j``:
+  its weight is exactly 0 and its value row is never read.
+* The return value (or ``status[i]`` in the batched forms) is :data:`OK`,
+  :data:`EMPTY` (nothing left to attend over: the output row is zero and
+  ``lse`` is ``-inf``) or :data:`NONFINITE` (a score, bias or output was NaN or
+  infinite).  Kernels never validate their inputs; :mod:`ruvattn._validation`
+  does that and turns a status into a typed error.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from ruvattn._config import CACHE, FASTMATH
+
+OK = 0
+EMPTY = 1
+NONFINITE = 2
+
+_serial = njit(fastmath=FASTMATH, cache=CACHE, nogil=True)
+_parallel = njit(fastmath=FASTMATH, parallel=True, nogil=True)
+
+# --------------------------------------------------------------------------
+# Primitives
+# --------------------------------------------------------------------------
+
+
+@_serial
+def dot(a, b):
+    """``sum_i a[i] * b[i]`` accumulated in the arrays' dtype."""
+    s = a.dtype.type(0)
+    for i in range(a.shape[0]):
+        s += a[i] * b[i]
+    return s
+
+
+@_serial
+def axpy(alpha, x, y):
+    """``y += alpha * x`` in place."""
+    for i in range(x.shape[0]):
+        y[i] += alpha * x[i]
+
+
+@_serial
+def rows_dot(q, k, ids, use_ids, lo, hi, out):
+    """``out[j] = q . k[row_j, lo:hi]`` with ``row_j = ids[j]`` if ``use_ids`` else ``j``.
+
+    Four rows at a time, so each element of ``q`` is loaded once per four keys
+    and four independent vector accumulators are in flight.
+    """
+    n = out.shape[0]
+    j = 0
+    while j + 4 <= n:
+        r0 = ids[j] if use_ids else j
+        r1 = ids[j + 1] if use_ids else j + 1
+        r2 = ids[j + 2] if use_ids else j + 2
+        r3 = ids[j + 3] if use_ids else j + 3
+        k0 = k[r0, lo:hi]
+        k1 = k[r1, lo:hi]
+        k2 = k[r2, lo:hi]
+        k3 = k[r3, lo:hi]
+        s0 = q.dtype.type(0)
+        s1 = s0
+        s2 = s0
+        s3 = s0
+        for c in range(q.shape[0]):
+            qc = q[c]
+            s0 += qc * k0[c]
+            s1 += qc * k1[c]
+            s2 += qc * k2[c]
+            s3 += qc * k3[c]
+        out[j] = s0
+        out[j + 1] = s1
+        out[j + 2] = s2
+        out[j + 3] = s3
+        j += 4
+    while j < n:
+        r = ids[j] if use_ids else j
+        out[j] = dot(q, k[r, lo:hi])
+        j += 1
+
+
+@_serial
+def rows_axpy(w, v, ids, use_ids, lo, hi, out):
+    """``out += sum_j w[j] * v[row_j, lo:hi]``; rows with ``w[j] == 0`` are never read.
+
+    Four rows at a time (one load and store of ``out`` per four value rows).
+    """
+    n = w.shape[0]
+    j = 0
+    while j + 4 <= n:
+        a0 = w[j]
+        a1 = w[j + 1]
+        a2 = w[j + 2]
+        a3 = w[j + 3]
+        if a0 == 0 or a1 == 0 or a2 == 0 or a3 == 0:
+            break
+        r0 = ids[j] if use_ids else j
+        r1 = ids[j + 1] if use_ids else j + 1
+        r2 = ids[j + 2] if use_ids else j + 2
+        r3 = ids[j + 3] if use_ids else j + 3
+        v0 = v[r0, lo:hi]
+        v1 = v[r1, lo:hi]
+        v2 = v[r2, lo:hi]
+        v3 = v[r3, lo:hi]
+        for c in range(out.shape[0]):
+            out[c] += a0 * v0[c] + a1 * v1[c] + a2 * v2[c] + a3 * v3[c]
+        j += 4
+    while j < n:
+        if w[j] != 0:
+            r = ids[j] if use_ids else j
+            axpy(w[j], v[r, lo:hi], out)
+        j += 1
+
+
+@_serial
+def weighted_sum(w, rows, out):
+    """``out = sum_j w[j] * rows[j]`` (``rows`` is ``(n, dv)``; zero weights skip their row)."""
+    out[:] = 0
+    rows_axpy(w, rows, np.empty(0, np.int64), False, 0, rows.shape[1], out)
+
+
+@_serial
+def exp_sum(x, shift):
+    """``x[i] = exp(x[i] - shift)`` in place; returns the sum.
+
+    float32 uses a vectorisable exp (Cody-Waite reduction, degree-6 minimax
+    polynomial, exponent built from integer bits; relative error < 4e-7,
+    results below ``exp(-87.33)`` flushed to 0); float64 uses ``math.exp``.
+    """
+    n = x.shape[0]
+    total = x.dtype.type(0)
+    if x.itemsize == 4:
+        bits = np.empty(n, np.int32)
+        two_z = bits.view(np.float32)
+        for i in range(n):
+            t = x[i] - shift
+            under = t < np.float32(-87.33)
+            t = min(max(t, np.float32(-87.33)), np.float32(88.72))
+            z = np.floor(t * np.float32(1.4426950408889634) + np.float32(0.5))
+            r = t - z * np.float32(0.693359375) - z * np.float32(-2.12194440e-4)
+            p = np.float32(1.9875691500e-4)
+            p = p * r + np.float32(1.3981999507e-3)
+            p = p * r + np.float32(8.3334519073e-3)
+            p = p * r + np.float32(4.1665795894e-2)
+            p = p * r + np.float32(1.6666665459e-1)
+            p = p * r + np.float32(5.0000001201e-1)
+            x[i] = p * r * r + r + np.float32(1.0)
+            bits[i] = 0 if under else (np.int32(z) + np.int32(127)) << np.int32(23)
+        for i in range(n):
+            e = x[i] * two_z[i]
+            x[i] = e
+            total += e
+    else:
+        for i in range(n):
+            e = math.exp(x[i] - shift)
+            x[i] = e
+            total += e
+    return total
+
+
+@_serial
+def max_value(x):
+    """Largest entry of a non-empty ``x`` (eight interleaved partial maxima, for ILP)."""
+    n = x.shape[0]
+    m0 = x[0]
+    m1 = m0
+    m2 = m0
+    m3 = m0
+    m4 = m0
+    m5 = m0
+    m6 = m0
+    m7 = m0
+    i = 0
+    while i + 8 <= n:
+        m0 = max(m0, x[i])
+        m1 = max(m1, x[i + 1])
+        m2 = max(m2, x[i + 2])
+        m3 = max(m3, x[i + 3])
+        m4 = max(m4, x[i + 4])
+        m5 = max(m5, x[i + 5])
+        m6 = max(m6, x[i + 6])
+        m7 = max(m7, x[i + 7])
+        i += 8
+    while i < n:
+        m0 = max(m0, x[i])
+        i += 1
+    return max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+
+
+@_serial
+def softmax(x):
+    """Max-subtracted softmax of ``x`` in place; returns ``log(sum(exp(x)))``.
+
+    ``-inf`` entries get weight exactly 0.  When every entry is ``-inf`` (or
+    ``x`` is empty) ``x`` becomes all zeros and ``-inf`` is returned.
+    """
+    n = x.shape[0]
+    if n == 0:
+        return x.dtype.type(-np.inf)
+    m = max_value(x)
+    if m == -np.inf:
+        x[:] = 0
+        return m
+    total = exp_sum(x, m)
+    inv = 1 / total
+    for i in range(n):
+        x[i] *= inv
+    return m + math.log(total)
+
+
+@_serial
+def logsumexp(x):
+    """``log(sum(exp(x)))`` without overflow; ``-inf`` for an empty or all ``-inf`` ``x``."""
+    return softmax(x.copy())
+
+
+@_serial
+def online_softmax_update(m, total, acc, scores, rows, ids, use_ids):
+    """One step of the online (streaming) softmax used by flash attention.
+
+    The state ``(m, total, acc)`` summarises the keys seen so far: running max
+    score, ``sum exp(s - m)`` and ``sum exp(s - m) * v``.  This folds in a new
+    block of ``scores`` (``-inf`` = masked; overwritten with ``exp(s - m_new)``)
+    whose value rows are ``rows[row_j]`` and returns the new ``(m, total)``;
+    ``acc`` is updated in place.  At the end ``acc / total`` is the attention
+    output and ``m + log(total)`` the log-sum-exp.
+    """
+    if scores.shape[0] == 0:
+        return m, total
+    new_m = max(m, max_value(scores))
+    if new_m == -np.inf:
+        return m, total
+    if new_m > m:
+        alpha = math.exp(m - new_m)
+        total *= alpha
+        for c in range(acc.shape[0]):
+            acc[c] *= alpha
+    total += exp_sum(scores, new_m)
+    rows_axpy(scores, rows, ids, use_ids, 0, rows.shape[1], acc)
+    return new_m, total
+
+
+@_serial
+def gather_rows(table, ids, out):
+    """``out[i] = table[ids[i]]``."""
+    for i in range(ids.shape[0]):
+        out[i, :] = table[ids[i]]
+
+
+@_serial
+def matvec(w, x, b, out):
+    """``out = w @ x + b`` (one row of ``x w^T + b``, PyTorch ``nn.Linear`` layout)."""
+    for r in range(w.shape[0]):
+        out[r] = dot(w[r], x) + b[r]
+
+
+@_parallel
+def matmat_t(x, w, b, out):
+    """``out = x @ w.T + b`` for a batch of rows, parallel over rows."""
+    for i in prange(x.shape[0]):
+        matvec(w, x[i], b, out[i])
+
+
+@_parallel
+def softmax_rows(x, lse):
+    """Row-wise :func:`softmax` of a 2-D array in place; ``lse[i]`` per row."""
+    for i in prange(x.shape[0]):
+        lse[i] = softmax(x[i])
+
+
+@_parallel
+def gather_rows_parallel(table, ids, out):
+    """:func:`gather_rows`, parallel over the ids."""
+    for i in prange(ids.shape[0]):
+        out[i, :] = table[ids[i]]
+
+
+# --------------------------------------------------------------------------
+# Fused attention
+# --------------------------------------------------------------------------
+
+
+@_serial
+def _is_finite(x):
+    return x > -np.inf and x < np.inf
+
+
+@_serial
+def attend_scores(q, k, ids, use_ids, keep, use_keep, bias, use_bias, heads, scale, s):
+    """Scaled scores of ``q`` against the keys, per head, into ``s[h, j]``.
+
+    Removed keys get ``-inf``.  Returns False if a kept score or a bias was NaN
+    or infinite (a ``-inf`` bias is a mask, not an error).
+    """
+    n = s.shape[1]
+    dh = q.shape[0] // heads
+    for h in range(heads):
+        lo = h * dh
+        rows_dot(q[lo : lo + dh], k, ids, use_ids, lo, lo + dh, s[h])
+    if not use_keep and not use_bias:
+        # Fast path: scale, and detect NaN/inf through sum(s * 0) (0 or NaN).
+        check = q.dtype.type(0)
+        for h in range(heads):
+            row = s[h]
+            for j in range(n):
+                sj = row[j] * scale
+                row[j] = sj
+                check += sj * 0
+        return check == 0
+    ok = True
+    for j in range(n):
+        removed = use_keep and not keep[j]
+        bj = bias[j] if use_bias else q.dtype.type(0)
+        if use_bias and bj == -np.inf:
+            removed = True
+        for h in range(heads):
+            if removed:
+                s[h, j] = -np.inf
+            else:
+                sj = s[h, j] * scale
+                if not (_is_finite(sj) and _is_finite(bj)):
+                    ok = False
+                s[h, j] = sj + bj
+    return ok
+
+
+@_serial
+def attend_values(w, v, ids, use_ids, heads, out):
+    """``out[head block] = sum_j w[h, j] * v[row_j, head block]``; zero weights skip their row.
+
+    Returns False if the output is NaN or infinite.
+    """
+    dvh = out.shape[0] // heads
+    out[:] = 0
+    for h in range(heads):
+        lo = h * dvh
+        rows_axpy(w[h], v, ids, use_ids, lo, lo + dvh, out[lo : lo + dvh])
+    for c in range(out.shape[0]):
+        if not _is_finite(out[c]):
+            return False
+    return True
+
+
+@_serial
+def attend_weights(q, k, ids, use_ids, keep, use_keep, bias, use_bias, heads, scale, w, lse):
+    """Attention weights of one query into ``w (heads, n)`` and ``lse (heads,)``; returns a status."""
+    if not attend_scores(q, k, ids, use_ids, keep, use_keep, bias, use_bias, heads, scale, w):
+        lse[:] = np.nan
+        return NONFINITE
+    status = OK
+    for h in range(heads):
+        lse[h] = softmax(w[h])
+        if lse[h] == -np.inf:
+            status = EMPTY
+    return status
+
+
+@_serial
+def attend_row(q, k, v, ids, use_ids, keep, use_keep, bias, use_bias, heads, scale, w, out, lse):
+    """One query over its keys: weights into ``w (heads, n)``, output, ``lse (heads,)``."""
+    status = attend_weights(q, k, ids, use_ids, keep, use_keep, bias, use_bias, heads, scale, w, lse)
+    if status == NONFINITE:
+        out[:] = np.nan
+        return NONFINITE
+    if status == EMPTY:
+        out[:] = 0
+        return EMPTY
+    if not attend_values(w, v, ids, use_ids, heads, out):
+        return NONFINITE
+    return OK
+
+
+@_serial
+def attend_one(q, k, v, heads, scale, w, out, lse):
+    """The fast path: one query, all keys, no mask, no ids (see :func:`attend_row`)."""
+    ids = np.empty(0, np.int64)
+    keep = np.empty(0, np.bool_)
+    return attend_row(q, k, v, ids, False, keep, False, q, False, heads, scale, w, out, lse)
+
+
+@_serial
+def attend_one_general(q, k, v, ids, use_ids, keep, use_keep, bias, use_bias, heads, scale, w, out, lse):
+    """One query with optional ids, keep-mask and additive bias (see :func:`attend_row`)."""
+    return attend_row(q, k, v, ids, use_ids, keep, use_keep, bias, use_bias, heads, scale, w, out, lse)
+
+
+@_parallel
+def attend_many(qs, k, v, keep, keep_mode, bias, bias_mode, heads, scale, w, want_weights, out, lse, status):
+    """Many queries over one key set, parallel over queries.
+
+    ``w`` is ``(m, heads, n)`` when ``want_weights`` else ignored (each query
+    then uses a private ``(heads, n)`` buffer).
+    """
+    m = qs.shape[0]
+    n = k.shape[0]
+    ids = np.empty(0, np.int64)
+    for i in prange(m):
+        wi = w[i] if want_weights else np.empty((heads, n), qs.dtype)
+        ki = keep[i] if keep_mode == 2 else keep[0]
+        bi = bias[i] if bias_mode == 2 else bias[0]
+        status[i] = attend_row(
+            qs[i], k, v, ids, False, ki, keep_mode > 0, bi, bias_mode > 0, heads, scale, wi, out[i], lse[i]
+        )
+
+
+@_parallel
+def attend_csr(qs, k, v, indptr, indices, heads, scale, w, want_weights, out, lse, status):
+    """Each node ``i`` over its own neighbour rows ``indices[indptr[i]:indptr[i+1]]``.
+
+    ``w`` is ``(heads, nnz)`` (per-edge weights, aligned with ``indices``) when
+    ``want_weights``, else ignored.  A node without neighbours gets a zero
+    output row, ``lse = -inf`` and status :data:`EMPTY`.
+    """
+    keep = np.empty(0, np.bool_)
+    for i in prange(qs.shape[0]):
+        lo = indptr[i]
+        hi = indptr[i + 1]
+        wi = w[:, lo:hi] if want_weights else np.empty((heads, hi - lo), qs.dtype)[:, :]
+        status[i] = attend_row(
+            qs[i], k, v, indices[lo:hi], True, keep, False, qs[i], False, heads, scale, wi, out[i], lse[i]
+        )
+
+
+@_parallel
+def flash_many(qs, k, v, keep, keep_mode, bias, bias_mode, scale, block, out, lse, status):
+    """Tiled exact attention: each query streams the keys in blocks of ``block``.
+
+    Working memory is one ``(1, block)`` score tile per query in flight,
+    whatever the number of keys; the weights are never stored.
+    """
+    n = k.shape[0]
+    ids = np.empty(0, np.int64)
+    for i in prange(qs.shape[0]):
+        tile = np.empty((1, block), qs.dtype)
+        acc = out[i]
+        acc[:] = 0
+        m = qs.dtype.type(-np.inf)
+        total = qs.dtype.type(0)
+        ok = True
+        ki = keep[i] if keep_mode == 2 else keep[0]
+        bi = bias[i] if bias_mode == 2 else bias[0]
+        for start in range(0, n, block):
+            stop = min(start + block, n)
+            t = tile[:, : stop - start]
+            ok_tile = attend_scores(
+                qs[i],
+                k[start:stop],
+                ids,
+                False,
+                ki[start:stop] if keep_mode > 0 else ki,
+                keep_mode > 0,
+                bi[start:stop] if bias_mode > 0 else bi,
+                bias_mode > 0,
+                1,
+                scale,
+                t,
+            )
+            ok = ok and ok_tile
+            m, total = online_softmax_update(m, total, acc, t[0], v[start:stop], ids, False)
+        if not ok:
+            acc[:] = np.nan
+            lse[i] = np.nan
+            status[i] = NONFINITE
+        elif m == -np.inf:
+            acc[:] = 0
+            lse[i] = -np.inf
+            status[i] = EMPTY
+        else:
+            inv = 1 / total
+            finite = True
+            for c in range(acc.shape[0]):
+                acc[c] *= inv
+                if not _is_finite(acc[c]):
+                    finite = False
+            lse[i] = m + math.log(total)
+            status[i] = OK if finite else NONFINITE

@@ -1,0 +1,21 @@
+"""User-facing attention mechanisms; importing this package registers them all."""
+
+from ruvattn.mechanisms.base import Attention, AttentionConfig, available, build, register
+from ruvattn.mechanisms.flash import FlashAttention, FlashConfig
+from ruvattn.mechanisms.multi_head import MultiHeadAttention, MultiHeadConfig, ProjectedKeysValues
+from ruvattn.mechanisms.scaled_dot import ScaledDotProductAttention, ScaledDotProductConfig
+
+__all__ = [
+    "Attention",
+    "AttentionConfig",
+    "FlashAttention",
+    "FlashConfig",
+    "MultiHeadAttention",
+    "MultiHeadConfig",
+    "ProjectedKeysValues",
+    "ScaledDotProductAttention",
+    "ScaledDotProductConfig",
+    "available",
+    "build",
+    "register",
+]

@@ -1,0 +1,122 @@
+r"""Flash attention: exact softmax attention computed tile by tile.
+
+Keys are streamed in blocks of ``block_size``; an online softmax keeps, per
+query, the running maximum score :math:`m`, the running sum
+:math:`\ell = \sum_j e^{s_j - m}` and the running weighted sum of values.
+When a block raises the maximum from :math:`m` to :math:`m'`, the state is
+rescaled by :math:`e^{m - m'}`:
+
+.. math::
+
+    \ell' = \ell\,e^{m - m'} + \sum_{j \in B} e^{s_j - m'}, \qquad
+    a' = a\,e^{m - m'} + \sum_{j \in B} e^{s_j - m'} v_j, \qquad
+    \text{out} = a / \ell, \quad \text{lse} = m + \log \ell .
+
+(Dao et al. 2022; Milakov & Gimelshein 2018.)  The ``n``-long row of scores
+is never stored: working memory per query is one tile of ``block_size``
+scores, whatever the number of keys.  The log-sum-exp is returned so a
+backward pass can recompute the weights.  Equals
+:class:`~ruvattn.ScaledDotProductAttention` to float rounding (golden
+``flash_*`` cases).
+
+Shapes:
+    - query ``(d,)``, keys ``(n, d)``, values ``(n, dv)`` -> output ``(dv,)``
+    - forward_batch: queries ``(m, d)`` -> ``(m, dv)`` and lse ``(m,)``
+    - mask ``(n,)`` or ``(m, n)`` bool (true = attend), bias likewise
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ruvattn import _validation as V
+from ruvattn.kernels import attention as K
+from ruvattn.mechanisms.base import Attention, AttentionConfig, _mode_array, register
+
+__all__ = ["FlashAttention", "FlashConfig"]
+
+Array = NDArray[np.floating]
+
+
+@dataclass
+class FlashConfig(AttentionConfig):
+    """``dim``: query/key width; ``block_size``: keys per tile; ``scale``/``temperature`` as
+    for scaled dot-product attention."""
+
+    dim: int
+    block_size: int = 64
+    scale: float | None = None
+    temperature: float = 1.0
+
+    def validate(self, owner: str) -> None:
+        V.positive_int(owner, "dim", self.dim)
+        V.positive_int(owner, "block_size", self.block_size, " Try 64 or 128.")
+        V.positive_float(owner, "scale", self.scale, allow_none=True)
+        V.positive_float(owner, "temperature", self.temperature)
+
+
+@register("flash")
+class FlashAttention(Attention):
+    """Tiled exact attention with an online softmax (see the module docstring)."""
+
+    Config = FlashConfig
+
+    def __init__(self, dim: int, block_size: int = 64, scale: float | None = None, temperature: float = 1.0) -> None:
+        super().__init__(dim=dim, block_size=block_size, scale=scale, temperature=temperature)
+
+    @property
+    def complexity(self) -> str:
+        return "O(n·d) time, O(block_size) working memory per query"
+
+    def forward(self, query: Any, keys: Any, values: Any, *, mask: Any = None, bias: Any = None) -> Array:
+        """Output ``(dv,)`` of one query."""
+        op = f"{self.kind}.forward"
+        q = V.as_array(query, op, "query", 1)
+        V.check_width(op, "query", q, self.hidden_dim)
+        out, _ = self._run(op, q[None, :], keys, values, None if mask is None else np.asarray(mask), bias)
+        return out[0]
+
+    def forward_with_lse(
+        self, queries: Any, keys: Any, values: Any, *, mask: Any = None, bias: Any = None
+    ) -> tuple[Array, Array]:
+        """``(outputs (m, dv), lse (m,))`` for queries ``(m, d)``."""
+        return self._run(f"{self.kind}.forward_with_lse", queries, keys, values, mask, bias)
+
+    def forward_batch(self, queries: Any, keys: Any, values: Any, *, mask: Any = None, bias: Any = None) -> Array:
+        """Outputs ``(m, dv)`` for queries ``(m, d)``, parallel over queries."""
+        return self._run(f"{self.kind}.forward_batch", queries, keys, values, mask, bias)[0]
+
+    def attention_weights(self, query: Any, keys: Any, *, mask: Any = None, bias: Any = None) -> Array:
+        """The weights ``(n,)`` the tiles implicitly use (computed exactly; flash itself never stores them)."""
+        op = f"{self.kind}.attention_weights"
+        return self._one(op, query, keys, None, mask, bias, None, 1, self._scale(self.hidden_dim))[1][0]
+
+    def forward_neighbours(self, queries: Any, keys: Any, values: Any, neighbours: Any) -> Array:
+        """Each node over its own neighbour list (lists are short: one tile each)."""
+        op = f"{self.kind}.forward_neighbours"
+        return self._neighbours(op, queries, keys, values, neighbours, 1, self._scale(self.hidden_dim), False)[0]
+
+    def _run(self, op: str, queries: Any, keys: Any, values: Any, mask: Any, bias: Any) -> tuple[Array, Array]:
+        qs = V.as_array(queries, op, "queries", 2)
+        k = V.as_array(keys, op, "keys", 2)
+        v = V.as_array(values, op, "values", 2)
+        dt = V.common_dtype(qs, k, v)
+        qs, k, v = (a if a.dtype == dt else a.astype(dt) for a in (qs, k, v))
+        V.check_width(op, "queries", qs, self.hidden_dim)
+        V.check_width(op, "keys", k, self.hidden_dim)
+        V.check_keys_values(op, k, v)
+        m, n = qs.shape[0], k.shape[0]
+        keep, keep_mode = _mode_array(op, "mask", mask, m, n, None)
+        b, bias_mode = _mode_array(op, "bias", bias, m, n, dt)
+        out = np.empty((m, v.shape[1]), dt)
+        lse = np.empty(m, dt)
+        status = np.empty(m, np.int8)
+        sc = dt.type(self._scale(self.hidden_dim))
+        K.flash_many(qs, k, v, keep, keep_mode, b, bias_mode, sc, self.config.block_size, out, lse, status)
+        if status.any():
+            V.raise_for_status(op, status, query=qs, keys=k, values=v, bias=b if bias_mode else None)
+        return out, lse

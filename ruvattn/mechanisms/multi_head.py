@@ -1,0 +1,312 @@
+r"""Multi-head attention, identical to ``torch.nn.MultiheadAttention``.
+
+.. math::
+
+    Q = x W_q^\top + b_q,\quad K = k W_k^\top + b_k,\quad V = v W_v^\top + b_v \\
+    O_i = \operatorname{softmax}\!\Big(\frac{Q_i K_i^\top}{\sqrt{d/h}}\Big) V_i,
+    \qquad \text{out} = [O_0, \dots, O_{h-1}]\, W_o^\top + b_o
+
+where head ``i`` uses columns ``i·d/h .. (i+1)·d/h - 1`` (Vaswani et al. 2017).
+Parameters use PyTorch's names and layout -- ``in_proj_weight = [W_q; W_k; W_v]``
+``(3d, d)``, ``in_proj_bias (3d,)``, ``out_proj.weight (d, d)``,
+``out_proj.bias (d,)`` -- so a torch ``state_dict`` (or a safetensors file of
+one) gives identical outputs (golden ``mha_*`` cases).  Initialisation follows
+torch: Xavier-uniform ``in_proj_weight``, ``U(-1/sqrt(d), 1/sqrt(d))``
+``out_proj.weight``, zero biases, from ``seed``.
+
+Keys and values of a whole table can be projected once with
+:meth:`MultiHeadAttention.project` and passed instead of raw keys; each query
+then costs only its own projection and the attention.
+
+Shapes:
+    - query ``(d,)``, keys ``(n, d)``, values ``(n, d)`` -> output ``(d,)``
+    - head_attention_weights ``(h, n)``, attention_weights ``(n,)`` (mean over heads),
+      head_output ``(h, d/h)``
+    - forward_batch ``(m, d)`` -> ``(m, d)``; forward_neighbours ``(N, d)`` -> ``(N, d)``
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from numpy.typing import NDArray
+
+from ruvattn import _validation as V
+from ruvattn.errors import DimensionMismatch, InvalidConfig, Unsupported
+from ruvattn.kernels import attention as K
+from ruvattn.mechanisms.base import Attention, AttentionConfig, register
+from ruvattn.mechanisms.scaled_dot import DropoutMixin
+
+__all__ = ["MultiHeadAttention", "MultiHeadConfig", "ProjectedKeysValues"]
+
+Array = NDArray[np.floating]
+MAX_HEADS = 16
+TORCH_NAMES = ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias")
+
+
+@dataclass
+class MultiHeadConfig(AttentionConfig):
+    """``dim``: model width; ``num_heads``: 1..16 dividing ``dim``; ``dropout`` on the
+    weights in training mode; ``seed`` for initialisation and dropout."""
+
+    dim: int
+    num_heads: int = 8
+    dropout: float = 0.0
+    seed: int | None = 0
+
+    def validate(self, owner: str) -> None:
+        V.positive_int(owner, "dim", self.dim)
+        h = self.num_heads
+        if isinstance(h, bool) or not isinstance(h, (int, np.integer)) or not 1 <= h <= MAX_HEADS:
+            raise InvalidConfig(f"{owner}: 'num_heads' must be an integer in [1, {MAX_HEADS}]; got {h!r}.")
+        if self.dim % h:
+            ok = [x for x in range(1, MAX_HEADS + 1) if self.dim % x == 0]
+            raise InvalidConfig(
+                f"{owner}: 'num_heads' must divide hidden_dim={self.dim}; got {h}. "
+                f"Try {', '.join(map(str, ok[:-1]))} or {ok[-1]}."
+                if len(ok) > 1
+                else f"{owner}: 'num_heads' must divide hidden_dim={self.dim}; got {h}. Try 1."
+            )
+        V.unit_interval(owner, "dropout", self.dropout)
+
+
+@dataclass(frozen=True)
+class ProjectedKeysValues:
+    """Keys and values already projected by one :class:`MultiHeadAttention` (``(n, d)`` each)."""
+
+    keys: Array
+    values: Array
+    owner: int
+
+
+@register("multi_head")
+class MultiHeadAttention(DropoutMixin, Attention):
+    """Multi-head attention with PyTorch's parameter layout (see the module docstring)."""
+
+    Config = MultiHeadConfig
+
+    def __init__(self, dim: int, num_heads: int = 8, dropout: float = 0.0, seed: int | None = 0) -> None:
+        super().__init__(dim=dim, num_heads=num_heads, dropout=dropout, seed=seed)
+
+    # -- parameters --------------------------------------------------------
+    def _init_state(self) -> None:
+        d = self.config.dim
+        rng = np.random.default_rng(self.config.seed)
+        bound_in = np.sqrt(6.0 / (d + 3 * d))  # xavier_uniform on (3d, d)
+        bound_out = 1.0 / np.sqrt(d)
+        self.in_proj_weight_ = rng.uniform(-bound_in, bound_in, (3 * d, d)).astype(np.float32)
+        self.in_proj_bias_ = np.zeros(3 * d, np.float32)
+        self.out_proj_weight_ = rng.uniform(-bound_out, bound_out, (d, d)).astype(np.float32)
+        self.out_proj_bias_ = np.zeros(d, np.float32)
+        self._init_rng()
+        self._cast: dict[np.dtype, tuple[Array, ...]] = {}
+
+    def _weights(self, dt: np.dtype) -> tuple[Array, ...]:
+        """``(wq, bq, wk, bk, wv, bv, wo, bo)`` as contiguous arrays of ``dt`` (cached)."""
+        got = self._cast.get(dt)
+        if got is None:
+            d = self.config.dim
+            w, b = self.in_proj_weight_, self.in_proj_bias_
+            parts = (w[:d], b[:d], w[d : 2 * d], b[d : 2 * d], w[2 * d :], b[2 * d :])
+            got = tuple(np.ascontiguousarray(a, dtype=dt) for a in (*parts, self.out_proj_weight_, self.out_proj_bias_))
+            self._cast[dt] = got
+        return got
+
+    def state_dict(self) -> dict[str, Array]:
+        """Parameters under ``torch.nn.MultiheadAttention``'s names."""
+        return dict(zip(TORCH_NAMES, self._arrays(), strict=True))
+
+    def _arrays(self) -> tuple[Array, ...]:
+        return (self.in_proj_weight_, self.in_proj_bias_, self.out_proj_weight_, self.out_proj_bias_)
+
+    def load_state_dict(self, state: dict[str, Any]) -> MultiHeadAttention:
+        """Load ``torch.nn.MultiheadAttention`` tensors (numpy arrays or anything ``np.asarray`` takes)."""
+        d = self.config.dim
+        shapes = {
+            "in_proj_weight": (3 * d, d),
+            "in_proj_bias": (3 * d,),
+            "out_proj.weight": (d, d),
+            "out_proj.bias": (d,),
+        }
+        missing = [n for n in TORCH_NAMES if n not in state]
+        if missing:
+            raise InvalidConfig(f"{type(self).__name__}.load_state_dict: missing tensor(s) {missing}; "
+                                f"expected {list(TORCH_NAMES)} (bias=True, packed in-projection).")  # fmt: skip
+        arrays = []
+        for name in TORCH_NAMES:
+            a = np.asarray(state[name])
+            if a.shape != shapes[name]:
+                raise DimensionMismatch(
+                    f"{type(self).__name__}.load_state_dict: {name} has shape {a.shape}, expected {shapes[name]}."
+                )
+            if not np.isfinite(a).all():
+                raise InvalidConfig(f"{type(self).__name__}.load_state_dict: {name} contains NaN or inf.")
+            arrays.append(np.array(a, dtype=np.float32 if a.dtype != np.float64 else np.float64))
+        self.in_proj_weight_, self.in_proj_bias_, self.out_proj_weight_, self.out_proj_bias_ = arrays
+        self._cast = {}
+        return self
+
+    def save_safetensors(self, path: str | Path) -> None:
+        """Write the parameters as safetensors with torch's tensor names."""
+        from safetensors.numpy import save_file
+
+        save_file({k: np.ascontiguousarray(v) for k, v in self.state_dict().items()}, str(path))
+
+    def load_safetensors(self, path: str | Path) -> MultiHeadAttention:
+        """Load a safetensors file holding a ``torch.nn.MultiheadAttention`` state dict.
+
+        Tensor names may carry a module prefix (``attn.in_proj_weight``); it is stripped.
+        """
+        from safetensors.numpy import load_file
+
+        raw = load_file(str(path))
+        state = {}
+        for name in TORCH_NAMES:
+            hits = [k for k in raw if k == name or k.endswith("." + name)]
+            if len(hits) > 1:
+                raise InvalidConfig(f"{type(self).__name__}.load_safetensors: {name} is ambiguous in {path}: {hits}.")
+            if hits:
+                state[name] = raw[hits[0]]
+        return self.load_state_dict(state)
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.config.num_heads)
+
+    @property
+    def complexity(self) -> str:
+        return "O(n·d) time per query with projected keys (O(n·d²) to project them), O(h·n) memory"
+
+    def _scale(self, d: int) -> float:
+        return 1.0 / float(np.sqrt(d // self.num_heads))
+
+    # -- projections ------------------------------------------------------
+    def project(self, keys: Any, values: Any | None = None) -> ProjectedKeysValues:
+        """Project keys (and values; default: the keys) once for many queries."""
+        op = f"{self.kind}.project"
+        k = V.as_array(keys, op, "keys", 2)
+        v = V.as_array(values, op, "values", 2) if values is not None else k
+        dt = V.common_dtype(k, v)
+        V.check_width(op, "keys", k, self.hidden_dim)
+        V.check_width(op, "values", v, self.hidden_dim)
+        V.check_keys_values(op, k, v)
+        _, _, wk, bk, wv, bv, _, _ = self._weights(dt)
+        kp = k.astype(dt, copy=False) @ wk.T + bk
+        vp = kp if values is None and wk is wv else v.astype(dt, copy=False) @ wv.T + bv
+        return ProjectedKeysValues(np.ascontiguousarray(kp), np.ascontiguousarray(vp), id(self))
+
+    def _kv(self, op: str, keys: Any, values: Any) -> ProjectedKeysValues:
+        if isinstance(keys, ProjectedKeysValues):
+            if keys.owner != id(self):
+                raise Unsupported(f"{op}: these keys were projected by another MultiHeadAttention.")
+            if values is not None:
+                raise DimensionMismatch(f"{op}: pass values=None with projected keys (they carry their values).")
+            return keys
+        if values is None:
+            raise DimensionMismatch(f"{op}: values are required with raw keys.")
+        return self.project(keys, values)
+
+    def _query(self, op: str, query: Any, dt: np.dtype) -> Array:
+        x = V.as_array(query, op, "query", 1, dt)
+        V.check_width(op, "query", x, self.hidden_dim)
+        wq, bq = self._weights(dt)[:2]
+        q = np.empty(self.hidden_dim, dt)
+        K.matvec(wq, x, bq, q)
+        return q
+
+    # -- forward ----------------------------------------------------------
+    def _heads(
+        self, op: str, query: Any, keys: Any, values: Any, mask: Any, bias: Any, ids: Any
+    ) -> tuple[Array, Array, np.dtype]:
+        kv = self._kv(op, keys, values)
+        dt = kv.keys.dtype
+        q = self._query(op, query, dt)
+        h = self.num_heads
+        heads_out, w, _ = self._one(op, q, kv.keys, kv.values, mask, bias, ids, h, self._scale(self.hidden_dim))
+        if self._dropping:
+            rows = kv.values if ids is None else kv.values[np.asarray(ids, dtype=np.int64)]
+            dh = self.hidden_dim // h
+            w = self._dropout(w)
+            heads_out = np.concatenate([w[i] @ rows[:, i * dh : (i + 1) * dh] for i in range(h)])
+        return heads_out, w, dt
+
+    def forward(self, query: Any, keys: Any, values: Any = None, *, mask: Any = None, bias: Any = None,
+                ids: Any = None) -> Array:  # fmt: skip
+        """Output ``(d,)`` of one query; ``keys`` may be a :class:`ProjectedKeysValues`."""
+        op = f"{self.kind}.forward"
+        heads_out, _, dt = self._heads(op, query, keys, values, mask, bias, ids)
+        wo, bo = self._weights(dt)[6:]
+        out = np.empty(self.hidden_dim, dt)
+        K.matvec(wo, heads_out, bo, out)
+        return out
+
+    def head_output(self, query: Any, keys: Any, values: Any = None, *, mask: Any = None, bias: Any = None,
+                    ids: Any = None) -> Array:  # fmt: skip
+        """Per-head outputs ``(h, d/h)`` before the output projection."""
+        heads_out, _, _ = self._heads(f"{self.kind}.head_output", query, keys, values, mask, bias, ids)
+        return heads_out.reshape(self.num_heads, -1)
+
+    def head_attention_weights(self, query: Any, keys: Any, *, mask: Any = None, bias: Any = None,
+                               ids: Any = None) -> Array:  # fmt: skip
+        """Weights ``(h, n)`` of every head (before dropout)."""
+        op = f"{self.kind}.head_attention_weights"
+        kv = self._kv(op, keys, keys if not isinstance(keys, ProjectedKeysValues) else None)
+        q = self._query(op, query, kv.keys.dtype)
+        return self._one(op, q, kv.keys, None, mask, bias, ids, self.num_heads, self._scale(self.hidden_dim))[1]
+
+    def attention_weights(self, query: Any, keys: Any, *, mask: Any = None, bias: Any = None, ids: Any = None) -> Array:
+        """Weights ``(n,)`` averaged over heads (torch's ``average_attn_weights=True``)."""
+        return self.head_attention_weights(query, keys, mask=mask, bias=bias, ids=ids).mean(axis=0)
+
+    def _project_queries(self, op: str, queries: Any, dt: np.dtype) -> Array:
+        x = V.as_array(queries, op, "queries", 2, dt)
+        V.check_width(op, "queries", x, self.hidden_dim)
+        wq, bq = self._weights(dt)[:2]
+        return np.ascontiguousarray(x @ wq.T + bq)
+
+    def forward_batch(self, queries: Any, keys: Any, values: Any = None, *, mask: Any = None,
+                      bias: Any = None) -> Array:  # fmt: skip
+        """Many queries ``(m, d)`` over one key set -> ``(m, d)``, parallel over queries."""
+        op = f"{self.kind}.forward_batch"
+        kv = self._kv(op, keys, values)
+        dt = kv.keys.dtype
+        q = self._project_queries(op, queries, dt)
+        h = self.num_heads
+        sc = self._scale(self.hidden_dim)
+        if self._dropping:
+            _, w, _ = self._many(op, q, kv.keys, kv.values, mask, bias, h, sc, True)
+            w = self._dropout(w)
+            dh = self.hidden_dim // h
+            heads_out = np.concatenate([w[:, i] @ kv.values[:, i * dh : (i + 1) * dh] for i in range(h)], axis=1)
+        else:
+            heads_out = self._many(op, q, kv.keys, kv.values, mask, bias, h, sc, False)[0]
+        wo, bo = self._weights(dt)[6:]
+        return heads_out @ wo.T + bo
+
+    def forward_neighbours(self, queries: Any, keys: Any, values: Any, neighbours: Any) -> Array:
+        """Each node over its own neighbour rows; tables are projected once, then gathered by id."""
+        op = f"{self.kind}.forward_neighbours"
+        kv = self._kv(op, keys, values)
+        dt = kv.keys.dtype
+        q = self._project_queries(op, queries, dt)
+        h = self.num_heads
+        sc = self._scale(self.hidden_dim)
+        if self._dropping:
+            _, w, _, nl = self._neighbours(op, q, kv.keys, kv.values, neighbours, h, sc, True)
+            w = self._dropout(w)
+            dh = self.hidden_dim // h
+            cols = []
+            for i in range(h):
+                a = sp.csr_matrix((w[i], nl.indices, nl.indptr), shape=(nl.num_nodes, kv.values.shape[0]))
+                cols.append(np.asarray(a @ kv.values[:, i * dh : (i + 1) * dh]))
+            heads_out = np.concatenate(cols, axis=1)
+        else:
+            heads_out, _, _, nl = self._neighbours(op, q, kv.keys, kv.values, neighbours, h, sc, False)
+        wo, bo = self._weights(dt)[6:]
+        out = heads_out @ wo.T + bo
+        out[nl.degrees() == 0] = 0  # a node with no neighbours gets a zero row, as in every mechanism
+        return out

@@ -1,0 +1,164 @@
+r"""Scaled dot-product attention.
+
+.. math::
+
+    s_j = \frac{q \cdot k_j}{\sqrt{d}\,T} + b_j, \qquad
+    w = \operatorname{softmax}(s), \qquad
+    \text{out} = \sum_j w_j v_j
+
+(Vaswani et al. 2017, "Attention is all you need".)  ``scale`` replaces
+``1/sqrt(d)``; ``T`` is the temperature; ``b`` an optional additive bias; a
+boolean keep-mask removes keys (weight exactly 0).  Matches
+``torch.nn.functional.scaled_dot_product_attention`` (golden ``sdpa_*`` cases).
+
+Shapes:
+    - query ``(d,)``, keys ``(n, d)``, values ``(n, dv)`` -> output ``(dv,)``
+    - mask ``(n,)`` bool (true = attend), bias ``(n,)`` float
+    - forward_batch: queries ``(m, d)`` -> ``(m, dv)``; mask/bias ``(n,)`` or ``(m, n)``
+    - forward_neighbours: queries ``(N, d)``, key/value tables ``(M, d)``/``(M, dv)``,
+      neighbours CSR or padded ``(N, k)`` -> ``(N, dv)``
+
+>>> import numpy as np
+>>> from ruvattn import ScaledDotProductAttention
+>>> attn = ScaledDotProductAttention(2)
+>>> keys = [[1.0, 0.0], [0.0, 1.0]]
+>>> attn.attention_weights([np.log(3.0) * np.sqrt(2), 0.0], keys).round(4).tolist()
+[0.75, 0.25]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from numpy.typing import NDArray
+
+from ruvattn import _validation as V
+from ruvattn.mechanisms.base import Attention, AttentionConfig, register
+
+__all__ = ["ScaledDotProductAttention", "ScaledDotProductConfig"]
+
+Array = NDArray[np.floating]
+
+
+@dataclass
+class ScaledDotProductConfig(AttentionConfig):
+    """``dim``: query/key width; ``scale``: replaces ``1/sqrt(dim)``; ``temperature``
+    divides the scores; ``dropout``: probability of zeroing a weight in training
+    mode (seeded by ``seed``; inference is deterministic)."""
+
+    dim: int
+    scale: float | None = None
+    temperature: float = 1.0
+    dropout: float = 0.0
+    seed: int | None = 0
+
+    def validate(self, owner: str) -> None:
+        V.positive_int(owner, "dim", self.dim)
+        V.positive_float(owner, "scale", self.scale, allow_none=True)
+        V.positive_float(owner, "temperature", self.temperature)
+        V.unit_interval(owner, "dropout", self.dropout)
+
+
+class DropoutMixin:
+    """Dropout on attention weights in training mode, with a seeded generator."""
+
+    config: Any
+    training: bool
+
+    def _init_rng(self) -> None:
+        self._rng = np.random.default_rng(self.config.seed)
+
+    @property
+    def _dropping(self) -> bool:
+        return self.training and self.config.dropout > 0
+
+    def _dropout(self, w: Array) -> Array:
+        p = self.config.dropout
+        keep = self._rng.random(w.shape) >= p
+        return w * keep / w.dtype.type(1 - p)
+
+
+@register("scaled_dot_product")
+class ScaledDotProductAttention(DropoutMixin, Attention):
+    """Scaled dot-product attention (see the module docstring for the formula and shapes)."""
+
+    Config = ScaledDotProductConfig
+
+    def __init__(
+        self,
+        dim: int,
+        scale: float | None = None,
+        temperature: float = 1.0,
+        dropout: float = 0.0,
+        seed: int | None = 0,
+    ) -> None:
+        super().__init__(dim=dim, scale=scale, temperature=temperature, dropout=dropout, seed=seed)
+
+    def _init_state(self) -> None:
+        self._init_rng()
+
+    @property
+    def complexity(self) -> str:
+        return "O(n·d) time, O(n) memory per query"
+
+    def forward(
+        self, query: Any, keys: Any, values: Any, *, mask: Any = None, bias: Any = None, ids: Any = None
+    ) -> Array:
+        """Attention output ``(dv,)`` of one query; ``ids`` selects rows of key/value tables."""
+        return self.forward_with_lse(query, keys, values, mask=mask, bias=bias, ids=ids)[0]
+
+    def forward_with_lse(
+        self, query: Any, keys: Any, values: Any, *, mask: Any = None, bias: Any = None, ids: Any = None
+    ) -> tuple[Array, float]:
+        """``(output, lse)`` where ``lse = log sum_j exp(s_j)`` over the kept keys."""
+        op = f"{self.kind}.forward"
+        out, w, lse = self._one(op, query, keys, values, mask, bias, ids, 1, self._scale(self.hidden_dim))
+        if self._dropping:
+            v = V.as_array(values, op, "values", 2, out.dtype)
+            rows = v if ids is None else v[np.asarray(ids, dtype=np.int64)]
+            out = self._dropout(w[0]) @ rows
+        return out, float(lse[0])
+
+    def attention_weights(self, query: Any, keys: Any, *, mask: Any = None, bias: Any = None, ids: Any = None) -> Array:
+        """Softmax weights ``(n,)`` of one query (before dropout)."""
+        op = f"{self.kind}.attention_weights"
+        return self._one(op, query, keys, None, mask, bias, ids, 1, self._scale(self.hidden_dim))[1][0]
+
+    def forward_batch(self, queries: Any, keys: Any, values: Any, *, mask: Any = None, bias: Any = None) -> Array:
+        """Many queries ``(m, d)`` over one key set -> ``(m, dv)``, parallel over queries."""
+        op = f"{self.kind}.forward_batch"
+        sc = self._scale(self.hidden_dim)
+        if self._dropping:
+            _, w, _ = self._many(op, queries, keys, values, mask, bias, 1, sc, True)
+            v = V.as_array(values, op, "values", 2, w.dtype)
+            return self._dropout(w[:, 0]) @ v
+        return self._many(op, queries, keys, values, mask, bias, 1, sc, False)[0]
+
+    def attention_weights_batch(self, queries: Any, keys: Any, *, mask: Any = None, bias: Any = None) -> Array:
+        """Weights ``(m, n)`` of many queries over one key set."""
+        op = f"{self.kind}.attention_weights_batch"
+        return self._many(op, queries, keys, None, mask, bias, 1, self._scale(self.hidden_dim), True)[1][:, 0]
+
+    def forward_neighbours(self, queries: Any, keys: Any, values: Any, neighbours: Any) -> Array:
+        """Node ``i`` (query row ``i``) over its own neighbour rows of the key/value tables.
+
+        ``neighbours``: a :class:`~ruvattn.graph.NeighbourList`, ``(indptr, indices)``,
+        a scipy CSR matrix, or padded ``(N, k)`` ids with -1 for empty slots.  A
+        node with no neighbours gets a zero output row.  Parallel over nodes.
+        """
+        op = f"{self.kind}.forward_neighbours"
+        sc = self._scale(self.hidden_dim)
+        if self._dropping:
+            _, w, _, nl = self._neighbours(op, queries, keys, values, neighbours, 1, sc, True)
+            v = V.as_array(values, op, "values", 2, w.dtype)
+            a = sp.csr_matrix((self._dropout(w[0]), nl.indices, nl.indptr), shape=(nl.num_nodes, v.shape[0]))
+            return np.asarray(a @ v)
+        return self._neighbours(op, queries, keys, values, neighbours, 1, sc, False)[0]
+
+    def attention_weights_neighbours(self, queries: Any, keys: Any, neighbours: Any) -> Array:
+        """Per-edge weights ``(nnz,)`` aligned with the neighbour ids (as PyG's ``return_attention_weights``)."""
+        op = f"{self.kind}.attention_weights_neighbours"
+        return self._neighbours(op, queries, keys, None, neighbours, 1, self._scale(self.hidden_dim), True)[1][0]

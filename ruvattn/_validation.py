@@ -66,10 +66,10 @@ def common_dtype(*arrays: NDArray[np.floating]) -> np.dtype:
     return np.dtype(np.float32)
 
 
-def check_width(op: str, name: str, arr: NDArray[Any], expected: int, what: str = "d") -> None:
+def check_width(op: str, name: str, arr: NDArray[Any], expected: int) -> None:
     if arr.shape[-1] != expected:
         want = f"({expected},)" if arr.ndim == 1 else f"(n, {expected})" if arr.ndim == 2 else f"(..., {expected})"
-        raise DimensionMismatch(f"{op}: {name} has shape {arr.shape}, expected {want} ({what}={expected}).")
+        raise DimensionMismatch(f"{op}: {name} has shape {arr.shape}, expected {want}.")
 
 
 def check_keys_values(op: str, keys: NDArray[Any], values: NDArray[Any]) -> None:
@@ -143,6 +143,7 @@ def unit_interval(owner: str, name: str, value: Any) -> float:
 
 
 def _first_nonfinite(name: str, arr: NDArray[Any] | None) -> str | None:
+    """``"name[i, j] = value"`` for the first NaN/inf entry (a ``-inf`` bias is a mask, not an error)."""
     if arr is None or arr.size == 0:
         return None
     bad = ~np.isfinite(arr)
@@ -152,6 +153,14 @@ def _first_nonfinite(name: str, arr: NDArray[Any] | None) -> str | None:
         where = tuple(int(i) for i in np.argwhere(bad)[0])
         return f"{name}{list(where)} = {arr[where]}"
     return None
+
+
+def check_finite(op: str, **arrays: NDArray[Any]) -> None:
+    """Scan inputs for NaN/inf (used where a scan is cheap next to the work, e.g. before a projection)."""
+    for name, arr in arrays.items():
+        found = _first_nonfinite(name, arr)
+        if found is not None:
+            raise NumericalInstability(f"{op}: {name} must be finite; got {found}. Remove or replace NaN/inf.")
 
 
 def raise_for_status(
@@ -169,10 +178,7 @@ def raise_for_status(
     if st.size == 0 or not st.any():
         return
     if (st == NONFINITE).any():
-        for name, arr in (("query", query), ("keys", keys), ("values", values), ("bias", bias)):
-            found = _first_nonfinite(name, arr)
-            if found is not None:
-                raise NumericalInstability(f"{op}: {name} must be finite; got {found}. Remove or replace NaN/inf.")
+        check_finite(op, query=query, keys=keys, values=values, bias=bias)
         raise NumericalInstability(
             f"{op}: a score or the output overflowed {keys.dtype if keys is not None else 'the dtype'} "
             "(inputs are finite but too large). Scale the inputs down or use float64."

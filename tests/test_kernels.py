@@ -228,6 +228,7 @@ def test_attend_general_ids_mask_bias(dt):
     st = K.attend_one_general(q, table, vals, ids, True, keep, True, bias, True, 1, dt(0.5), w, out, lse)
     o, wr, lr = ref.attention(q.astype(np.float64), table[ids], vals[ids], scale=0.5, keep=keep, bias=bias)
     assert st == K.OK
+    assert np.isclose(lse[0], lr, rtol=1e-5)
     _close(w[0], wr, dt)
     _close(out, o, dt, scale=10)
     assert w[0][~keep].max(initial=0) == 0 and w[0][2] == 0

@@ -187,13 +187,16 @@ class MultiHeadAttention(DropoutMixin, Attention):
     # -- projections ------------------------------------------------------
     def project(self, keys: Any, values: Any | None = None) -> ProjectedKeysValues:
         """Project keys (and values; default: the keys) once for many queries."""
-        op = f"{self.kind}.project"
+        return self._project(f"{self.kind}.project", keys, values)
+
+    def _project(self, op: str, keys: Any, values: Any | None) -> ProjectedKeysValues:
         k = V.as_array(keys, op, "keys", 2)
         v = V.as_array(values, op, "values", 2) if values is not None else k
         dt = V.common_dtype(k, v)
         V.check_width(op, "keys", k, self.hidden_dim)
         V.check_width(op, "values", v, self.hidden_dim)
         V.check_keys_values(op, k, v)
+        V.check_finite(op, keys=k, values=v)
         _, _, wk, bk, wv, bv, _, _ = self._weights(dt)
         kp = k.astype(dt, copy=False) @ wk.T + bk
         vp = kp if values is None and wk is wv else v.astype(dt, copy=False) @ wv.T + bv
@@ -208,11 +211,12 @@ class MultiHeadAttention(DropoutMixin, Attention):
             return keys
         if values is None:
             raise DimensionMismatch(f"{op}: values are required with raw keys.")
-        return self.project(keys, values)
+        return self._project(op, keys, values)
 
     def _query(self, op: str, query: Any, dt: np.dtype) -> Array:
         x = V.as_array(query, op, "query", 1, dt)
         V.check_width(op, "query", x, self.hidden_dim)
+        V.check_finite(op, query=x)
         wq, bq = self._weights(dt)[:2]
         q = np.empty(self.hidden_dim, dt)
         K.matvec(wq, x, bq, q)
@@ -265,6 +269,7 @@ class MultiHeadAttention(DropoutMixin, Attention):
     def _project_queries(self, op: str, queries: Any, dt: np.dtype) -> Array:
         x = V.as_array(queries, op, "queries", 2, dt)
         V.check_width(op, "queries", x, self.hidden_dim)
+        V.check_finite(op, queries=x)
         wq, bq = self._weights(dt)[:2]
         return np.ascontiguousarray(x @ wq.T + bq)
 

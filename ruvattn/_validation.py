@@ -15,9 +15,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ruvattn.errors import DimensionMismatch, EmptyInput, InvalidConfig, NumericalInstability, OutOfBounds
-from ruvattn.kernels.attention import EMPTY, NONFINITE
+from ruvattn.kernels.attention import BADID, EMPTY, NONFINITE
 
 _FLOATS = (np.float32, np.float64)
+_F32 = np.dtype(np.float32)
+_F64 = np.dtype(np.float64)
+_I64 = np.dtype(np.int64)
 
 
 def _shape(x: Any) -> str:
@@ -32,6 +35,10 @@ def as_array(x: Any, op: str, name: str, ndim: int, dtype: np.dtype | None = Non
     the result dtype; otherwise float32/float64 are kept, float16 becomes
     float32 and anything else float64.
     """
+    if type(x) is np.ndarray and x.ndim == ndim and x.flags.c_contiguous:  # the fast path: no copy, few checks
+        dt = x.dtype
+        if (dt is _F32 or dt is _F64) and (dtype is None or dt is dtype):
+            return x
     if isinstance(x, np.ndarray):
         arr = x
     else:
@@ -60,6 +67,9 @@ def as_array(x: Any, op: str, name: str, ndim: int, dtype: np.dtype | None = Non
 
 def common_dtype(*arrays: NDArray[np.floating]) -> np.dtype:
     """float64 if any input is float64, else float32."""
+    first = arrays[0].dtype
+    if all(a.dtype is first for a in arrays[1:]):
+        return first
     for a in arrays:
         if a is not None and a.dtype == np.float64:
             return np.dtype(np.float64)
@@ -101,17 +111,23 @@ def as_bias(op: str, bias: Any, shape: tuple[int, ...], dtype: np.dtype) -> NDAr
 
 
 def as_ids(op: str, ids: Any, size: int, name: str = "ids") -> NDArray[np.int64]:
-    """Integer row ids, each in ``[0, size)``."""
+    """Integer row ids as int64.  Their range ``[0, size)`` is checked by the kernels
+    (status :data:`~ruvattn.kernels.attention.BADID`), see :func:`raise_for_status`."""
+    if type(ids) is np.ndarray and ids.dtype is _I64 and ids.ndim == 1 and ids.flags.c_contiguous:
+        return ids
     arr = np.asarray(ids)
     if arr.ndim != 1:
         raise DimensionMismatch(f"{op}: {name} has shape {arr.shape}, expected (n,).")
     if arr.size and arr.dtype.kind not in "iu":
         raise DimensionMismatch(f"{op}: {name} must be integers; got dtype {arr.dtype}.")
-    arr = np.ascontiguousarray(arr, dtype=np.int64)
-    if arr.size and (arr.min() < 0 or arr.max() >= size):
-        bad = arr[(arr < 0) | (arr >= size)][0]
-        raise OutOfBounds(f"{op}: {name} must be in [0, {size}); got {bad}.")
-    return arr
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def check_ids(op: str, ids: NDArray[np.int64], size: int, name: str = "ids") -> None:
+    """Raise :class:`OutOfBounds` for the first id outside ``[0, size)``."""
+    bad = ids[(ids < 0) | (ids >= size)]
+    if bad.size:
+        raise OutOfBounds(f"{op}: {name} must be in [0, {size}); got {bad[0]}.")
 
 
 def positive_int(owner: str, name: str, value: Any, hint: str = "") -> int:
@@ -171,12 +187,15 @@ def raise_for_status(
     keys: NDArray[Any] | None = None,
     values: NDArray[Any] | None = None,
     bias: NDArray[Any] | None = None,
+    ids: NDArray[np.int64] | None = None,
     empty_ok: bool = False,
 ) -> None:
     """Turn a kernel status into a typed error naming the culprit."""
     st = np.asarray(status)
     if st.size == 0 or not st.any():
         return
+    if (st == BADID).any() and ids is not None and keys is not None:
+        check_ids(op, ids, keys.shape[0])
     if (st == NONFINITE).any():
         check_finite(op, query=query, keys=keys, values=values, bias=bias)
         raise NumericalInstability(

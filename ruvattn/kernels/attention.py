@@ -20,8 +20,8 @@ Conventions shared by the fused kernels
   its weight is exactly 0 and its value row is never read.
 * The return value (or ``status[i]`` in the batched forms) is :data:`OK`,
   :data:`EMPTY` (nothing left to attend over: the output row is zero and
-  ``lse`` is ``-inf``) or :data:`NONFINITE` (a score, bias or output was NaN or
-  infinite).  Kernels never validate their inputs; :mod:`ruvattn._validation`
+  ``lse`` is ``-inf``), :data:`NONFINITE` (a score, bias or output was NaN or
+  infinite) or :data:`BADID` (an id outside the table).  Kernels never validate their inputs; :mod:`ruvattn._validation`
   does that and turns a status into a typed error.
 """
 
@@ -37,6 +37,7 @@ from ruvattn._config import CACHE, FASTMATH
 OK = 0
 EMPTY = 1
 NONFINITE = 2
+BADID = 3
 
 _serial = njit(fastmath=FASTMATH, cache=CACHE, nogil=True)
 _parallel = njit(fastmath=FASTMATH, parallel=True, nogil=True)
@@ -366,6 +367,12 @@ def attend_values(w, v, ids, use_ids, heads, out):
 @_serial
 def attend_weights(q, k, ids, use_ids, keep, use_keep, bias, use_bias, heads, scale, w, lse):
     """Attention weights of one query into ``w (heads, n)`` and ``lse (heads,)``; returns a status."""
+    if use_ids:
+        rows = k.shape[0]
+        for j in range(ids.shape[0]):
+            if ids[j] < 0 or ids[j] >= rows:
+                lse[:] = np.nan
+                return BADID
     if not attend_scores(q, k, ids, use_ids, keep, use_keep, bias, use_bias, heads, scale, w):
         lse[:] = np.nan
         return NONFINITE
@@ -381,9 +388,9 @@ def attend_weights(q, k, ids, use_ids, keep, use_keep, bias, use_bias, heads, sc
 def attend_row(q, k, v, ids, use_ids, keep, use_keep, bias, use_bias, heads, scale, w, out, lse):
     """One query over its keys: weights into ``w (heads, n)``, output, ``lse (heads,)``."""
     status = attend_weights(q, k, ids, use_ids, keep, use_keep, bias, use_bias, heads, scale, w, lse)
-    if status == NONFINITE:
+    if status == NONFINITE or status == BADID:
         out[:] = np.nan
-        return NONFINITE
+        return status
     if status == EMPTY:
         out[:] = 0
         return EMPTY

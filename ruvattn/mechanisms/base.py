@@ -166,10 +166,15 @@ class Attention:
         return self.kind
 
     def _scale(self, d: int) -> float:
-        """``scale / temperature`` with ``scale`` defaulting to ``1/sqrt(d)``."""
+        """``scale / temperature`` with ``scale`` defaulting to ``1/sqrt(d)`` (cached per config)."""
+        cached = self.__dict__.get("_scale_cache")
+        if cached is not None and cached[0] is self.config and cached[1] == d:
+            return cached[2]
         scale = getattr(self.config, "scale", None)
         base = 1.0 / float(np.sqrt(d)) if scale is None else float(scale)
-        return base / float(getattr(self.config, "temperature", 1.0))
+        value = base / float(getattr(self.config, "temperature", 1.0))
+        self._scale_cache = (self.config, d, value)
+        return value
 
     # -- shared machinery: one query, many queries, neighbour lists ---------
     def _one(
@@ -224,7 +229,7 @@ class Attention:
                     q, k, v, ids_, idx is not None, keep, mask is not None, b, bias is not None, heads, sc, w, out, lse
                 )
         if status:
-            V.raise_for_status(op, status, query=q, keys=k, values=v, bias=None if bias is None else b)
+            V.raise_for_status(op, status, query=q, keys=k, values=v, bias=None if bias is None else b, ids=idx)
         return out, w, lse
 
     def _many(

@@ -177,6 +177,26 @@ class Attention:
         return value
 
     # -- shared machinery: one query, many queries, neighbour lists ---------
+    def _tables(
+        self, op: str, queries: Any, keys: Any, values: Any, name: str = "queries"
+    ) -> tuple[Array, Array, Array, np.dtype]:
+        """Validated ``(queries, keys, values, dtype)``: one dtype, widths checked, one value per key.
+
+        ``name == "query"`` takes a single ``(d,)`` query, else ``(m, d)``; ``values=None`` means
+        "weights only" and returns the keys in its place.
+        """
+        d = self.hidden_dim
+        qs = V.as_array(queries, op, name, 1 if name == "query" else 2)
+        k = V.as_array(keys, op, "keys", 2)
+        v = V.as_array(values, op, "values", 2) if values is not None else k
+        dt = V.common_dtype(qs, k, v)
+        if qs.dtype is not dt or k.dtype is not dt or v.dtype is not dt:
+            qs, k, v = (a.astype(dt, copy=False) for a in (qs, k, v))
+        V.check_width(op, name, qs, d)
+        V.check_width(op, "keys", k, d)
+        V.check_keys_values(op, k, v)
+        return qs, k, v, dt
+
     def _one(
         self,
         op: str,
@@ -190,20 +210,7 @@ class Attention:
         scale: float,
     ) -> tuple[Array, Array, Array]:
         """Validate and run one query; returns ``(output, weights (heads, n), lse (heads,))``."""
-        d = self.hidden_dim
-        q = V.as_array(query, op, "query", 1)
-        k = V.as_array(keys, op, "keys", 2)
-        v = V.as_array(values, op, "values", 2) if values is not None else k
-        dt = V.common_dtype(q, k, v)
-        if q.dtype != dt:
-            q = q.astype(dt)
-        if k.dtype != dt:
-            k = k.astype(dt)
-        if v.dtype != dt:
-            v = v.astype(dt)
-        V.check_width(op, "query", q, d)
-        V.check_width(op, "keys", k, d)
-        V.check_keys_values(op, k, v)
+        q, k, v, dt = self._tables(op, query, keys, values, "query")
         if ids is not None:
             idx = V.as_ids(op, ids, k.shape[0])
             n = idx.size
@@ -244,15 +251,7 @@ class Attention:
         scale: float,
         want_weights: bool,
     ) -> tuple[Array, Array | None, Array]:
-        d = self.hidden_dim
-        qs = V.as_array(queries, op, "queries", 2)
-        k = V.as_array(keys, op, "keys", 2)
-        v = V.as_array(values, op, "values", 2) if values is not None else k
-        dt = V.common_dtype(qs, k, v)
-        qs, k, v = (a if a.dtype == dt else a.astype(dt) for a in (qs, k, v))
-        V.check_width(op, "queries", qs, d)
-        V.check_width(op, "keys", k, d)
-        V.check_keys_values(op, k, v)
+        qs, k, v, dt = self._tables(op, queries, keys, values)
         m, n = qs.shape[0], k.shape[0]
         keep, keep_mode = _mode_array(op, "mask", mask, m, n, None)
         b, bias_mode = _mode_array(op, "bias", bias, m, n, dt)
@@ -276,15 +275,7 @@ class Attention:
         scale: float,
         want_weights: bool,
     ) -> tuple[Array, Array | None, Array, NeighbourList]:
-        d = self.hidden_dim
-        qs = V.as_array(queries, op, "queries", 2)
-        k = V.as_array(keys, op, "keys", 2)
-        v = V.as_array(values, op, "values", 2) if values is not None else k
-        dt = V.common_dtype(qs, k, v)
-        qs, k, v = (a if a.dtype == dt else a.astype(dt) for a in (qs, k, v))
-        V.check_width(op, "queries", qs, d)
-        V.check_width(op, "keys", k, d)
-        V.check_keys_values(op, k, v)
+        qs, k, v, dt = self._tables(op, queries, keys, values)
         nl = as_neighbours(op, neighbours, qs.shape[0], k.shape[0])
         w = np.empty((heads, nl.nnz), dt) if want_weights else np.empty((heads, 0), dt)
         out = np.empty((qs.shape[0], v.shape[1]), dt)

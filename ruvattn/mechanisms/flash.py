@@ -34,6 +34,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ruvattn import _validation as V
+from ruvattn.errors import DimensionMismatch
 from ruvattn.kernels import attention as K
 from ruvattn.mechanisms.base import Attention, AttentionConfig, _mode_array, register
 
@@ -101,14 +102,9 @@ class FlashAttention(Attention):
         return self._neighbours(op, queries, keys, values, neighbours, 1, self._scale(self.hidden_dim), False)[0]
 
     def _run(self, op: str, queries: Any, keys: Any, values: Any, mask: Any, bias: Any) -> tuple[Array, Array]:
-        qs = V.as_array(queries, op, "queries", 2)
-        k = V.as_array(keys, op, "keys", 2)
-        v = V.as_array(values, op, "values", 2)
-        dt = V.common_dtype(qs, k, v)
-        qs, k, v = (a if a.dtype == dt else a.astype(dt) for a in (qs, k, v))
-        V.check_width(op, "queries", qs, self.hidden_dim)
-        V.check_width(op, "keys", k, self.hidden_dim)
-        V.check_keys_values(op, k, v)
+        if values is None:
+            raise DimensionMismatch(f"{op}: values are required.")
+        qs, k, v, dt = self._tables(op, queries, keys, values)
         m, n = qs.shape[0], k.shape[0]
         keep, keep_mode = _mode_array(op, "mask", mask, m, n, None)
         b, bias_mode = _mode_array(op, "bias", bias, m, n, dt)

@@ -27,6 +27,7 @@ Shapes:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -223,6 +224,11 @@ class MultiHeadAttention(DropoutMixin, Attention):
         return q
 
     # -- forward ----------------------------------------------------------
+    def _per_head(self, head: Callable[[int, slice], Array]) -> Array:
+        """Concatenate ``head(i, columns of head i)`` over the heads along the last axis."""
+        dh = self.hidden_dim // self.num_heads
+        return np.concatenate([head(i, slice(i * dh, (i + 1) * dh)) for i in range(self.num_heads)], axis=-1)
+
     def _heads(
         self, op: str, query: Any, keys: Any, values: Any, mask: Any, bias: Any, ids: Any
     ) -> tuple[Array, Array, np.dtype]:
@@ -233,9 +239,8 @@ class MultiHeadAttention(DropoutMixin, Attention):
         heads_out, w, _ = self._one(op, q, kv.keys, kv.values, mask, bias, ids, h, self._scale(self.hidden_dim))
         if self._dropping:
             rows = kv.values if ids is None else kv.values[np.asarray(ids, dtype=np.int64)]
-            dh = self.hidden_dim // h
             w = self._dropout(w)
-            heads_out = np.concatenate([w[i] @ rows[:, i * dh : (i + 1) * dh] for i in range(h)])
+            heads_out = self._per_head(lambda i, cols: w[i] @ rows[:, cols])
         return heads_out, w, dt
 
     def forward(self, query: Any, keys: Any, values: Any = None, *, mask: Any = None, bias: Any = None,
@@ -285,8 +290,7 @@ class MultiHeadAttention(DropoutMixin, Attention):
         if self._dropping:
             _, w, _ = self._many(op, q, kv.keys, kv.values, mask, bias, h, sc, True)
             w = self._dropout(w)
-            dh = self.hidden_dim // h
-            heads_out = np.concatenate([w[:, i] @ kv.values[:, i * dh : (i + 1) * dh] for i in range(h)], axis=1)
+            heads_out = self._per_head(lambda i, cols: w[:, i] @ kv.values[:, cols])
         else:
             heads_out = self._many(op, q, kv.keys, kv.values, mask, bias, h, sc, False)[0]
         wo, bo = self._weights(dt)[6:]
@@ -303,12 +307,12 @@ class MultiHeadAttention(DropoutMixin, Attention):
         if self._dropping:
             _, w, _, nl = self._neighbours(op, q, kv.keys, kv.values, neighbours, h, sc, True)
             w = self._dropout(w)
-            dh = self.hidden_dim // h
-            cols = []
-            for i in range(h):
-                a = sp.csr_matrix((w[i], nl.indices, nl.indptr), shape=(nl.num_nodes, kv.values.shape[0]))
-                cols.append(np.asarray(a @ kv.values[:, i * dh : (i + 1) * dh]))
-            heads_out = np.concatenate(cols, axis=1)
+            shape = (nl.num_nodes, kv.values.shape[0])
+            heads_out = self._per_head(
+                lambda i, cols: np.asarray(
+                    sp.csr_matrix((w[i], nl.indices, nl.indptr), shape=shape) @ kv.values[:, cols]
+                )
+            )
         else:
             heads_out, _, _, nl = self._neighbours(op, q, kv.keys, kv.values, neighbours, h, sc, False)
         wo, bo = self._weights(dt)[6:]

@@ -252,13 +252,13 @@ def test_flash_and_csr_kernels_equal_reference():
         assert np.isclose(lse[i], lr, rtol=1e-6) and np.isclose(fl, lr)
     indptr = np.array([0, 3, 3, 10, 40, 41])
     indices = rng.integers(0, 300, 41).astype(np.int64)
-    w = np.empty((1, 41), np.float32)
+    w = np.empty(41, np.float32)
     K.attend_csr(q, k, v, indptr, indices, 1, np.float32(0.25), w, True, out, lse[:, None].copy(), st)
     expected = ref.neighbour_attention(q.astype(np.float64), k, v, indptr, indices, scale=0.25)
     np.testing.assert_allclose(out, expected, atol=2e-6, rtol=1e-5)
     assert st.tolist() == [K.OK, K.EMPTY, K.OK, K.OK, K.OK]
     for i in range(5):
-        seg = w[0, indptr[i] : indptr[i + 1]]
+        seg = w[indptr[i] : indptr[i + 1]]
         assert seg.size == 0 or abs(seg.sum() - 1) < 1e-5
 
 

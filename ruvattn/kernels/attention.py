@@ -30,9 +30,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
-from ruvattn._config import CACHE, FASTMATH
+from ruvattn._config import CACHE, FASTMATH, JIT_DISABLED
 
 OK = 0
 EMPTY = 1
@@ -142,19 +144,41 @@ def weighted_sum(w, rows, out):
     rows_axpy(w, rows, np.empty(0, np.int64), False, 0, rows.shape[1], out)
 
 
+if JIT_DISABLED:
+
+    def _f32_from_bits(i):
+        """The float32 whose bit pattern is the low 32 bits of ``i`` (pure-Python fallback)."""
+        return np.array(i, dtype=np.int64).astype(np.int32).view(np.float32)[()]
+
+else:
+
+    @intrinsic
+    def _f32_from_bits(typingctx, i):
+        """The float32 whose bit pattern is the low 32 bits of ``i`` (an LLVM bitcast)."""
+        if not isinstance(i, types.Integer):
+            return None
+
+        def codegen(context, builder, signature, args):
+            v = args[0]
+            if v.type.width > 32:
+                v = builder.trunc(v, ir.IntType(32))
+            return builder.bitcast(v, ir.FloatType())
+
+        return types.float32(i), codegen
+
+
 @_serial
 def exp_sum(x, shift):
     """``x[i] = exp(x[i] - shift)`` in place; returns the sum.
 
     float32 uses a vectorisable exp (Cody-Waite reduction, degree-6 minimax
-    polynomial, exponent built from integer bits; relative error < 4e-7,
-    results below float32's smallest normal, ``exp(-87.3365)``, flushed to 0); float64 uses ``math.exp``.
+    polynomial, the power of two built from its exponent bits; relative error
+    < 4e-7, results below float32's smallest normal, ``exp(-87.3365)``, flushed
+    to 0); float64 uses ``math.exp``.
     """
     n = x.shape[0]
     total = x.dtype.type(0)
     if x.itemsize == 4:
-        bits = np.empty(n, np.int32)
-        two_z = bits.view(np.float32)
         for i in range(n):
             t = x[i] - shift
             under = t < np.float32(-87.33654)
@@ -167,10 +191,9 @@ def exp_sum(x, shift):
             p = p * r + np.float32(4.1665795894e-2)
             p = p * r + np.float32(1.6666665459e-1)
             p = p * r + np.float32(5.0000001201e-1)
-            x[i] = p * r * r + r + np.float32(1.0)
-            bits[i] = 0 if under else (np.int32(z) + np.int32(127)) << np.int32(23)
-        for i in range(n):
-            e = x[i] * two_z[i]
+            p = p * r * r + r + np.float32(1.0)
+            e = p * _f32_from_bits((np.int32(z) + np.int32(127)) << np.int32(23))
+            e = np.float32(0) if under else e
             x[i] = e
             total += e
     else:
@@ -432,22 +455,38 @@ def attend_many(qs, k, v, keep, keep_mode, bias, bias_mode, heads, scale, w, wan
         )
 
 
+CHUNK = 64  # nodes (or queries) per parallel task; each task allocates its scratch once
+
+
 @_parallel
 def attend_csr(qs, k, v, indptr, indices, heads, scale, w, want_weights, out, lse, status):
     """Each node ``i`` over its own neighbour rows ``indices[indptr[i]:indptr[i+1]]``.
 
-    ``w`` is ``(heads, nnz)`` (per-edge weights, aligned with ``indices``) when
-    ``want_weights``, else ignored.  A node without neighbours gets a zero
-    output row, ``lse = -inf`` and status :data:`EMPTY`.
+    Parallel over chunks of :data:`CHUNK` nodes.  When ``want_weights``, ``w``
+    is a flat ``(heads * nnz,)`` array holding, for node ``i``, a
+    ``(heads, degree_i)`` block at ``heads * indptr[i]``; otherwise it is
+    ignored.  A node without neighbours gets a zero output row, ``lse = -inf``
+    and status :data:`EMPTY`.
     """
     keep = np.empty(0, np.bool_)
-    for i in prange(qs.shape[0]):
-        lo = indptr[i]
-        hi = indptr[i + 1]
-        wi = w[:, lo:hi] if want_weights else np.empty((heads, hi - lo), qs.dtype)[:, :]
-        status[i] = attend_row(
-            qs[i], k, v, indices[lo:hi], True, keep, False, qs[i], False, heads, scale, wi, out[i], lse[i]
-        )
+    n = qs.shape[0]
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        first = c * CHUNK
+        last = min(first + CHUNK, n)
+        widest = 0
+        for i in range(first, last):
+            widest = max(widest, indptr[i + 1] - indptr[i])
+        scratch = np.empty(heads * widest, qs.dtype)
+        for i in range(first, last):
+            lo = indptr[i]
+            hi = indptr[i + 1]
+            if want_weights:
+                wi = w[heads * lo : heads * hi].reshape((heads, hi - lo))
+            else:
+                wi = scratch[: heads * (hi - lo)].reshape((heads, hi - lo))
+            status[i] = attend_row(
+                qs[i], k, v, indices[lo:hi], True, keep, False, qs[i], False, heads, scale, wi, out[i], lse[i]
+            )
 
 
 @_parallel

@@ -277,14 +277,25 @@ class Attention:
     ) -> tuple[Array, Array | None, Array, NeighbourList]:
         qs, k, v, dt = self._tables(op, queries, keys, values)
         nl = as_neighbours(op, neighbours, qs.shape[0], k.shape[0])
-        w = np.empty((heads, nl.nnz), dt) if want_weights else np.empty((heads, 0), dt)
+        w = np.empty(heads * nl.nnz if want_weights else 0, dt)
         out = np.empty((qs.shape[0], v.shape[1]), dt)
         lse = np.empty((qs.shape[0], heads), dt)
         status = np.empty(qs.shape[0], np.int8)
         K.attend_csr(qs, k, v, nl.indptr, nl.indices, heads, dt.type(scale), w, want_weights, out, lse, status)
         if status.any():
             V.raise_for_status(op, status, query=qs, keys=k, values=v, empty_ok=True)
-        return out, (w if want_weights else None), lse, nl
+        return out, (_edge_major(w, nl, heads) if want_weights else None), lse, nl
+
+
+def _edge_major(flat: Array, nl: NeighbourList, heads: int) -> Array:
+    """Per-node ``(heads, degree)`` blocks (the kernel's layout) as ``(heads, nnz)`` aligned with the ids."""
+    if heads == 1:
+        return flat.reshape(1, -1)
+    deg = nl.degrees()
+    node = np.repeat(np.arange(nl.num_nodes), deg)
+    pos = np.arange(nl.nnz) - nl.indptr[node]
+    h = np.arange(heads)[:, None]
+    return flat[heads * nl.indptr[node][None, :] + h * deg[node][None, :] + pos[None, :]]
 
 
 _NO_KEEP = np.empty(0, np.bool_)

@@ -296,6 +296,14 @@ class MultiHeadAttention(DropoutMixin, Attention):
         wo, bo = self._weights(dt)[6:]
         return heads_out @ wo.T + bo
 
+    def head_attention_weights_neighbours(self, queries: Any, keys: Any, neighbours: Any) -> Array:
+        """Per-head, per-edge weights ``(h, nnz)`` aligned with the neighbour ids (before dropout)."""
+        op = f"{self.kind}.head_attention_weights_neighbours"
+        kv = self._kv(op, keys, keys if not isinstance(keys, ProjectedKeysValues) else None)
+        q = self._project_queries(op, queries, kv.keys.dtype)
+        h = self.num_heads
+        return self._neighbours(op, q, kv.keys, None, neighbours, h, self._scale(self.hidden_dim), True)[1]
+
     def forward_neighbours(self, queries: Any, keys: Any, values: Any, neighbours: Any) -> Array:
         """Each node over its own neighbour rows; tables are projected once, then gathered by id."""
         op = f"{self.kind}.forward_neighbours"

@@ -37,7 +37,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from ruvattn import _validation as V
-from ruvattn.errors import DimensionMismatch, InvalidConfig, Unsupported
+from ruvattn.errors import DimensionMismatch, InvalidConfig, NumericalInstability, Unsupported
 from ruvattn.kernels import attention as K
 from ruvattn.mechanisms.base import Attention, AttentionConfig, register
 from ruvattn.mechanisms.scaled_dot import DropoutMixin
@@ -215,9 +215,9 @@ class MultiHeadAttention(DropoutMixin, Attention):
         return self._project(op, keys, values)
 
     def _query(self, op: str, query: Any, dt: np.dtype) -> Array:
+        """The projected query.  NaN/inf in it is caught by the kernel; :meth:`_attend` then names the raw entry."""
         x = V.as_array(query, op, "query", 1, dt)
         V.check_width(op, "query", x, self.hidden_dim)
-        V.check_finite(op, query=x)
         wq, bq = self._weights(dt)[:2]
         q = np.empty(self.hidden_dim, dt)
         K.matvec(wq, x, bq, q)
@@ -229,14 +229,23 @@ class MultiHeadAttention(DropoutMixin, Attention):
         dh = self.hidden_dim // self.num_heads
         return np.concatenate([head(i, slice(i * dh, (i + 1) * dh)) for i in range(self.num_heads)], axis=-1)
 
+    def _attend(
+        self, op: str, query: Any, kv: ProjectedKeysValues, values: Array | None, mask: Any, bias: Any, ids: Any
+    ) -> tuple[Array, Array, Array]:
+        """Project one query and attend over projected keys (``values=None``: weights only)."""
+        q = self._query(op, query, kv.keys.dtype)
+        try:
+            return self._one(op, q, kv.keys, values, mask, bias, ids, self.num_heads, self._scale(self.hidden_dim))
+        except NumericalInstability:
+            V.check_finite(op, query=np.asarray(query, dtype=float))  # name the raw entry if the query is the culprit
+            raise
+
     def _heads(
         self, op: str, query: Any, keys: Any, values: Any, mask: Any, bias: Any, ids: Any
     ) -> tuple[Array, Array, np.dtype]:
         kv = self._kv(op, keys, values)
         dt = kv.keys.dtype
-        q = self._query(op, query, dt)
-        h = self.num_heads
-        heads_out, w, _ = self._one(op, q, kv.keys, kv.values, mask, bias, ids, h, self._scale(self.hidden_dim))
+        heads_out, w, _ = self._attend(op, query, kv, kv.values, mask, bias, ids)
         if self._dropping:
             rows = kv.values if ids is None else kv.values[np.asarray(ids, dtype=np.int64)]
             w = self._dropout(w)
@@ -264,8 +273,7 @@ class MultiHeadAttention(DropoutMixin, Attention):
         """Weights ``(h, n)`` of every head (before dropout)."""
         op = f"{self.kind}.head_attention_weights"
         kv = self._kv(op, keys, keys if not isinstance(keys, ProjectedKeysValues) else None)
-        q = self._query(op, query, kv.keys.dtype)
-        return self._one(op, q, kv.keys, None, mask, bias, ids, self.num_heads, self._scale(self.hidden_dim))[1]
+        return self._attend(op, query, kv, None, mask, bias, ids)[1]
 
     def attention_weights(self, query: Any, keys: Any, *, mask: Any = None, bias: Any = None, ids: Any = None) -> Array:
         """Weights ``(n,)`` averaged over heads (torch's ``average_attn_weights=True``)."""

@@ -18,7 +18,7 @@ def _ids(paths):
 
 
 def test_corpus_is_present():
-    assert len(SDPA) >= 15 and len(MHA) >= 3, f"golden corpus missing or incomplete in {GOLDEN_DIR}"
+    assert len(SDPA) >= 15 and len(MHA) >= 3 and len(GRAD) >= 2, f"golden corpus missing or incomplete in {GOLDEN_DIR}"
 
 
 def _sdpa(case):
@@ -120,3 +120,20 @@ def test_multi_head_golden_from_safetensors(path, tmp_path):
         tmp_path / "ours.safetensors"
     )
     np.testing.assert_array_equal(again.forward(x[0], key, value), mha.forward(x[0], key, value))
+
+
+GRAD = cases(("sdpa_grad_",))
+
+
+@pytest.mark.parametrize("path", GRAD, ids=_ids(GRAD))
+def test_scaled_dot_product_backward_golden(path):
+    case = load(path)
+    q, k, v, g = (case["inputs"][n] for n in ("q", "k", "v", "upstream"))
+    attn = ScaledDotProductAttention(q.shape[-1])
+    out = attn.forward(q, k, v) if q.ndim == 1 else attn.forward_batch(q, k, v)
+    assert_close(case, "output", out)
+    assert_close(case, "loss", np.sum(out.astype(np.float64) * g))
+    grads = attn.backward(q, k, v, g)
+    assert_close(case, "grad_q", grads.query)
+    assert_close(case, "grad_k", grads.keys)
+    assert_close(case, "grad_v", grads.values)

@@ -279,3 +279,35 @@ def test_threads_context_manager_restores():
     with pytest.raises(InvalidConfig):
         with ruvattn.threads(0):
             pass
+
+
+def test_backward_matches_finite_differences_with_mask_and_temperature():
+    rng = np.random.default_rng(5)
+    q = rng.standard_normal((3, 6))
+    k = rng.standard_normal((8, 6))
+    v = rng.standard_normal((8, 4))
+    g = rng.standard_normal((3, 4))
+    mask = rng.random((3, 8)) > 0.3
+    mask[:, 0] = True
+    attn = ScaledDotProductAttention(6, temperature=0.7)
+
+    def loss(q_, k_, v_):
+        return float(np.sum(attn.forward_batch(q_, k_, v_, mask=mask) * g))
+
+    grads = attn.backward(q, k, v, g, mask=mask)
+    eps = 1e-6
+    for name, arr, got in (("q", q, grads.query), ("k", k, grads.keys), ("v", v, grads.values)):
+        num = np.zeros_like(arr)
+        for idx in np.ndindex(arr.shape):
+            plus, minus = arr.copy(), arr.copy()
+            plus[idx] += eps
+            minus[idx] -= eps
+            args = {"q": (q, k, v), "k": (q, k, v), "v": (q, k, v)}[name]
+            a_p = [plus if x is arr else x for x in args]
+            a_m = [minus if x is arr else x for x in args]
+            num[idx] = (loss(*a_p) - loss(*a_m)) / (2 * eps)
+        np.testing.assert_allclose(got, num, rtol=1e-5, atol=1e-7, err_msg=name)
+    with pytest.raises(DimensionMismatch, match=r"grad_output has shape \(4,\), expected \(3, 4\)"):
+        attn.backward(q, k, v, np.ones(4))
+    with pytest.raises(Unsupported, match=r"call \.eval"):
+        ScaledDotProductAttention(6, dropout=0.1).train().backward(q, k, v, g)

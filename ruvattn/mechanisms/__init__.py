@@ -3,13 +3,14 @@
 from ruvattn.mechanisms.base import Attention, AttentionConfig, available, build, register
 from ruvattn.mechanisms.flash import FlashAttention, FlashConfig
 from ruvattn.mechanisms.multi_head import MultiHeadAttention, MultiHeadConfig, ProjectedKeysValues
-from ruvattn.mechanisms.scaled_dot import ScaledDotProductAttention, ScaledDotProductConfig
+from ruvattn.mechanisms.scaled_dot import Gradients, ScaledDotProductAttention, ScaledDotProductConfig
 
 __all__ = [
     "Attention",
     "AttentionConfig",
     "FlashAttention",
     "FlashConfig",
+    "Gradients",
     "MultiHeadAttention",
     "MultiHeadConfig",
     "ProjectedKeysValues",

@@ -29,18 +29,27 @@ Shapes:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from ruvattn import _validation as V
+from ruvattn.errors import DimensionMismatch, Unsupported
 from ruvattn.mechanisms.base import Attention, AttentionConfig, register
 
-__all__ = ["ScaledDotProductAttention", "ScaledDotProductConfig"]
+__all__ = ["Gradients", "ScaledDotProductAttention", "ScaledDotProductConfig"]
 
 Array = NDArray[np.floating]
+
+
+class Gradients(NamedTuple):
+    """Gradients of a scalar loss with respect to the inputs of one forward call."""
+
+    query: Array
+    keys: Array
+    values: Array
 
 
 @dataclass
@@ -162,3 +171,35 @@ class ScaledDotProductAttention(DropoutMixin, Attention):
         """Per-edge weights ``(nnz,)`` aligned with the neighbour ids (as PyG's ``return_attention_weights``)."""
         op = f"{self.kind}.attention_weights_neighbours"
         return self._neighbours(op, queries, keys, None, neighbours, 1, self._scale(self.hidden_dim), True)[1][0]
+
+    def backward(
+        self, query: Any, keys: Any, values: Any, grad_output: Any, *, mask: Any = None, bias: Any = None
+    ) -> Gradients:
+        r"""Gradients of ``L = sum(grad_output * forward(...))`` for one query ``(d,)`` or a batch ``(m, d)``.
+
+        With :math:`P` the weights, :math:`G` the upstream gradient and :math:`c` the scale:
+        :math:`dP = G V^\top`, :math:`dS = P \odot (dP - \operatorname{rowsum}(P \odot dP))`,
+        :math:`\nabla_Q = c\,dS\,K`, :math:`\nabla_K = c\,dS^\top Q`, :math:`\nabla_V = P^\top G`
+        (golden ``sdpa_grad_*`` cases, torch autograd).  The weights are recomputed, not stored;
+        inference mode only (dropout would need its mask).
+        """
+        op = f"{self.kind}.backward"
+        if self._dropping:
+            raise Unsupported(f"{op}: gradients through dropout are not available; call .eval() first.")
+        single = np.ndim(query) == 1
+        qs = np.atleast_2d(query)
+        sc = self._scale(self.hidden_dim)
+        _, w, _ = self._many(op, qs, keys, None, mask, bias, 1, sc, True)
+        p = w[:, 0]
+        k = V.as_array(keys, op, "keys", 2, p.dtype)
+        v = V.as_array(values, op, "values", 2, p.dtype)
+        V.check_keys_values(op, k, v)
+        g = V.as_array(np.atleast_2d(grad_output), op, "grad_output", 2, p.dtype)
+        if g.shape != (qs.shape[0], v.shape[1]):
+            want = (v.shape[1],) if single else (qs.shape[0], v.shape[1])
+            raise DimensionMismatch(f"{op}: grad_output has shape {np.shape(grad_output)}, expected {want}.")
+        dp = g @ v.T
+        ds = p * (dp - (p * dp).sum(axis=1, keepdims=True))
+        q = V.as_array(qs, op, "query", 2, p.dtype)
+        gq, gk, gv = (ds @ k) * sc, (ds.T @ q) * sc, p.T @ g
+        return Gradients(gq[0] if single else gq, gk, gv)

@@ -73,8 +73,10 @@ def warmup(verbose: bool = False) -> dict[str, float]:
         K.matvec(np.eye(8, dtype=dt), q[0], q[1], out)
         K.matmat_t(q, np.eye(8, dtype=dt), q[0], np.empty((3, 8), dt))
         K.softmax_rows(q.copy(), np.empty(3, dt))
+        kt = np.ascontiguousarray(k.T)
         for heads in (1, 2):
             K.attend_one(q[0], k, k, heads, dt(0.3), w[:heads], out, lse[:heads])
+            K.attend_one_transposed(q[0], kt, kt, heads, dt(0.3), w[:heads], out, lse[:heads])
             K.attend_one_general(q[0], k, k, ids, True, keep[:3], True, q[0, :3], True, heads, dt(0.3),
                                  w[:heads, :3], out, lse[:heads])  # fmt: skip
             K.attend_weights(q[0], k, ids, True, keep[:3], True, q[0, :3], True, heads, dt(0.3), w[:heads, :3],

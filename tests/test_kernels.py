@@ -199,10 +199,18 @@ def test_fused_attention_equals_reference(n, dt, heads):
     out = np.empty(dv, dt)
     lse = np.empty(heads, dt)
     status = K.attend_one(q, k, v, heads, dt(0.3), w, out, lse)
+    wt, outt, lset = np.empty_like(w), np.empty_like(out), np.empty_like(lse)
+    status_t = K.attend_one_transposed(
+        q, np.ascontiguousarray(k.T), np.ascontiguousarray(v.T), heads, dt(0.3), wt, outt, lset
+    )
+    assert status_t == status
     if n == 0:
-        assert status == K.EMPTY and (out == 0).all()
+        assert status == K.EMPTY and (out == 0).all() and (outt == 0).all()
         return
     assert status == K.OK
+    _close(outt, out, dt, scale=10)
+    _close(wt, w, dt)
+    _close(lset, lse, dt)
     dh, dvh = d // heads, dv // heads
     for h in range(heads):
         o, wr, lr = ref.attention(q[h * dh : (h + 1) * dh].astype(np.float64), k[:, h * dh : (h + 1) * dh],

@@ -431,6 +431,47 @@ def attend_one(q, k, v, heads, scale, w, out, lse):
 
 
 @_serial
+def attend_one_transposed(q, kt, vt, heads, scale, w, out, lse):
+    """One query over keys and values stored transposed, ``kt (d, n)`` and ``vt (dv, n)``.
+
+    The layout multi-head attention keeps for a projected key set: every loop
+    runs along the ``n`` keys, so heads of any width vectorise.  Scores are
+    ``rows_axpy`` over the rows of ``kt``; the output is ``rows_dot`` of the
+    weights with the rows of ``vt`` (the same primitives, roles swapped).
+    """
+    n = kt.shape[1]
+    dh = q.shape[0] // heads
+    dvh = out.shape[0] // heads
+    no_ids = np.empty(0, np.int64)
+    check = q.dtype.type(0)
+    status = OK
+    for h in range(heads):
+        s = w[h]
+        s[:] = 0
+        rows_axpy(q[h * dh : (h + 1) * dh], kt[h * dh : (h + 1) * dh], no_ids, False, 0, n, s)
+        for j in range(n):
+            sj = s[j] * scale
+            s[j] = sj
+            check += sj * 0
+        if check != 0:
+            out[:] = np.nan
+            lse[:] = np.nan
+            return NONFINITE
+        lse[h] = softmax(s)
+        if lse[h] == -np.inf:
+            status = EMPTY
+    if status == EMPTY:
+        out[:] = 0
+        return EMPTY
+    for h in range(heads):
+        rows_dot(w[h], vt[h * dvh : (h + 1) * dvh], no_ids, False, 0, n, out[h * dvh : (h + 1) * dvh])
+    for c in range(out.shape[0]):
+        if not _is_finite(out[c]):
+            return NONFINITE
+    return OK
+
+
+@_serial
 def attend_one_general(q, k, v, ids, use_ids, keep, use_keep, bias, use_bias, heads, scale, w, out, lse):
     """One query with optional ids, keep-mask and additive bias (see :func:`attend_row`)."""
     return attend_row(q, k, v, ids, use_ids, keep, use_keep, bias, use_bias, heads, scale, w, out, lse)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -77,11 +78,22 @@ class MultiHeadConfig(AttentionConfig):
 
 @dataclass(frozen=True)
 class ProjectedKeysValues:
-    """Keys and values already projected by one :class:`MultiHeadAttention` (``(n, d)`` each)."""
+    """Keys and values already projected by one :class:`MultiHeadAttention` (``(n, d)`` each).
+
+    The transposed copies (``(d, n)``) used by the single-query kernel are made on first use.
+    """
 
     keys: Array
     values: Array
     owner: int
+
+    @cached_property
+    def keys_t(self) -> Array:
+        return np.ascontiguousarray(self.keys.T)
+
+    @cached_property
+    def values_t(self) -> Array:
+        return np.ascontiguousarray(self.values.T)
 
 
 @register("multi_head")
@@ -240,6 +252,18 @@ class MultiHeadAttention(DropoutMixin, Attention):
             V.check_finite(op, query=np.asarray(query, dtype=float))  # name the raw entry if the query is the culprit
             raise
 
+    def _heads_transposed(self, op: str, query: Any, kv: ProjectedKeysValues) -> tuple[Array | None, np.dtype]:
+        """Head outputs from the transposed kernel (every head width vectorises); None if it flags a problem."""
+        dt = kv.keys.dtype
+        q = self._query(op, query, dt)
+        h, n = self.num_heads, kv.keys.shape[0]
+        w = np.empty((h, n), dt)
+        heads_out = np.empty(self.hidden_dim, dt)
+        lse = np.empty(h, dt)
+        status = K.attend_one_transposed(q, kv.keys_t, kv.values_t, h, dt.type(self._scale(self.hidden_dim)), w,
+                                         heads_out, lse)  # fmt: skip
+        return (None if status else heads_out), dt
+
     def _heads(
         self, op: str, query: Any, keys: Any, values: Any, mask: Any, bias: Any, ids: Any
     ) -> tuple[Array, Array, np.dtype]:
@@ -256,7 +280,11 @@ class MultiHeadAttention(DropoutMixin, Attention):
                 ids: Any = None) -> Array:  # fmt: skip
         """Output ``(d,)`` of one query; ``keys`` may be a :class:`ProjectedKeysValues`."""
         op = f"{self.kind}.forward"
-        heads_out, _, dt = self._heads(op, query, keys, values, mask, bias, ids)
+        heads_out = None
+        if mask is None and bias is None and ids is None and not self._dropping:
+            heads_out, dt = self._heads_transposed(op, query, self._kv(op, keys, values))
+        if heads_out is None:  # masks, ids, dropout, or an error to report: the general path
+            heads_out, _, dt = self._heads(op, query, keys, values, mask, bias, ids)
         wo, bo = self._weights(dt)[6:]
         out = np.empty(self.hidden_dim, dt)
         K.matvec(wo, heads_out, bo, out)

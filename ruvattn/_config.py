@@ -7,8 +7,10 @@ flag is changed once for the whole package.
   ``ninf``: with plain ``fastmath=True`` LLVM may assume that no value is NaN
   or infinite, which turns ``np.isnan(x)`` into ``False`` and breaks the
   non-finite checks that every kernel reports back to Python.
-* ``CACHE`` switches Numba's on-disk cache for the serial kernels
-  (``RUVATTN_NUMBA_CACHE=0`` turns it off).  Parallel kernels are never cached.
+* ``CACHE`` switches Numba's on-disk cache (``RUVATTN_NUMBA_CACHE=0`` turns it
+  off).  It covers the parallel kernels as well as the serial ones: helpers are
+  inlined into the fused kernels, which makes a cold compile long (minutes for
+  every kernel in both dtypes) and a cached start short (under a second).
 * ``JIT_DISABLED`` mirrors ``NUMBA_DISABLE_JIT``: the kernels then run as plain
   Python, which is how the test suite measures their coverage.
 """
@@ -35,7 +37,7 @@ def _env_flag(name: str, default: bool) -> bool:
 #: reciprocal, no signed zeros, approximate functions; never nnan / ninf.
 FASTMATH: set[str] = {"reassoc", "contract", "arcp", "nsz", "afn"}
 
-#: On-disk cache for serial kernels (env ``RUVATTN_NUMBA_CACHE``; default on).
+#: On-disk cache for the kernels (env ``RUVATTN_NUMBA_CACHE``; default on).
 CACHE: bool = _env_flag("RUVATTN_NUMBA_CACHE", True)
 
 #: True when Numba runs the kernels as Python (``NUMBA_DISABLE_JIT=1``).

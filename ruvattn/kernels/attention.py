@@ -42,14 +42,19 @@ NONFINITE = 2
 BADID = 3
 
 _serial = njit(fastmath=FASTMATH, cache=CACHE, nogil=True)
-_parallel = njit(fastmath=FASTMATH, parallel=True, nogil=True)
+# Helpers are inlined into their callers at Numba-IR level: no call boundary means no NRT
+# reference counting (atomic increments) on the array views passed between them.
+_inline = njit(fastmath=FASTMATH, cache=CACHE, nogil=True, inline="always")
+# Parallel kernels are cached too: without it every new process spent ~90 s recompiling
+# them (measured); with it a warm start loads everything in under a second.
+_parallel = njit(fastmath=FASTMATH, parallel=True, nogil=True, cache=CACHE)
 
 # --------------------------------------------------------------------------
 # Primitives
 # --------------------------------------------------------------------------
 
 
-@_serial
+@_inline
 def dot(a, b):
     """``sum_i a[i] * b[i]`` accumulated in the arrays' dtype."""
     s = a.dtype.type(0)
@@ -58,14 +63,14 @@ def dot(a, b):
     return s
 
 
-@_serial
+@_inline
 def axpy(alpha, x, y):
     """``y += alpha * x`` in place."""
     for i in range(x.shape[0]):
         y[i] += alpha * x[i]
 
 
-@_serial
+@_inline
 def rows_dot(q, k, ids, use_ids, lo, hi, out):
     """``out[j] = q . k[row_j, lo:hi]`` with ``row_j = ids[j]`` if ``use_ids`` else ``j``.
 
@@ -104,7 +109,7 @@ def rows_dot(q, k, ids, use_ids, lo, hi, out):
         j += 1
 
 
-@_serial
+@_inline
 def rows_axpy(w, v, ids, use_ids, lo, hi, out):
     """``out += sum_j w[j] * v[row_j, lo:hi]``; rows with ``w[j] == 0`` are never read.
 
@@ -167,7 +172,7 @@ else:
         return types.float32(i), codegen
 
 
-@_serial
+@_inline
 def exp_sum(x, shift):
     """``x[i] = exp(x[i] - shift)`` in place; returns the sum.
 
@@ -204,7 +209,7 @@ def exp_sum(x, shift):
     return total
 
 
-@_serial
+@_inline
 def max_value(x):
     """Largest entry of a non-empty ``x`` (eight interleaved partial maxima, for ILP)."""
     n = x.shape[0]
@@ -233,7 +238,7 @@ def max_value(x):
     return max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
 
 
-@_serial
+@_inline
 def softmax(x):
     """Max-subtracted softmax of ``x`` in place; returns ``log(sum(exp(x)))``.
 
@@ -260,7 +265,7 @@ def logsumexp(x):
     return softmax(x.copy())
 
 
-@_serial
+@_inline
 def online_softmax_update(m, total, acc, scores, rows, ids, use_ids):
     """One step of the online (streaming) softmax used by flash attention.
 
@@ -326,12 +331,12 @@ def gather_rows_parallel(table, ids, out):
 # --------------------------------------------------------------------------
 
 
-@_serial
+@_inline
 def _is_finite(x):
     return x > -np.inf and x < np.inf
 
 
-@_serial
+@_inline
 def attend_scores(q, k, ids, use_ids, keep, use_keep, bias, use_bias, heads, scale, s):
     """Scaled scores of ``q`` against the keys, per head, into ``s[h, j]``.
 
@@ -370,7 +375,7 @@ def attend_scores(q, k, ids, use_ids, keep, use_keep, bias, use_bias, heads, sca
     return ok
 
 
-@_serial
+@_inline
 def attend_values(w, v, ids, use_ids, heads, out):
     """``out[head block] = sum_j w[h, j] * v[row_j, head block]``; zero weights skip their row.
 
@@ -387,7 +392,7 @@ def attend_values(w, v, ids, use_ids, heads, out):
     return True
 
 
-@_serial
+@_inline
 def attend_weights(q, k, ids, use_ids, keep, use_keep, bias, use_bias, heads, scale, w, lse):
     """Attention weights of one query into ``w (heads, n)`` and ``lse (heads,)``; returns a status."""
     if use_ids:
@@ -407,7 +412,7 @@ def attend_weights(q, k, ids, use_ids, keep, use_keep, bias, use_bias, heads, sc
     return status
 
 
-@_serial
+@_inline
 def attend_row(q, k, v, ids, use_ids, keep, use_keep, bias, use_bias, heads, scale, w, out, lse):
     """One query over its keys: weights into ``w (heads, n)``, output, ``lse (heads,)``."""
     status = attend_weights(q, k, ids, use_ids, keep, use_keep, bias, use_bias, heads, scale, w, lse)

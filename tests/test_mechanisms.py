@@ -311,3 +311,18 @@ def test_backward_matches_finite_differences_with_mask_and_temperature():
         attn.backward(q, k, v, np.ones(4))
     with pytest.raises(Unsupported, match=r"call \.eval"):
         ScaledDotProductAttention(6, dropout=0.1).train().backward(q, k, v, g)
+
+
+def test_mha_parameter_changes_take_effect_immediately():
+    mha = MultiHeadAttention(8, 2, seed=1)
+    x = RNG.standard_normal((5, 8)).astype(np.float32)
+    before = mha.forward(x[0], x, x)
+    mha.out_proj_bias_ += 1.0  # in place
+    np.testing.assert_allclose(mha.forward(x[0], x, x), before + 1.0, atol=1e-6)
+    mha.out_proj_bias_ = np.zeros(8, np.float32)  # reassigned
+    np.testing.assert_allclose(mha.forward(x[0], x, x), before, atol=1e-6)
+    f64 = mha.forward(x[0].astype(np.float64), x.astype(np.float64), x.astype(np.float64))
+    mha.in_proj_weight_[:] *= 0  # every score equal: the output is the mean projected value, then out_proj
+    out = mha.forward(x[0].astype(np.float64), x.astype(np.float64), x.astype(np.float64))
+    assert not np.allclose(out, f64)
+    np.testing.assert_allclose(out, mha.out_proj_bias_ + mha.out_proj_weight_ @ np.zeros(8), atol=1e-12)

@@ -116,17 +116,25 @@ class MultiHeadAttention(DropoutMixin, Attention):
         self.out_proj_weight_ = rng.uniform(-bound_out, bound_out, (d, d)).astype(np.float32)
         self.out_proj_bias_ = np.zeros(d, np.float32)
         self._init_rng()
-        self._cast: dict[np.dtype, tuple[Array, ...]] = {}
+        self._cast: tuple[tuple[Any, ...], tuple[Array, ...]] | tuple[()] = ()
 
     def _weights(self, dt: np.dtype) -> tuple[Array, ...]:
-        """``(wq, bq, wk, bk, wv, bv, wo, bo)`` as contiguous arrays of ``dt`` (cached)."""
-        got = self._cast.get(dt)
-        if got is None:
-            d = self.config.dim
-            w, b = self.in_proj_weight_, self.in_proj_bias_
-            parts = (w[:d], b[:d], w[d : 2 * d], b[d : 2 * d], w[2 * d :], b[2 * d :])
-            got = tuple(np.ascontiguousarray(a, dtype=dt) for a in (*parts, self.out_proj_weight_, self.out_proj_bias_))
-            self._cast[dt] = got
+        """``(wq, bq, wk, bk, wv, bv, wo, bo)`` as contiguous arrays of ``dt``.
+
+        When the parameters already have dtype ``dt`` these are views, so in-place
+        changes to the parameters show through; they are reused while the same
+        parameter arrays are assigned.  Another dtype is converted on every call.
+        """
+        arrays = self._arrays()
+        key = (dt, *(id(a) for a in arrays))
+        if self._cast and self._cast[0] == key:
+            return self._cast[1]
+        d = self.config.dim
+        w, b = self.in_proj_weight_, self.in_proj_bias_
+        parts = (w[:d], b[:d], w[d : 2 * d], b[d : 2 * d], w[2 * d :], b[2 * d :], *arrays[2:])
+        got = tuple(np.ascontiguousarray(a, dtype=dt) for a in parts)
+        if all(np.shares_memory(g, p) for g, p in zip(got, parts, strict=True)):
+            self._cast = (key, got)  # views keep the parameters alive, so the ids stay theirs
         return got
 
     def state_dict(self) -> dict[str, Array]:
@@ -160,7 +168,7 @@ class MultiHeadAttention(DropoutMixin, Attention):
                 raise InvalidConfig(f"{type(self).__name__}.load_state_dict: {name} contains NaN or inf.")
             arrays.append(np.array(a, dtype=np.float32 if a.dtype != np.float64 else np.float64))
         self.in_proj_weight_, self.in_proj_bias_, self.out_proj_weight_, self.out_proj_bias_ = arrays
-        self._cast = {}
+        self._cast = ()
         return self
 
     def save_safetensors(self, path: str | Path) -> None:

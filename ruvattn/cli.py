@@ -122,7 +122,10 @@ def _demo(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def _print_table(table: list[dict[str, Any]]) -> None:
-    head = f"{'mechanism':<19} {'workload':<34} {'p50 µs':>9} {'p95 µs':>9} {'p99 µs':>9} {'ops/s':>9} {'queries/s':>11} {'max|Δ| vs exact':>16}"  # noqa: E501
+    head = (
+        f"{'mechanism':<19} {'workload':<34} {'p50 µs':>9} {'p95 µs':>9} {'p99 µs':>9} {'ops/s':>9} "
+        f"{'queries/s':>11} {'max|Δ| vs exact':>16}"
+    )
     print(head)
     print("-" * len(head))
     for r in table:

@@ -41,7 +41,12 @@ _A = TypeVar("_A", bound="Attention")
 
 @dataclasses.dataclass
 class AttentionConfig:
-    """Base of every mechanism config: a plain dataclass that validates itself."""
+    """Base of every mechanism config: a plain dataclass that validates itself.
+
+    ``dim`` is the query/key width every mechanism has (the specification's ``hidden_dim``).
+    """
+
+    dim: int
 
     def validate(self, owner: str) -> None:
         """Raise :class:`~ruvattn.errors.InvalidConfig` for out-of-range fields."""
@@ -151,7 +156,7 @@ class Attention:
     # -- the specification's properties -----------------------------------
     @property
     def hidden_dim(self) -> int:
-        return int(self.config.dim)  # type: ignore[attr-defined]
+        return int(self.config.dim)
 
     @property
     def supports_variable_length(self) -> bool:

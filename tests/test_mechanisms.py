@@ -117,6 +117,10 @@ def test_neighbour_lists_csr_padded_and_empty_node():
     np.testing.assert_allclose(FlashAttention(16).forward_neighbours(qs, table, vals, nl), out, atol=1e-7)
     with pytest.raises(OutOfBounds, match=r"NeighbourList: neighbour ids must be in \[0, 30\); got 30"):
         attn.forward_neighbours(qs, table, vals, np.array([[30], [0], [0], [0]]))
+    ragged = [[1, 2, 3], [], [5, 5, 29, 0], [7]]  # one list per node is accepted as it is
+    np.testing.assert_array_equal(attn.forward_neighbours(qs, table, vals, ragged), out)
+    with pytest.raises(DimensionMismatch, match="must be a flat sequence of integers"):
+        attn.forward_neighbours(qs, table, vals, [[1, 2], [0.5], [], [1]])
     with pytest.raises(DimensionMismatch, match="neighbours describe 4 nodes but queries has 3 rows"):
         attn.forward_neighbours(qs[:3], table, vals, padded)
 

@@ -70,7 +70,13 @@ class NeighbourList:
     @classmethod
     def from_padded(cls, ids: Any, num_keys: int) -> NeighbourList:
         """From an ``(N, k)`` integer array where ``-1`` marks an empty slot."""
-        arr = np.asarray(ids)
+        try:
+            arr = np.asarray(ids)
+        except ValueError:
+            raise DimensionMismatch(
+                "NeighbourList.from_padded: ids must be rectangular (N, k) with -1 for empty slots; got ragged "
+                "rows. Use NeighbourList.from_lists for one list per node."
+            ) from None
         if arr.ndim != 2 or (arr.size and arr.dtype.kind not in "iu"):
             raise DimensionMismatch(
                 f"NeighbourList.from_padded: ids has shape {arr.shape} and dtype {arr.dtype}, "
@@ -88,10 +94,22 @@ class NeighbourList:
     @classmethod
     def from_lists(cls, lists: Sequence[Sequence[int]], num_keys: int) -> NeighbourList:
         """From one sequence of ids per node."""
-        lengths = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
+        try:
+            pieces = [np.asarray(x) for x in lists]
+        except ValueError:
+            raise DimensionMismatch(
+                "NeighbourList.from_lists: give one flat sequence of integer ids per node."
+            ) from None
+        for p in pieces:
+            if p.ndim != 1 or (p.size and p.dtype.kind not in "iu"):
+                raise DimensionMismatch(
+                    f"NeighbourList.from_lists: each node's ids must be a flat sequence of integers; "
+                    f"got shape {p.shape}, dtype {p.dtype}."
+                )
+        lengths = np.array([p.size for p in pieces], dtype=np.int64)
+        flat = np.concatenate([p.astype(np.int64) for p in pieces]) if pieces else np.empty(0, np.int64)
         indptr = np.zeros(len(lists) + 1, dtype=np.int64)
         np.cumsum(lengths, out=indptr[1:])
-        flat = np.fromiter((i for x in lists for i in x), dtype=np.int64, count=int(indptr[-1]))
         return cls(indptr, flat, num_keys)
 
     def to_padded(self, k: int | None = None) -> NDArray[np.int64]:
@@ -106,8 +124,14 @@ class NeighbourList:
         return out
 
 
+def _ragged(rows: list[Any]) -> bool:
+    lengths = {len(r) if hasattr(r, "__len__") else -1 for r in rows}
+    return len(lengths) > 1
+
+
 def as_neighbours(op: str, neighbours: Any, num_nodes: int, num_keys: int) -> NeighbourList:
-    """Accept a :class:`NeighbourList`, ``(indptr, indices)``, a scipy CSR matrix or padded ids."""
+    """Accept a :class:`NeighbourList`, ``(indptr, indices)``, a scipy CSR matrix, padded ids
+    ``(N, k)`` with -1, or a list with one list of ids per node."""
     if isinstance(neighbours, NeighbourList):
         nl = neighbours
         if nl.num_keys > num_keys:
@@ -116,6 +140,8 @@ def as_neighbours(op: str, neighbours: Any, num_nodes: int, num_keys: int) -> Ne
         nl = NeighbourList(neighbours.indptr, neighbours.indices, num_keys)
     elif isinstance(neighbours, tuple) and len(neighbours) == 2:
         nl = NeighbourList(neighbours[0], neighbours[1], num_keys)
+    elif isinstance(neighbours, list) and _ragged(neighbours):
+        nl = NeighbourList.from_lists(neighbours, num_keys)  # one list of ids per node
     else:
         nl = NeighbourList.from_padded(neighbours, num_keys)
     if nl.num_nodes != num_nodes:

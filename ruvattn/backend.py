@@ -86,10 +86,10 @@ def warmup(verbose: bool = False) -> dict[str, float]:
         bb = np.zeros((1, 5), dt)
         for heads in (1, 2):
             K.attend_many(q, k, k, kk, 1, bb, 1, heads, dt(0.3), np.empty((3, heads, 5), dt), True,
-                          np.empty((3, 8), dt), np.empty((3, heads), dt), st)  # fmt: skip
+                          np.empty((3, 8), dt), np.empty((3, heads), dt), st, 2)  # fmt: skip
             K.attend_csr(q, k, k, np.array([0, 1, 3, 3]), ids, heads, dt(0.3), np.empty(heads * 3, dt), True,
-                         np.empty((3, 8), dt), np.empty((3, heads), dt), st)  # fmt: skip
-        K.flash_many(q, k, k, kk, 1, bb, 1, dt(0.3), 2, np.empty((3, 8), dt), np.empty(3, dt), st)
+                         np.empty((3, 8), dt), np.empty((3, heads), dt), st, 2)  # fmt: skip
+        K.flash_many(q, k, k, kk, 1, bb, 1, dt(0.3), 2, np.empty((3, 8), dt), np.empty(3, dt), st, 2)
         timings[np.dtype(dt).name] = time.perf_counter() - t0
         if verbose:
             print(f"warmup {np.dtype(dt).name}: {timings[np.dtype(dt).name]:.2f} s")

@@ -251,7 +251,7 @@ def test_flash_and_csr_kernels_equal_reference():
     out = np.empty((5, 7), np.float32)
     lse = np.empty(5, np.float32)
     none_keep, none_bias = np.empty((1, 0), np.bool_), np.empty((1, 0), np.float32)
-    K.flash_many(q, k, v, none_keep, 0, none_bias, 0, np.float32(0.25), 64, out, lse, st)
+    K.flash_many(q, k, v, none_keep, 0, none_bias, 0, np.float32(0.25), 64, out, lse, st, 2)
     for i in range(5):
         o, _, lr = ref.attention(q[i].astype(np.float64), k, v, scale=0.25)
         fo, fl = ref.flash_attention(q[i].astype(np.float64), k, v, scale=0.25, block=64)
@@ -261,7 +261,7 @@ def test_flash_and_csr_kernels_equal_reference():
     indptr = np.array([0, 3, 3, 10, 40, 41])
     indices = rng.integers(0, 300, 41).astype(np.int64)
     w = np.empty(41, np.float32)
-    K.attend_csr(q, k, v, indptr, indices, 1, np.float32(0.25), w, True, out, lse[:, None].copy(), st)
+    K.attend_csr(q, k, v, indptr, indices, 1, np.float32(0.25), w, True, out, lse[:, None].copy(), st, 2)
     expected = ref.neighbour_attention(q.astype(np.float64), k, v, indptr, indices, scale=0.25)
     np.testing.assert_allclose(out, expected, atol=2e-6, rtol=1e-5)
     assert st.tolist() == [K.OK, K.EMPTY, K.OK, K.OK, K.OK]

@@ -112,6 +112,11 @@ def test_neighbour_lists_csr_padded_and_empty_node():
     assert (out[1] == 0).all()  # no neighbours: a zero row, by definition
     np.testing.assert_array_equal(attn.forward_neighbours(qs, table, vals, (nl.indptr, nl.indices)), out)
     np.testing.assert_array_equal(nl.to_padded(4), padded)
+    for shape in ((3, 0), (0, 2)):  # no slots at all: every node is empty
+        empty = NeighbourList.from_padded(np.zeros(shape, np.int64), 30)
+        assert empty.indptr.tolist() == [0] * (shape[0] + 1) and empty.nnz == 0
+    full = NeighbourList.from_padded(np.array([[3, 1], [0, 2], [2, 2]]), 30)
+    assert full.indptr.tolist() == [0, 2, 4, 6] and full.indices.tolist() == [3, 1, 0, 2, 2, 2]
     w = attn.attention_weights_neighbours(qs, table, nl)
     np.testing.assert_allclose(w[:3], attn.attention_weights(qs[0], table[[1, 2, 3]]), atol=1e-7)
     np.testing.assert_allclose(FlashAttention(16).forward_neighbours(qs, table, vals, nl), out, atol=1e-7)

@@ -86,8 +86,11 @@ class NeighbourList:
             raise OutOfBounds(
                 f"NeighbourList.from_padded: ids must be -1 (empty) or in [0, {num_keys}); got {int(arr[arr < -1][0])}."
             )
+        n, k = arr.shape
+        if not arr.size or arr.min() >= 0:  # every slot used: CSR is a reshape (no copy for int64 input)
+            return cls(np.arange(n + 1, dtype=np.int64) * k, arr.reshape(-1), num_keys)
         live = arr >= 0
-        indptr = np.zeros(arr.shape[0] + 1, dtype=np.int64)
+        indptr = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(live.sum(axis=1), out=indptr[1:])
         return cls(indptr, arr[live], num_keys)
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -482,18 +483,27 @@ def attend_one_general(q, k, v, ids, use_ids, keep, use_keep, bias, use_bias, he
     return attend_row(q, k, v, ids, use_ids, keep, use_keep, bias, use_bias, heads, scale, w, out, lse)
 
 
-@_parallel
-def attend_many(qs, k, v, keep, keep_mode, bias, bias_mode, heads, scale, w, want_weights, out, lse, status):
-    """Many queries over one key set, parallel over queries.
+CHUNK = 64  # at most this many nodes (or queries) per parallel task; a task allocates its scratch once
 
-    ``w`` is ``(m, heads, n)`` when ``want_weights`` else ignored (each query
-    then uses a private ``(heads, n)`` buffer).
-    """
-    m = qs.shape[0]
+
+def chunk_size(n: int) -> int:
+    """Rows per parallel task (plain Python, called before a parallel kernel): at most
+    :data:`CHUNK`, and at least 4 tasks per Numba thread when there is enough work.
+    (Passed in as an argument: ``numba.get_num_threads()`` inside a kernel would stop it caching.)"""
+    per = -(-n // (4 * numba.get_num_threads()))
+    return max(1, min(CHUNK, per))
+
+
+@_serial
+def many_chunk(
+    qs, k, v, keep, keep_mode, bias, bias_mode, heads, scale, w, want_weights, out, lse, status, first, last
+):
+    """Queries ``first..last-1`` of :func:`attend_many`, one scratch buffer for the whole chunk."""
     n = k.shape[0]
     ids = np.empty(0, np.int64)
-    for i in prange(m):
-        wi = w[i] if want_weights else np.empty((heads, n), qs.dtype)
+    scratch = np.empty((heads, n), qs.dtype)
+    for i in range(first, last):
+        wi = w[i] if want_weights else scratch
         ki = keep[i] if keep_mode == 2 else keep[0]
         bi = bias[i] if bias_mode == 2 else bias[0]
         status[i] = attend_row(
@@ -501,51 +511,69 @@ def attend_many(qs, k, v, keep, keep_mode, bias, bias_mode, heads, scale, w, wan
         )
 
 
-CHUNK = 64  # nodes (or queries) per parallel task; each task allocates its scratch once
-
-
 @_parallel
-def attend_csr(qs, k, v, indptr, indices, heads, scale, w, want_weights, out, lse, status):
-    """Each node ``i`` over its own neighbour rows ``indices[indptr[i]:indptr[i+1]]``.
+def attend_many(qs, k, v, keep, keep_mode, bias, bias_mode, heads, scale, w, want_weights, out, lse, status, size):
+    """Many queries over one key set, parallel over chunks of ``size`` queries
+    (see :func:`chunk_size`).
 
-    Parallel over chunks of :data:`CHUNK` nodes.  When ``want_weights``, ``w``
-    is a flat ``(heads * nnz,)`` array holding, for node ``i``, a
-    ``(heads, degree_i)`` block at ``heads * indptr[i]``; otherwise it is
-    ignored.  A node without neighbours gets a zero output row, ``lse = -inf``
-    and status :data:`EMPTY`.
+    ``w`` is ``(m, heads, n)`` when ``want_weights`` else ignored (a chunk then
+    reuses one private ``(heads, n)`` buffer).
+    """
+    m = qs.shape[0]
+    for c in prange((m + size - 1) // size):
+        first = c * size
+        many_chunk(qs, k, v, keep, keep_mode, bias, bias_mode, heads, scale, w, want_weights, out, lse, status,
+                   first, min(first + size, m))  # fmt: skip
+
+
+@_serial
+def csr_chunk(qs, k, v, indptr, indices, heads, scale, w, want_weights, out, lse, status, first, last):
+    """Nodes ``first..last-1`` of :func:`attend_csr`, one scratch buffer for the whole chunk.
+
+    A serial kernel of its own: the parallel loop only hands out chunks, so it
+    compiles quickly, and everything per node is inlined here.
     """
     keep = np.empty(0, np.bool_)
-    n = qs.shape[0]
-    for c in prange((n + CHUNK - 1) // CHUNK):
-        first = c * CHUNK
-        last = min(first + CHUNK, n)
-        widest = 0
-        for i in range(first, last):
-            widest = max(widest, indptr[i + 1] - indptr[i])
-        scratch = np.empty(heads * widest, qs.dtype)
-        for i in range(first, last):
-            lo = indptr[i]
-            hi = indptr[i + 1]
-            if want_weights:
-                wi = w[heads * lo : heads * hi].reshape((heads, hi - lo))
-            else:
-                wi = scratch[: heads * (hi - lo)].reshape((heads, hi - lo))
-            status[i] = attend_row(
-                qs[i], k, v, indices[lo:hi], True, keep, False, qs[i], False, heads, scale, wi, out[i], lse[i]
-            )
+    widest = 0
+    for i in range(first, last):
+        widest = max(widest, indptr[i + 1] - indptr[i])
+    scratch = np.empty(heads * widest, qs.dtype)
+    for i in range(first, last):
+        lo = indptr[i]
+        hi = indptr[i + 1]
+        if want_weights:
+            wi = w[heads * lo : heads * hi].reshape((heads, hi - lo))
+        else:
+            wi = scratch[: heads * (hi - lo)].reshape((heads, hi - lo))
+        status[i] = attend_row(
+            qs[i], k, v, indices[lo:hi], True, keep, False, qs[i], False, heads, scale, wi, out[i], lse[i]
+        )
 
 
 @_parallel
-def flash_many(qs, k, v, keep, keep_mode, bias, bias_mode, scale, block, out, lse, status):
-    """Tiled exact attention: each query streams the keys in blocks of ``block``.
+def attend_csr(qs, k, v, indptr, indices, heads, scale, w, want_weights, out, lse, status, size):
+    """Each node ``i`` over its own neighbour rows ``indices[indptr[i]:indptr[i+1]]``.
 
-    Working memory is one ``(1, block)`` score tile per query in flight,
-    whatever the number of keys; the weights are never stored.
+    Parallel over chunks of nodes (``size`` rows each, see :func:`chunk_size`; :func:`csr_chunk`).  When
+    ``want_weights``, ``w`` is a flat ``(heads * nnz,)`` array holding, for node
+    ``i``, a ``(heads, degree_i)`` block at ``heads * indptr[i]``; otherwise it
+    is ignored.  A node without neighbours gets a zero output row,
+    ``lse = -inf`` and status :data:`EMPTY`.
     """
+    n = qs.shape[0]
+    for c in prange((n + size - 1) // size):
+        first = c * size
+        csr_chunk(qs, k, v, indptr, indices, heads, scale, w, want_weights, out, lse, status, first,
+                  min(first + size, n))  # fmt: skip
+
+
+@_serial
+def flash_chunk(qs, k, v, keep, keep_mode, bias, bias_mode, scale, block, out, lse, status, first, last):
+    """Queries ``first..last-1`` of :func:`flash_many`, sharing one score tile."""
     n = k.shape[0]
     ids = np.empty(0, np.int64)
-    for i in prange(qs.shape[0]):
-        tile = np.empty((1, block), qs.dtype)
+    tile_buf = np.empty(block, qs.dtype)
+    for i in range(first, last):
         acc = out[i]
         acc[:] = 0
         m = qs.dtype.type(-np.inf)
@@ -555,7 +583,7 @@ def flash_many(qs, k, v, keep, keep_mode, bias, bias_mode, scale, block, out, ls
         bi = bias[i] if bias_mode == 2 else bias[0]
         for start in range(0, n, block):
             stop = min(start + block, n)
-            t = tile[:, : stop - start]
+            t = tile_buf[: stop - start].reshape((1, stop - start))
             ok_tile = attend_scores(
                 qs[i],
                 k[start:stop],
@@ -588,3 +616,18 @@ def flash_many(qs, k, v, keep, keep_mode, bias, bias_mode, scale, block, out, ls
                     finite = False
             lse[i] = m + math.log(total)
             status[i] = OK if finite else NONFINITE
+
+
+@_parallel
+def flash_many(qs, k, v, keep, keep_mode, bias, bias_mode, scale, block, out, lse, status, size):
+    """Tiled exact attention: each query streams the keys in blocks of ``block``.
+
+    Parallel over chunks of queries (``size`` rows each, see :func:`chunk_size`; :func:`flash_chunk`).
+    Working memory is one ``block``-long score tile per chunk in flight,
+    whatever the number of keys; the weights are never stored.
+    """
+    m = qs.shape[0]
+    for c in prange((m + size - 1) // size):
+        first = c * size
+        flash_chunk(qs, k, v, keep, keep_mode, bias, bias_mode, scale, block, out, lse, status, first,
+                    min(first + size, m))  # fmt: skip

@@ -264,7 +264,8 @@ class Attention:
         out = np.empty((m, v.shape[1]), dt)
         lse = np.empty((m, heads), dt)
         status = np.empty(m, np.int8)
-        K.attend_many(qs, k, v, keep, keep_mode, b, bias_mode, heads, dt.type(scale), w, want_weights, out, lse, status)
+        K.attend_many(qs, k, v, keep, keep_mode, b, bias_mode, heads, dt.type(scale), w, want_weights, out, lse, status,
+                      K.chunk_size(m))  # fmt: skip
         if status.any():
             V.raise_for_status(op, status, query=qs, keys=k, values=v, bias=b if bias_mode else None)
         return out, (w if want_weights else None), lse
@@ -286,7 +287,8 @@ class Attention:
         out = np.empty((qs.shape[0], v.shape[1]), dt)
         lse = np.empty((qs.shape[0], heads), dt)
         status = np.empty(qs.shape[0], np.int8)
-        K.attend_csr(qs, k, v, nl.indptr, nl.indices, heads, dt.type(scale), w, want_weights, out, lse, status)
+        K.attend_csr(qs, k, v, nl.indptr, nl.indices, heads, dt.type(scale), w, want_weights, out, lse, status,
+                     K.chunk_size(qs.shape[0]))  # fmt: skip
         if status.any():
             V.raise_for_status(op, status, query=qs, keys=k, values=v, empty_ok=True)
         return out, (_edge_major(w, nl, heads) if want_weights else None), lse, nl

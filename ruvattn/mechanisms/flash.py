@@ -112,7 +112,8 @@ class FlashAttention(Attention):
         lse = np.empty(m, dt)
         status = np.empty(m, np.int8)
         sc = dt.type(self._scale(self.hidden_dim))
-        K.flash_many(qs, k, v, keep, keep_mode, b, bias_mode, sc, self.config.block_size, out, lse, status)
+        K.flash_many(qs, k, v, keep, keep_mode, b, bias_mode, sc, self.config.block_size, out, lse, status,
+                     K.chunk_size(m))  # fmt: skip
         if status.any():
             V.raise_for_status(op, status, query=qs, keys=k, values=v, bias=b if bias_mode else None)
         return out, lse

@@ -76,7 +76,8 @@ def warmup(verbose: bool = False) -> dict[str, float]:
         kt = np.ascontiguousarray(k.T)
         for heads in (1, 2):
             K.attend_one(q[0], k, k, heads, dt(0.3), w[:heads], out, lse[:heads])
-            K.attend_one_transposed(q[0], kt, kt, heads, dt(0.3), w[:heads], out, lse[:heads])
+            eye = np.eye(8, dtype=dt)
+            K.multi_head_one(q[0], eye, q[1], kt, kt, eye, q[2], heads, dt(0.3), w[:heads], np.empty(24 + heads, dt))
             K.attend_one_general(q[0], k, k, ids, True, keep[:3], True, q[0, :3], True, heads, dt(0.3),
                                  w[:heads, :3], out, lse[:heads])  # fmt: skip
             K.attend_weights(q[0], k, ids, True, keep[:3], True, q[0, :3], True, heads, dt(0.3), w[:heads, :3],

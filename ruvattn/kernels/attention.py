@@ -436,7 +436,7 @@ def attend_one(q, k, v, heads, scale, w, out, lse):
     return attend_row(q, k, v, ids, False, keep, False, q, False, heads, scale, w, out, lse)
 
 
-@_serial
+@_inline
 def attend_one_transposed(q, kt, vt, heads, scale, w, out, lse):
     """One query over keys and values stored transposed, ``kt (d, n)`` and ``vt (dv, n)``.
 
@@ -475,6 +475,24 @@ def attend_one_transposed(q, kt, vt, heads, scale, w, out, lse):
         if not _is_finite(out[c]):
             return NONFINITE
     return OK
+
+
+@_serial
+def multi_head_one(x, wq, bq, kt, vt, wo, bo, heads, scale, w, buf):
+    """``torch.nn.MultiheadAttention`` for one query over projected, transposed keys/values.
+
+    ``buf (3d + heads,)`` receives ``q = wq x + bq`` | the head outputs (from
+    :func:`attend_one_transposed`) | ``out = wo heads_out + bo`` | the per-head
+    lse.  One call from Python for the whole layer.
+    """
+    d = x.shape[0]
+    q = buf[:d]
+    heads_out = buf[d : 2 * d]
+    matvec(wq, x, bq, q)
+    status = attend_one_transposed(q, kt, vt, heads, scale, w, heads_out, buf[3 * d :])
+    if status == OK:
+        matvec(wo, heads_out, bo, buf[2 * d : 3 * d])
+    return status
 
 
 @_serial

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
@@ -93,7 +94,7 @@ class Attention:
     """Base class of every attention mechanism.
 
     Subclasses set ``Config`` (a dataclass), are decorated with
-    :func:`register`, and implement :meth:`_scale` plus, where the mechanism is
+    :func:`register`, and may override :meth:`_base_scale` plus, where the mechanism is
     not plain dot-product attention over the given keys, the ``forward*``
     methods.  Learned arrays end in ``_``.
     """
@@ -170,15 +171,24 @@ class Attention:
     def _op(self) -> str:
         return self.kind
 
-    def _scale(self, d: int) -> float:
-        """``scale / temperature`` with ``scale`` defaulting to ``1/sqrt(d)`` (cached per config)."""
-        cached = self.__dict__.get("_scale_cache")
-        if cached is not None and cached[0] is self.config and cached[1] == d:
-            return cached[2]
+    def _base_scale(self, d: int) -> float:
+        """``scale / temperature`` with ``scale`` defaulting to ``1/sqrt(d)``; subclasses may change it."""
         scale = getattr(self.config, "scale", None)
-        base = 1.0 / float(np.sqrt(d)) if scale is None else float(scale)
-        value = base / float(getattr(self.config, "temperature", 1.0))
-        self._scale_cache = (self.config, d, value)
+        base = 1.0 / math.sqrt(d) if scale is None else float(scale)
+        return base / float(getattr(self.config, "temperature", 1.0))
+
+    def _scale(self, d: int) -> float:
+        """:meth:`_base_scale`, cached per config."""
+        return float(self._typed_scale(d, _F64))
+
+    def _typed_scale(self, d: int, dt: np.dtype) -> np.floating:
+        """The scale as a numpy scalar of ``dt`` (what the kernels take), cached per config and dtype."""
+        cache = self.__dict__.get("_scale_cache")
+        if cache is None or cache[0] is not self.config:
+            cache = self._scale_cache = (self.config, {})
+        value = cache[1].get((d, dt))
+        if value is None:
+            value = cache[1][(d, dt)] = dt.type(self._base_scale(d))
         return value
 
     # -- shared machinery: one query, many queries, neighbour lists ---------
@@ -305,6 +315,7 @@ def _edge_major(flat: Array, nl: NeighbourList, heads: int) -> Array:
     return flat[heads * nl.indptr[node][None, :] + h * deg[node][None, :] + pos[None, :]]
 
 
+_F64 = np.dtype(np.float64)
 _NO_KEEP = np.empty(0, np.bool_)
 _NO_IDS = np.empty(0, np.int64)
 

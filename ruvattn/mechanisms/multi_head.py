@@ -27,6 +27,7 @@ Shapes:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -116,7 +117,7 @@ class MultiHeadAttention(DropoutMixin, Attention):
         self.out_proj_weight_ = rng.uniform(-bound_out, bound_out, (d, d)).astype(np.float32)
         self.out_proj_bias_ = np.zeros(d, np.float32)
         self._init_rng()
-        self._cast: tuple[tuple[Any, ...], tuple[Array, ...]] | tuple[()] = ()
+        self._cast: tuple[Any, ...] = ()
 
     def _weights(self, dt: np.dtype) -> tuple[Array, ...]:
         """``(wq, bq, wk, bk, wv, bv, wo, bo)`` as contiguous arrays of ``dt``.
@@ -125,16 +126,23 @@ class MultiHeadAttention(DropoutMixin, Attention):
         changes to the parameters show through; they are reused while the same
         parameter arrays are assigned.  Another dtype is converted on every call.
         """
-        arrays = self._arrays()
-        key = (dt, *(id(a) for a in arrays))
-        if self._cast and self._cast[0] == key:
-            return self._cast[1]
+        cached = self._cast
+        if (
+            cached
+            and cached[0] is dt
+            and cached[1] is self.in_proj_weight_
+            and cached[2] is self.in_proj_bias_
+            and cached[3] is self.out_proj_weight_
+            and cached[4] is self.out_proj_bias_
+        ):
+            return cached[5]
         d = self.config.dim
-        w, b = self.in_proj_weight_, self.in_proj_bias_
+        arrays = self._arrays()
+        w, b = arrays[0], arrays[1]
         parts = (w[:d], b[:d], w[d : 2 * d], b[d : 2 * d], w[2 * d :], b[2 * d :], *arrays[2:])
         got = tuple(np.ascontiguousarray(a, dtype=dt) for a in parts)
         if all(np.shares_memory(g, p) for g, p in zip(got, parts, strict=True)):
-            self._cast = (key, got)  # views keep the parameters alive, so the ids stay theirs
+            self._cast = (dt, *arrays, got)  # views: in-place changes show through
         return got
 
     def state_dict(self) -> dict[str, Array]:
@@ -202,8 +210,8 @@ class MultiHeadAttention(DropoutMixin, Attention):
     def complexity(self) -> str:
         return "O(n·d) time per query with projected keys (O(n·d²) to project them), O(h·n) memory"
 
-    def _scale(self, d: int) -> float:
-        return 1.0 / float(np.sqrt(d // self.num_heads))
+    def _base_scale(self, d: int) -> float:
+        return 1.0 / math.sqrt(d // self.config.num_heads)
 
     # -- projections ------------------------------------------------------
     def project(self, keys: Any, values: Any | None = None) -> ProjectedKeysValues:
@@ -260,17 +268,21 @@ class MultiHeadAttention(DropoutMixin, Attention):
             V.check_finite(op, query=np.asarray(query, dtype=float))  # name the raw entry if the query is the culprit
             raise
 
-    def _heads_transposed(self, op: str, query: Any, kv: ProjectedKeysValues) -> tuple[Array | None, np.dtype]:
-        """Head outputs from the transposed kernel (every head width vectorises); None if it flags a problem."""
+    def _forward_fast(self, op: str, query: Any, kv: ProjectedKeysValues) -> Array | None:
+        """The whole layer in one kernel call (transposed keys: every head width vectorises).
+
+        Returns None when the kernel flags a problem, so the general path can name it.
+        """
         dt = kv.keys.dtype
-        q = self._query(op, query, dt)
+        x = V.as_array(query, op, "query", 1, dt)
+        d = self.hidden_dim
+        V.check_width(op, "query", x, d)
+        wq, bq, _, _, _, _, wo, bo = self._weights(dt)
         h, n = self.num_heads, kv.keys.shape[0]
         w = np.empty((h, n), dt)
-        heads_out = np.empty(self.hidden_dim, dt)
-        lse = np.empty(h, dt)
-        status = K.attend_one_transposed(q, kv.keys_t, kv.values_t, h, dt.type(self._scale(self.hidden_dim)), w,
-                                         heads_out, lse)  # fmt: skip
-        return (None if status else heads_out), dt
+        buf = np.empty(3 * d + h, dt)  # q | head outputs | output | lse
+        status = K.multi_head_one(x, wq, bq, kv.keys_t, kv.values_t, wo, bo, h, self._typed_scale(d, dt), w, buf)
+        return None if status else buf[2 * d : 3 * d]
 
     def _heads(
         self, op: str, query: Any, keys: Any, values: Any, mask: Any, bias: Any, ids: Any
@@ -288,11 +300,12 @@ class MultiHeadAttention(DropoutMixin, Attention):
                 ids: Any = None) -> Array:  # fmt: skip
         """Output ``(d,)`` of one query; ``keys`` may be a :class:`ProjectedKeysValues`."""
         op = f"{self.kind}.forward"
-        heads_out = None
         if mask is None and bias is None and ids is None and not self._dropping:
-            heads_out, dt = self._heads_transposed(op, query, self._kv(op, keys, values))
-        if heads_out is None:  # masks, ids, dropout, or an error to report: the general path
-            heads_out, _, dt = self._heads(op, query, keys, values, mask, bias, ids)
+            out = self._forward_fast(op, query, self._kv(op, keys, values))
+            if out is not None:
+                return out
+        # masks, ids, dropout, or an error to report: the general path
+        heads_out, _, dt = self._heads(op, query, keys, values, mask, bias, ids)
         wo, bo = self._weights(dt)[6:]
         out = np.empty(self.hidden_dim, dt)
         K.matvec(wo, heads_out, bo, out)

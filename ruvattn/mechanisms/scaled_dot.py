@@ -138,7 +138,7 @@ class ScaledDotProductAttention(DropoutMixin, Attention):
                     w = np.empty((1, keys.shape[0]), dt)
                     out = np.empty(values.shape[1], dt)
                     lse = np.empty(1, dt)
-                    if K.attend_one(query, keys, values, 1, dt.type(self._scale(d)), w, out, lse) == K.OK:
+                    if K.attend_one(query, keys, values, 1, self._typed_scale(d, dt), w, out, lse) == K.OK:
                         return out
         # everything else, including the typed error for a failed fast call
         return self.forward_with_lse(query, keys, values, mask=mask, bias=bias, ids=ids)[0]

@@ -335,22 +335,25 @@ class MultiHeadAttention(DropoutMixin, Attention):
         wq, bq = self._weights(dt)[:2]
         return np.ascontiguousarray(x @ wq.T + bq)
 
+    def _projected(
+        self, op: str, queries: Any, keys: Any, values: Any
+    ) -> tuple[ProjectedKeysValues, Array, int, float]:
+        """``(projected keys/values, projected queries, heads, scale)`` for the batched forms."""
+        kv = self._kv(op, keys, values)
+        return kv, self._project_queries(op, queries, kv.keys.dtype), self.num_heads, self._scale(self.hidden_dim)
+
     def forward_batch(self, queries: Any, keys: Any, values: Any = None, *, mask: Any = None,
                       bias: Any = None) -> Array:  # fmt: skip
         """Many queries ``(m, d)`` over one key set -> ``(m, d)``, parallel over queries."""
         op = f"{self.kind}.forward_batch"
-        kv = self._kv(op, keys, values)
-        dt = kv.keys.dtype
-        q = self._project_queries(op, queries, dt)
-        h = self.num_heads
-        sc = self._scale(self.hidden_dim)
+        kv, q, h, sc = self._projected(op, queries, keys, values)
         if self._dropping:
             _, w, _ = self._many(op, q, kv.keys, kv.values, mask, bias, h, sc, True)
             w = self._dropout(w)
             heads_out = self._per_head(lambda i, cols: w[:, i] @ kv.values[:, cols])
         else:
             heads_out = self._many(op, q, kv.keys, kv.values, mask, bias, h, sc, False)[0]
-        wo, bo = self._weights(dt)[6:]
+        wo, bo = self._weights(kv.keys.dtype)[6:]
         return heads_out @ wo.T + bo
 
     def head_attention_weights_neighbours(self, queries: Any, keys: Any, neighbours: Any) -> Array:
@@ -364,11 +367,7 @@ class MultiHeadAttention(DropoutMixin, Attention):
     def forward_neighbours(self, queries: Any, keys: Any, values: Any, neighbours: Any) -> Array:
         """Each node over its own neighbour rows; tables are projected once, then gathered by id."""
         op = f"{self.kind}.forward_neighbours"
-        kv = self._kv(op, keys, values)
-        dt = kv.keys.dtype
-        q = self._project_queries(op, queries, dt)
-        h = self.num_heads
-        sc = self._scale(self.hidden_dim)
+        kv, q, h, sc = self._projected(op, queries, keys, values)
         if self._dropping:
             _, w, _, nl = self._neighbours(op, q, kv.keys, kv.values, neighbours, h, sc, True)
             w = self._dropout(w)
@@ -380,7 +379,7 @@ class MultiHeadAttention(DropoutMixin, Attention):
             )
         else:
             heads_out, _, _, nl = self._neighbours(op, q, kv.keys, kv.values, neighbours, h, sc, False)
-        wo, bo = self._weights(dt)[6:]
+        wo, bo = self._weights(kv.keys.dtype)[6:]
         out = heads_out @ wo.T + bo
         out[nl.degrees() == 0] = 0  # a node with no neighbours gets a zero row, as in every mechanism
         return out

@@ -4,7 +4,7 @@ Every ``@njit`` in :mod:`ruvattn.kernels` takes its options from here, so a
 flag is changed once for the whole package.
 
 * ``FASTMATH`` is a *set* of LLVM fast-math flags.  It leaves out ``nnan`` and
-  ``ninf``: with plain ``fastmath=True`` LLVM may assume that no value is NaN
+  ``ninf``: with fast-math switched on wholesale (a bare boolean) LLVM may assume that no value is NaN
   or infinite, which turns ``np.isnan(x)`` into ``False`` and breaks the
   non-finite checks that every kernel reports back to Python.
 * ``CACHE`` switches Numba's on-disk cache (``RUVATTN_NUMBA_CACHE=0`` turns it

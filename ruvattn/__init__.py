@@ -24,6 +24,7 @@ from ruvattn.graph import NeighbourList
 from ruvattn.mechanisms import (
     Attention,
     FlashAttention,
+    HyperbolicAttention,
     MultiHeadAttention,
     ProjectedKeysValues,
     ScaledDotProductAttention,
@@ -40,6 +41,7 @@ __all__ = [
     "DimensionMismatch",
     "EmptyInput",
     "FlashAttention",
+    "HyperbolicAttention",
     "InvalidConfig",
     "MultiHeadAttention",
     "NeighbourList",

@@ -2,6 +2,7 @@
 
 from ruvattn.mechanisms.base import Attention, AttentionConfig, available, build, register
 from ruvattn.mechanisms.flash import FlashAttention, FlashConfig
+from ruvattn.mechanisms.hyperbolic import HyperbolicAttention, HyperbolicConfig
 from ruvattn.mechanisms.multi_head import MultiHeadAttention, MultiHeadConfig, ProjectedKeysValues
 from ruvattn.mechanisms.scaled_dot import Gradients, ScaledDotProductAttention, ScaledDotProductConfig
 
@@ -11,6 +12,8 @@ __all__ = [
     "FlashAttention",
     "FlashConfig",
     "Gradients",
+    "HyperbolicAttention",
+    "HyperbolicConfig",
     "MultiHeadAttention",
     "MultiHeadConfig",
     "ProjectedKeysValues",

@@ -3,6 +3,12 @@
 from ruvattn.mechanisms.base import Attention, AttentionConfig, available, build, register
 from ruvattn.mechanisms.flash import FlashAttention, FlashConfig
 from ruvattn.mechanisms.hyperbolic import HyperbolicAttention, HyperbolicConfig
+from ruvattn.mechanisms.manifold import (
+    ManifoldAttention,
+    ManifoldConfig,
+    MixedCurvatureAttention,
+    MixedCurvatureConfig,
+)
 from ruvattn.mechanisms.multi_head import MultiHeadAttention, MultiHeadConfig, ProjectedKeysValues
 from ruvattn.mechanisms.scaled_dot import Gradients, ScaledDotProductAttention, ScaledDotProductConfig
 
@@ -14,6 +20,10 @@ __all__ = [
     "Gradients",
     "HyperbolicAttention",
     "HyperbolicConfig",
+    "ManifoldAttention",
+    "ManifoldConfig",
+    "MixedCurvatureAttention",
+    "MixedCurvatureConfig",
     "MultiHeadAttention",
     "MultiHeadConfig",
     "ProjectedKeysValues",

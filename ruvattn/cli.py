@@ -64,10 +64,12 @@ def _time(fn: Callable[[], Any], repeats: int) -> np.ndarray:
 def _demo(args: argparse.Namespace) -> list[dict[str, Any]]:
     from tqdm import tqdm
 
-    from ruvattn import FlashAttention, MultiHeadAttention, ScaledDotProductAttention, threads
+    from ruvattn import FlashAttention, HyperbolicAttention, MultiHeadAttention, ScaledDotProductAttention, threads
     from ruvattn import reference as ref
     from ruvattn.datasets import clustered_graph
     from ruvattn.errors import InvalidConfig
+    from ruvattn.geometry import PoincareBall
+    from ruvattn.reference import hyperbolic as href
 
     if args.neighbours >= args.nodes or args.candidates > args.nodes:
         raise InvalidConfig(
@@ -98,6 +100,15 @@ def _demo(args: argparse.Namespace) -> list[dict[str, Any]]:
         return ref.multi_head_attention(q.astype(np.float64), x64[:n], x64[:n], *w, args.heads)[0]
 
     nodes = np.arange(args.nodes)
+    # the same graph embedded in the unit Poincaré ball (expmap0 of the rescaled embeddings)
+    hyp = HyperbolicAttention(d, curvature=-1.0)
+    xh = PoincareBall(-1.0).expmap0(x / np.float32(np.linalg.norm(x, axis=1).mean()))
+    xh64 = xh.astype(np.float64)
+    qh = xh[int(rng.integers(args.nodes))]
+
+    def exact_hyp(qv: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        return href.hyperbolic_attention(qv.astype(np.float64), xh64[ids], xh64[ids], 1.0, 1.0)[0]
+
     rows: list[tuple[str, str, Callable[[], Any], Callable[[], np.ndarray], int]] = [
         ("scaled_dot_product", f"1 query x {k} neighbours (ids)", lambda: sdpa.forward(q, x, x, ids=nb[0]),
          lambda: exact_one(nb[0]), 1),
@@ -108,6 +119,10 @@ def _demo(args: argparse.Namespace) -> list[dict[str, Any]]:
          lambda: np.stack([ref.attention(x64[i], x64[:n], x64[:n])[0] for i in range(m)]), m),
         ("scaled_dot_product", f"{args.nodes} nodes x own {k} neighbours", lambda: sdpa.forward_neighbours(x, x, x, nb),
          lambda: np.stack([ref.attention(x64[i], x64[nb[i]], x64[nb[i]])[0] for i in nodes]), args.nodes),
+        ("hyperbolic", f"1 query x {n} candidates (ball)", lambda: hyp.forward(qh, xh[:n], xh[:n]),
+         lambda: exact_hyp(qh, np.arange(n)), 1),
+        ("hyperbolic", f"{args.nodes} nodes x own {k} neighbours", lambda: hyp.forward_neighbours(xh, xh, xh, nb),
+         lambda: np.stack([exact_hyp(xh[i], nb[i]) for i in nodes]), args.nodes),
     ]  # fmt: skip
     table = []
     with threads(args.threads):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from ruvattn import reference as ref
+from ruvattn._config import JIT_DISABLED
 from ruvattn.kernels import attention as K
 
 LENGTHS = [0, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 1023]
@@ -282,3 +283,18 @@ def test_nonfinite_inputs_are_reported_not_returned():
         assert K.attend_one(q, kk, vv, 1, np.float32(0.3), w, out, lse) == K.NONFINITE
     huge = np.full((5, 8), 1e30, np.float32)  # finite inputs whose scores overflow float32
     assert K.attend_one(np.full(8, 1e30, np.float32), huge, v, 1, np.float32(1.0), w, out, lse) == K.NONFINITE
+
+
+@pytest.mark.skipif(JIT_DISABLED, reason="no Numba dispatchers without the JIT")
+def test_cache_of_sibling_kernel_modules_depends_on_the_shared_primitives():
+    """kernels/hyperbolic.py inlines softmax from kernels/attention.py: its cache stamp must cover that file."""
+    import os
+
+    from ruvattn import kernels
+    from ruvattn.kernels import hyperbolic
+
+    assert kernels.SHARED_STAMP_LOCATOR
+    locator = hyperbolic.hyp_fast._cache._impl._locator
+    assert type(locator).__name__.startswith("RuvattnKernel")
+    st = os.stat(kernels._SHARED)
+    assert locator.get_source_stamp()[1] == (st.st_mtime, st.st_size)

@@ -3,9 +3,10 @@
 Every primitive here has a plain-numpy twin in :mod:`ruvattn.reference` with
 the same name and meaning; ``tests/test_kernels.py`` holds them to each other.
 The fused kernels (``attend_*``, ``flash_*``) call the primitives, so there is
-one dot product, one softmax and one online-softmax step in the package.  They
-live in this one module on purpose: Numba's on-disk cache does not notice a
-change in a helper defined in another file.
+one dot product, one softmax and one online-softmax step in the package.  The
+hyperbolic and graph kernels import them too; :mod:`ruvattn.kernels` makes
+Numba's on-disk cache of those modules depend on this file, so a change here
+recompiles them.
 
 Conventions shared by the fused kernels
 ---------------------------------------

@@ -3,12 +3,21 @@ AttentionError (a ValueError) or gives a finite output."""
 
 from __future__ import annotations
 
+import inspect
 import itertools
 
 import numpy as np
 import pytest
 
-from ruvattn import AttentionError, FlashAttention, MultiHeadAttention, ScaledDotProductAttention
+from ruvattn import (
+    AttentionError,
+    FlashAttention,
+    HyperbolicAttention,
+    ManifoldAttention,
+    MixedCurvatureAttention,
+    MultiHeadAttention,
+    ScaledDotProductAttention,
+)
 
 D = 4
 QUERIES = [
@@ -72,15 +81,27 @@ def _finite_or_attention_error(call):
     assert np.all(np.isfinite(out))
 
 
-@pytest.mark.parametrize("mech", [ScaledDotProductAttention(D), FlashAttention(D), MultiHeadAttention(D, 2)])
+MECHANISMS = [
+    ScaledDotProductAttention(D),
+    FlashAttention(D),
+    MultiHeadAttention(D, 2),
+    HyperbolicAttention(D),
+    HyperbolicAttention(D, aggregation="midpoint", projections=True),
+    ManifoldAttention(D, "lorentz"),
+    MixedCurvatureAttention(D, components=[("euclidean", 2), ("sphere", 1, 1.0), ("poincare", 1, -1.0)]),
+]
+
+
+@pytest.mark.parametrize("mech", MECHANISMS, ids=lambda m: repr(m)[:60])
 def test_single_query_inputs(mech):
+    accepted = set(inspect.signature(mech.forward).parameters)
     for q, k, opts in itertools.product(QUERIES, KEYS, OPTIONS):
-        if isinstance(mech, FlashAttention) and "ids" in opts:
+        if not set(opts) <= accepted:
             continue
         _finite_or_attention_error(lambda q=q, k=k, opts=opts: mech.forward(q, k, k, **opts))
 
 
-@pytest.mark.parametrize("mech", [ScaledDotProductAttention(D), FlashAttention(D), MultiHeadAttention(D, 2)])
+@pytest.mark.parametrize("mech", MECHANISMS, ids=lambda m: repr(m)[:60])
 def test_batch_and_neighbour_inputs(mech):
     qs = [np.ones((2, D), np.float32), np.ones((0, D)), np.full((2, D), np.nan), np.ones((2, D + 1)), np.ones(D)]
     ks = [np.ones((3, D), np.float32), np.ones((0, D)), np.full((3, D), np.inf), np.ones((5, D))]

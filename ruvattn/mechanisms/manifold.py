@@ -59,7 +59,7 @@ from ruvattn.errors import DimensionMismatch, EmptyInput, InvalidConfig
 from ruvattn.geometry import Manifold, get_manifold
 from ruvattn.graph import as_neighbours
 from ruvattn.kernels import attention as K
-from ruvattn.mechanisms.base import Attention, AttentionConfig, register
+from ruvattn.mechanisms.base import Attention, AttentionConfig, _mode_array, register
 
 __all__ = ["ManifoldAttention", "ManifoldConfig", "MixedCurvatureAttention", "MixedCurvatureConfig"]
 
@@ -84,6 +84,20 @@ def _manifold(owner: str, name: Any, curvature: Any) -> Manifold:
 
 def _keep(op: str, mask: Any, n: int) -> NDArray[np.bool_] | None:
     return None if mask is None else V.as_keep(op, mask, (n,))
+
+
+def _batch(
+    attn: ManifoldAttention | MixedCurvatureAttention, op: str, queries: Any, keys: Any, values: Any, mask: Any
+) -> Array:
+    """``attn.forward`` for each query row (validated once; an empty batch gives an empty result)."""
+    qs, k, v, dt = attn._tables(op, queries, keys, values)
+    m, n = qs.shape[0], k.shape[0]
+    keep, mode = _mode_array(op, "mask", mask, m, n, None)
+    out = np.empty((m, v.shape[1]), dt)
+    for i in range(m):
+        row_mask = None if mode == 0 else keep[0] if mode == 1 else keep[i]
+        out[i] = attn.forward(qs[i], k, v, mask=row_mask)
+    return out
 
 
 @dataclass
@@ -151,12 +165,8 @@ class ManifoldAttention(Attention):
         return np.asarray(self.manifold.midpoint(v[live], w[live]), dt)
 
     def forward_batch(self, queries: Any, keys: Any, values: Any, *, mask: Any = None) -> Array:
-        op = self.kind + ".forward_batch"
-        qs, k, v, _ = self._tables(op, queries, keys, values)
-        masks = [None] * qs.shape[0] if mask is None or np.ndim(mask) == 1 else list(mask)
-        if mask is not None and np.ndim(mask) == 1:
-            masks = [mask] * qs.shape[0]
-        return np.stack([self.forward(q, k, v, mask=m) for q, m in zip(qs, masks, strict=True)])
+        """``(m, d)`` queries over one key set -> ``(m, dv)``; ``mask`` ``(n,)`` or ``(m, n)`` (a loop)."""
+        return _batch(self, self.kind + ".forward_batch", queries, keys, values, mask)
 
     def forward_neighbours(self, queries: Any, keys: Any, values: Any, neighbours: Any) -> Array:
         """Node ``i`` over its own neighbour rows; a node without neighbours gets the origin."""
@@ -311,10 +321,8 @@ class MixedCurvatureAttention(Attention):
         return np.concatenate(parts)
 
     def forward_batch(self, queries: Any, keys: Any, values: Any, *, mask: Any = None) -> Array:
-        op = self.kind + ".forward_batch"
-        qs, k, v, _ = self._tables(op, queries, keys, values)
-        masks = [mask] * qs.shape[0] if mask is None or np.ndim(mask) == 1 else list(mask)
-        return np.stack([self.forward(q, k, v, mask=m) for q, m in zip(qs, masks, strict=True)])
+        """``(m, d)`` queries over one key set -> ``(m, d)``; ``mask`` ``(n,)`` or ``(m, n)`` (a loop)."""
+        return _batch(self, self.kind + ".forward_batch", queries, keys, values, mask)
 
     def forward_neighbours(self, queries: Any, keys: Any, values: Any, neighbours: Any) -> Array:
         """Node ``i`` over its own neighbour rows; a node without neighbours gets the origin (zeros)."""

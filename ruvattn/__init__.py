@@ -24,6 +24,8 @@ from ruvattn.graph import NeighbourList
 from ruvattn.mechanisms import (
     Attention,
     FlashAttention,
+    GATConv,
+    GATv2Conv,
     HyperbolicAttention,
     ManifoldAttention,
     MixedCurvatureAttention,
@@ -43,6 +45,8 @@ __all__ = [
     "DimensionMismatch",
     "EmptyInput",
     "FlashAttention",
+    "GATConv",
+    "GATv2Conv",
     "HyperbolicAttention",
     "InvalidConfig",
     "ManifoldAttention",

@@ -91,6 +91,13 @@ def warmup(verbose: bool = False) -> dict[str, float]:
             K.attend_csr(q, k, k, np.array([0, 1, 3, 3]), ids, heads, dt(0.3), np.empty(heads * 3, dt), True,
                          np.empty((3, 8), dt), np.empty((3, heads), dt), st, 2)  # fmt: skip
         K.flash_many(q, k, k, kk, 1, bb, 1, dt(0.3), 2, np.empty((3, 8), dt), np.empty(3, dt), st, 2)
+        from ruvattn.mechanisms.gat import GATConv, GATv2Conv  # the layers pass the graph kernels their exact types
+
+        edges, attrs = np.array([[0, 1, 2, 2], [1, 2, 0, 2]]), k[:4, :2].copy()
+        for conv in (GATConv(8, 2, heads=2, edge_dim=2), GATv2Conv(8, 2, heads=2, edge_dim=2)):
+            conv(q, edges, attrs)
+            conv(q, edges)
+            conv.forward_with_edges(q[0], k, k, k[:, :2].copy())
         timings[np.dtype(dt).name] = time.perf_counter() - t0
         if verbose:
             print(f"warmup {np.dtype(dt).name}: {timings[np.dtype(dt).name]:.2f} s")

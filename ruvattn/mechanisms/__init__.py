@@ -2,6 +2,7 @@
 
 from ruvattn.mechanisms.base import Attention, AttentionConfig, available, build, register
 from ruvattn.mechanisms.flash import FlashAttention, FlashConfig
+from ruvattn.mechanisms.gat import GATConfig, GATConv, GATv2Config, GATv2Conv
 from ruvattn.mechanisms.hyperbolic import HyperbolicAttention, HyperbolicConfig
 from ruvattn.mechanisms.manifold import (
     ManifoldAttention,
@@ -17,6 +18,10 @@ __all__ = [
     "AttentionConfig",
     "FlashAttention",
     "FlashConfig",
+    "GATConfig",
+    "GATConv",
+    "GATv2Config",
+    "GATv2Conv",
     "Gradients",
     "HyperbolicAttention",
     "HyperbolicConfig",

@@ -1,0 +1,383 @@
+"""Numba kernels for graph attention layers over an edge list (GAT and GATv2).
+
+Every kernel here has a plain-numpy twin of the same name in
+:mod:`ruvattn.reference.graph`; ``tests/test_gat.py`` holds them to each other.
+The softmax is the shared primitive of :mod:`ruvattn.kernels.attention`
+(imported, not re-written), so the package still has one softmax; the cache
+locator of :mod:`ruvattn.kernels` stamps this module's cached code with
+``attention.py`` too, so a change to a primitive recompiles these kernels.
+
+The edge-list layout
+--------------------
+An edge ``e`` goes from source ``src[e]`` to target ``dst[e]`` (a message
+``j -> i`` is aggregated at ``i``).  :func:`group_by_target` sorts the edges by
+target in O(E + N) (a stable counting sort) into *slots*: node ``i`` owns
+slots ``indptr[i]:indptr[i+1]``; slot ``k`` holds the source ``slot_src[k]``
+and the edge id ``slot_edge[k]``.  With ``self_loops`` every edge ``i -> i`` of
+the input is dropped and node ``i`` gets one extra slot, the last of its
+group, with source ``i`` and edge id ``num_edges + i`` (PyG's
+``remove_self_loops`` then ``add_self_loops``: the loops come after the
+original edges).  Per-edge arrays (``edge_attr``, ``drop``, ``alpha``) are
+indexed by edge id, so the loop of node ``i`` is row ``num_edges + i`` of
+``drop`` and ``alpha``; GAT's edge term ``a_edge`` is in slot order instead
+(carried there by :func:`group_by_target`: read sequentially, not gathered).
+
+The edge attribute of an added self loop (PyG's ``fill_value``) is
+``fill_mode``: :data:`FILL_CONST` (a constant, passed in), :data:`FILL_MEAN`,
+:data:`FILL_ADD`, :data:`FILL_MAX` or :data:`FILL_MIN` of the attributes of the
+node's other incoming edges (zeros for a node without any).
+
+Status per node: :data:`~ruvattn.kernels.attention.OK`,
+:data:`~ruvattn.kernels.attention.EMPTY` (no incoming edge: the output row is
+the bias, or zeros) or :data:`~ruvattn.kernels.attention.NONFINITE` (a score or
+the output was NaN/infinite; the row is NaN).  Kernels do not validate their
+inputs; :mod:`ruvattn.mechanisms.gat` does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from ruvattn.kernels.attention import (
+    EMPTY,
+    NONFINITE,
+    OK,
+    _inline,
+    _is_finite,
+    _parallel,
+    _serial,
+    softmax,
+)
+
+__all__ = [
+    "FILL_ADD",
+    "FILL_CONST",
+    "FILL_MAX",
+    "FILL_MEAN",
+    "FILL_MIN",
+    "gat_attend",
+    "gat_chunk",
+    "gatv2_attend",
+    "gatv2_chunk",
+    "group_by_target",
+]
+
+FILL_CONST = 0
+FILL_MEAN = 1
+FILL_ADD = 2
+FILL_MAX = 3
+FILL_MIN = 4
+
+
+@_serial
+def group_by_target(src, dst, num_nodes, self_loops, rows, use_rows, indptr, slot_src, slot_edge, slot_rows):
+    """Stable counting sort of the edges by target into ``indptr (N + 1,)``, ``slot_src``, ``slot_edge``.
+
+    ``slot_src`` and ``slot_edge`` need room for ``E + N`` slots (``E`` without
+    ``self_loops``); ``indptr[N]`` is the number used.  When ``use_rows``, the
+    per-edge table ``rows (E, m)`` is carried into slot order on the way:
+    ``slot_rows[k] = rows[slot_edge[k]]`` (self-loop slots are left untouched),
+    so a kernel reads it sequentially.  Returns ``-1``, or the position of the
+    first edge with an id outside ``[0, num_nodes)`` (the slots are then undefined).
+    """
+    num_edges = src.shape[0]
+    indptr[:] = 0
+    for e in range(num_edges):
+        s = src[e]
+        d = dst[e]
+        if s < 0 or s >= num_nodes or d < 0 or d >= num_nodes:
+            return e
+        if not (self_loops and s == d):
+            indptr[d + 1] += 1
+    extra = 1 if self_loops else 0
+    for i in range(num_nodes):
+        indptr[i + 1] += indptr[i] + extra
+    cursor = indptr[:num_nodes].copy()
+    width = rows.shape[1]
+    for e in range(num_edges):
+        s = src[e]
+        d = dst[e]
+        if self_loops and s == d:
+            continue
+        k = cursor[d]
+        cursor[d] = k + 1
+        slot_src[k] = s
+        slot_edge[k] = e
+        if use_rows:
+            for t in range(width):
+                slot_rows[k, t] = rows[e, t]
+    if self_loops:
+        for i in range(num_nodes):
+            k = cursor[i]
+            slot_src[k] = i
+            slot_edge[k] = num_edges + i
+    return -1
+
+
+@_inline
+def _loop_attr(edge_attr, eids, fill_mode, fill_vec, la):
+    """The edge attribute of a self loop into ``la (edge_dim,)``, from the node's other incoming
+    edges ``eids`` (``fill_vec`` for :data:`FILL_CONST`; zeros when ``eids`` is empty)."""
+    m = eids.shape[0]
+    width = la.shape[0]
+    if fill_mode == FILL_CONST:
+        la[:] = fill_vec
+        return
+    la[:] = 0
+    if m == 0:
+        return
+    if fill_mode == FILL_MAX or fill_mode == FILL_MIN:
+        e = eids[0]
+        for t in range(width):
+            la[t] = edge_attr[e, t]
+        for k in range(1, m):
+            e = eids[k]
+            for t in range(width):
+                v = edge_attr[e, t]
+                la[t] = max(la[t], v) if fill_mode == FILL_MAX else min(la[t], v)
+        return
+    for k in range(m):
+        e = eids[k]
+        for t in range(width):
+            la[t] += edge_attr[e, t]
+    if fill_mode == FILL_MEAN:
+        inv = la.dtype.type(1.0 / m)
+        for t in range(width):
+            la[t] *= inv
+
+
+@_inline
+def _finish(w, ids, eids, msg, drop, use_drop, alpha, want_alpha, bias, use_bias, concat, acc, row):
+    """Softmax each head's scores ``w (heads, n)``, apply dropout, store alpha, aggregate
+    ``sum_k w[h, k] msg[ids[k], head block]`` and write ``row`` (concat or head mean, plus bias).
+
+    Returns :data:`OK` or :data:`NONFINITE` (the output overflowed).  The hot loops index
+    the 2-D arrays directly: a row view per edge would cost two atomic reference counts.
+    """
+    heads, n = w.shape
+    ch = msg.shape[1] // heads
+    for h in range(heads):
+        softmax(w[h])
+    if use_drop:
+        for k in range(n):
+            e = eids[k]
+            for h in range(heads):
+                w[h, k] *= drop[e, h]
+    if want_alpha:
+        for k in range(n):
+            e = eids[k]
+            for h in range(heads):
+                alpha[e, h] = w[h, k]
+    dest = row if concat else acc
+    dest[:] = 0
+    k = 0
+    while k + 2 <= n:  # two messages per pass over the output row (measured: 2x one, faster than 4)
+        j0 = ids[k]
+        j1 = ids[k + 1]
+        for h in range(heads):
+            a0 = w[h, k]
+            a1 = w[h, k + 1]
+            base = h * ch
+            for c in range(ch):
+                dest[base + c] += a0 * msg[j0, base + c] + a1 * msg[j1, base + c]
+        k += 2
+    if k < n:
+        j0 = ids[k]
+        for h in range(heads):
+            a0 = w[h, k]
+            base = h * ch
+            for c in range(ch):
+                dest[base + c] += a0 * msg[j0, base + c]
+    if not concat:
+        inv = row.dtype.type(1.0 / heads)
+        for c in range(ch):
+            total = row.dtype.type(0)
+            for h in range(heads):
+                total += acc[h * ch + c]
+            row[c] = total * inv
+    ok = True
+    for c in range(row.shape[0]):
+        if use_bias:
+            row[c] += bias[c]
+        if not _is_finite(row[c]):
+            ok = False
+    return OK if ok else NONFINITE
+
+
+@_inline
+def _no_edges(row, bias, use_bias):
+    """The output row of a node without incoming edges: the bias, or zeros."""
+    for c in range(row.shape[0]):
+        row[c] = bias[c] if use_bias else row.dtype.type(0)
+    return EMPTY
+
+
+@_serial
+def gat_chunk(a_src, a_dst, msg, indptr, slot_src, slot_edge, num_edges, self_loops, a_edge, edge_attr, me,
+              use_edge, fill_mode, fill_vec, slope, drop, use_drop, bias, use_bias, concat, alpha, want_alpha, out,
+              status, first, last):  # fmt: skip
+    """Target nodes ``first..last-1`` of :func:`gat_attend`, one scratch buffer for the whole chunk."""
+    heads = a_src.shape[1]
+    dt = a_src.dtype
+    widest = 0
+    for i in range(first, last):
+        widest = max(widest, indptr[i + 1] - indptr[i])
+    w_buf = np.empty(heads * widest, dt)
+    acc = np.empty(msg.shape[1], dt)
+    loop_term = np.zeros(heads, dt)
+    la = np.empty(edge_attr.shape[1], dt)
+    for i in range(first, last):
+        lo = indptr[i]
+        hi = indptr[i + 1]
+        n = hi - lo
+        if n == 0:
+            status[i] = _no_edges(out[i], bias, use_bias)
+            continue
+        ids = slot_src[lo:hi]
+        eids = slot_edge[lo:hi]
+        if use_edge and self_loops:  # the edge term of the self loop, the last slot
+            if fill_mode == FILL_CONST:
+                loop_term[:] = fill_vec
+            elif fill_mode == FILL_MEAN or fill_mode == FILL_ADD:  # linear: reduce the terms, not the attributes
+                scale = dt.type(1.0 / (n - 1)) if fill_mode == FILL_MEAN and n > 1 else dt.type(1)
+                for h in range(heads):
+                    total = dt.type(0)
+                    for k in range(lo, hi - 1):
+                        total += a_edge[k, h]
+                    loop_term[h] = total * scale
+            else:
+                _loop_attr(edge_attr, eids[: n - 1], fill_mode, fill_vec, la)
+                for h in range(heads):
+                    total = dt.type(0)
+                    for t in range(la.shape[0]):
+                        total += la[t] * me[t, h]
+                    loop_term[h] = total
+        w = w_buf[: heads * n].reshape((heads, n))
+        check = dt.type(0)
+        for k in range(n):
+            e = eids[k]
+            j = ids[k]
+            for h in range(heads):
+                s = a_src[j, h] + a_dst[i, h]
+                if use_edge:
+                    s += a_edge[lo + k, h] if e < num_edges else loop_term[h]
+                s = s if s > 0 else s * slope
+                w[h, k] = s
+                check += s * 0
+        if check != 0:
+            out[i, :] = np.nan
+            status[i] = NONFINITE
+            continue
+        status[i] = _finish(w, ids, eids, msg, drop, use_drop, alpha, want_alpha, bias, use_bias, concat, acc, out[i])
+
+
+@_parallel
+def gat_attend(a_src, a_dst, msg, indptr, slot_src, slot_edge, num_edges, self_loops, a_edge, edge_attr, me,
+               use_edge, fill_mode, fill_vec, slope, drop, use_drop, bias, use_bias, concat, alpha, want_alpha, out,
+               status, size):  # fmt: skip
+    """GAT attention at every target node, parallel over chunks of ``size`` nodes (see
+    :func:`~ruvattn.kernels.attention.chunk_size`; the work per chunk is :func:`gat_chunk`).
+
+    For node ``i``'s slot ``k`` (source ``j``, edge id ``e``)::
+
+        s[h, k] = LeakyReLU_slope(a_src[j, h] + a_dst[i, h] + a_edge[k, h])
+        w[h, :] = softmax(s[h, :]) (* drop[e, h] when use_drop)
+        out[i, head block h] = sum_k w[h, k] msg[j, head block h]
+
+    ``a_src, a_dst (N, heads)``, ``msg (N, heads * C)``; ``a_edge (E [+ N], heads)``
+    is the edge term **in slot order** (``a_edge[k]`` for slot ``k``, see
+    :func:`group_by_target`'s ``rows``) when ``use_edge``.  The self loop's edge
+    term is ``fill_vec[h]`` (:data:`FILL_CONST`; the constant's term), the mean
+    or sum of the node's other slots' terms (:data:`FILL_MEAN`/:data:`FILL_ADD`, by
+    linearity), or ``la . me[:, h]`` with ``la`` the max/min of the node's
+    ``edge_attr (E, edge_dim)`` rows and ``me (edge_dim, heads)``.  ``out`` is
+    ``(N, heads * C)`` when ``concat``, else ``(N, C)`` (mean over heads); the
+    bias is added when ``use_bias``; ``alpha (E [+ N], heads)`` receives the
+    weights (after dropout) when ``want_alpha``.
+    """
+    n = indptr.shape[0] - 1
+    for c in prange((n + size - 1) // size):
+        first = c * size
+        gat_chunk(a_src, a_dst, msg, indptr, slot_src, slot_edge, num_edges, self_loops, a_edge, edge_attr, me,
+                  use_edge, fill_mode, fill_vec, slope, drop, use_drop, bias, use_bias, concat, alpha, want_alpha,
+                  out, status, first, min(first + size, n))  # fmt: skip
+
+
+@_serial
+def gatv2_chunk(xl, xr, msg, att, indptr, slot_src, slot_edge, num_edges, self_loops, edge_attr, we_t, use_edge,
+                fill_mode, fill_vec, slope, drop, use_drop, bias, use_bias, concat, alpha, want_alpha, out, status,
+                first, last):  # fmt: skip
+    """Target nodes ``first..last-1`` of :func:`gatv2_attend`, one scratch buffer for the whole chunk."""
+    heads, ch = att.shape
+    width = heads * ch
+    dt = xl.dtype
+    widest = 0
+    for i in range(first, last):
+        widest = max(widest, indptr[i + 1] - indptr[i])
+    w_buf = np.empty(heads * widest, dt)
+    acc = np.empty(msg.shape[1], dt)
+    z = np.empty(width, dt)
+    la = np.empty(edge_attr.shape[1], dt)
+    for i in range(first, last):
+        lo = indptr[i]
+        hi = indptr[i + 1]
+        n = hi - lo
+        if n == 0:
+            status[i] = _no_edges(out[i], bias, use_bias)
+            continue
+        ids = slot_src[lo:hi]
+        eids = slot_edge[lo:hi]
+        if use_edge and self_loops:
+            _loop_attr(edge_attr, eids[: n - 1], fill_mode, fill_vec, la)
+        w = w_buf[: heads * n].reshape((heads, n))
+        check = dt.type(0)
+        for k in range(n):
+            j = ids[k]
+            for c in range(width):
+                z[c] = xl[j, c] + xr[i, c]
+            if use_edge:
+                e = eids[k]
+                for t in range(la.shape[0]):
+                    xe = edge_attr[e, t] if e < num_edges else la[t]
+                    for c in range(width):
+                        z[c] += xe * we_t[t, c]
+            for h in range(heads):
+                s = dt.type(0)
+                for c in range(ch):
+                    v = z[h * ch + c]
+                    v = v if v > 0 else v * slope
+                    s += att[h, c] * v
+                w[h, k] = s
+                check += s * 0
+        if check != 0:
+            out[i, :] = np.nan
+            status[i] = NONFINITE
+            continue
+        status[i] = _finish(w, ids, eids, msg, drop, use_drop, alpha, want_alpha, bias, use_bias, concat, acc, out[i])
+
+
+@_parallel
+def gatv2_attend(xl, xr, msg, att, indptr, slot_src, slot_edge, num_edges, self_loops, edge_attr, we_t, use_edge,
+                 fill_mode, fill_vec, slope, drop, use_drop, bias, use_bias, concat, alpha, want_alpha, out, status,
+                 size):  # fmt: skip
+    """GATv2 attention at every target node, parallel over chunks of ``size`` nodes (:func:`gatv2_chunk`).
+
+    For node ``i``'s slot ``k`` (source ``j``, edge id ``e``)::
+
+        z = xl[j] + xr[i] + we_t^T edge_attr[e]            (heads * C,)
+        s[h, k] = sum_c att[h, c] LeakyReLU_slope(z[h * C + c])
+        w[h, :] = softmax(s[h, :]) (* drop[e, h] when use_drop)
+        out[i, head block h] = sum_k w[h, k] msg[j, head block h]
+
+    ``we_t (edge_dim, heads * C)`` is the transposed edge projection, applied
+    edge by edge (no ``(E, heads * C)`` array).  A self loop's attribute comes
+    from ``fill_mode``/``fill_vec (edge_dim,)``.  ``out``, ``bias``, ``alpha``
+    and ``drop`` as in :func:`gat_attend`.
+    """
+    n = indptr.shape[0] - 1
+    for c in prange((n + size - 1) // size):
+        first = c * size
+        gatv2_chunk(xl, xr, msg, att, indptr, slot_src, slot_edge, num_edges, self_loops, edge_attr, we_t, use_edge,
+                    fill_mode, fill_vec, slope, drop, use_drop, bias, use_bias, concat, alpha, want_alpha, out,
+                    status, first, min(first + size, n))  # fmt: skip

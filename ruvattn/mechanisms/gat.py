@@ -1,0 +1,792 @@
+r"""Graph attention layers with PyTorch Geometric's semantics: :class:`GATConv` and :class:`GATv2Conv`.
+
+GAT (Veličković et al. 2018, ``torch_geometric.nn.GATConv``), for an edge
+``e = (j -> i)`` with attribute ``x_e`` and head ``h``:
+
+.. math::
+
+    m_j = W x_j, \qquad
+    s_{e,h} = \operatorname{LeakyReLU}\big(a^{src}_h \cdot m_{j,h} + a^{dst}_h \cdot m_{i,h}
+        + a^{edge}_h \cdot (W_e x_e)_h\big)
+
+GATv2 (Brody et al. 2022, ``torch_geometric.nn.GATv2Conv``):
+
+.. math::
+
+    m_j = W_l x_j + b_l, \qquad
+    s_{e,h} = a_h \cdot \operatorname{LeakyReLU}\big(m_{j,h} + (W_r x_i + b_r)_h + (W_e x_e)_h\big)
+
+then, for both,
+
+.. math::
+
+    \alpha_{e,h} = \operatorname{softmax}_{e':\,\mathrm{target}(e') = i}(s_{e',h}), \qquad
+    \text{out}_{i,h} = \sum_{e = (j \to i)} \alpha_{e,h}\, m_{j,h}
+
+with the heads concatenated (``concat=True``, ``(N, H·C)``) or averaged
+(``(N, C)``), plus ``bias``.  A node without incoming edges gets zeros (plus
+the bias).  With ``add_self_loops`` the input's self loops are removed and one
+loop ``i -> i`` per node is appended after the edges, its attribute given by
+``fill_value`` (``"mean"``: the mean attribute of the node's incoming edges,
+zeros if it has none; ``"add"``/``"sum"``, ``"max"``, ``"min"`` likewise; or a
+constant).  In training mode ``dropout`` zeroes entries of ``alpha`` (seeded)
+and scales the rest by ``1/(1-p)``, as PyG does.
+
+Parameters use PyG's state-dict names and shapes, so a PyG layer's
+``state_dict()`` (or a safetensors file of a whole model, with a ``prefix``)
+loads as is.  GATConv: ``lin.weight (H·C, in)``, ``att_src``, ``att_dst``
+``(1, H, C)``, with ``edge_dim`` also ``att_edge (1, H, C)`` and
+``lin_edge.weight (H·C, edge_dim)``, and ``bias``.  GATv2Conv: ``lin_l.weight``,
+``lin_l.bias``, ``lin_r.weight``, ``lin_r.bias`` (``lin_r`` *is* ``lin_l`` with
+``share_weights``), ``att (1, H, C)``, ``lin_edge.weight``, ``bias``.
+Initialisation follows PyG from ``seed``: Glorot-uniform weights and ``att*``,
+``U(±1/sqrt(in))`` for ``lin_l.bias``/``lin_r.bias``, zero ``bias``.
+
+Shapes:
+    - whole graph: ``x (N, in)``, ``edge_index (2, E)`` integers with **row 0 the sources
+      j and row 1 the targets i** (messages flow ``j -> i``), or a CSR adjacency --
+      a scipy sparse matrix or ``(indptr, indices)`` -- whose row ``i`` lists the
+      sources of target ``i``; ``edge_attr (E, edge_dim)`` in edge order (CSR order
+      for a CSR adjacency) -> ``(N, H·C)`` or ``(N, C)``; ``alpha (E', H)``
+    - one target node: ``query (in,)``, ``keys``/``values (n, in)``,
+      ``edge_features (n, edge_dim)`` -> ``(H·C,)`` or ``(C,)``; weights ``(H, n)``
+
+>>> import numpy as np
+>>> from ruvattn import GATConv
+>>> conv = GATConv(4, 2, heads=3, edge_dim=1)
+>>> x = np.eye(5, 4, dtype=np.float32)
+>>> out, (used, alpha) = conv(x, np.array([[0, 1, 2], [1, 2, 0]]), np.ones((3, 1), np.float32),
+...                           return_attention_weights=True)
+>>> out.shape, used.shape, alpha.shape
+((5, 6), (2, 8), (8, 3))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, ClassVar, Literal, overload
+
+import numpy as np
+import scipy.sparse as sp
+from numpy.typing import NDArray
+
+from ruvattn import _validation as V
+from ruvattn.errors import DimensionMismatch, InvalidConfig, NumericalInstability, OutOfBounds
+from ruvattn.graph import NeighbourList, as_neighbours
+from ruvattn.kernels import attention as K
+from ruvattn.kernels import graph as G
+from ruvattn.mechanisms.base import Attention, AttentionConfig, register
+from ruvattn.mechanisms.scaled_dot import DropoutMixin
+
+__all__ = ["GATConfig", "GATConv", "GATv2Config", "GATv2Conv"]
+
+Array = NDArray[np.floating]
+Ids = NDArray[np.int64]
+#: ``fill_value`` names (PyG's scatter reductions) and their kernel codes.
+FILL_MODES = {"mean": G.FILL_MEAN, "add": G.FILL_ADD, "sum": G.FILL_ADD, "max": G.FILL_MAX, "min": G.FILL_MIN}
+
+
+def _flag(owner: str, name: str, value: Any) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidConfig(f"{owner}: '{name}' must be True or False; got {value!r}.")
+
+
+@dataclass
+class GATConfig(AttentionConfig):
+    """``dim`` is ``in_channels`` (the node feature width); the other fields are PyG's
+    ``GATConv`` arguments, plus ``seed`` for initialisation and dropout."""
+
+    dim: int
+    out_channels: int
+    heads: int = 1
+    concat: bool = True
+    negative_slope: float = 0.2
+    dropout: float = 0.0
+    add_self_loops: bool = True
+    edge_dim: int | None = None
+    fill_value: float | str = "mean"
+    bias: bool = True
+    seed: int | None = 0
+
+    def validate(self, owner: str) -> None:
+        V.positive_int(owner, "in_channels", self.dim)
+        V.positive_int(owner, "out_channels", self.out_channels)
+        V.positive_int(owner, "heads", self.heads)
+        for name in ("concat", "add_self_loops", "bias"):
+            _flag(owner, name, getattr(self, name))
+        slope = self.negative_slope
+        if isinstance(slope, bool) or not isinstance(slope, (int, float, np.integer, np.floating)):
+            raise InvalidConfig(f"{owner}: 'negative_slope' must be a number >= 0; got {slope!r}.")
+        if not (np.isfinite(slope) and slope >= 0):
+            raise InvalidConfig(f"{owner}: 'negative_slope' must be a finite number >= 0; got {slope!r}.")
+        V.unit_interval(owner, "dropout", self.dropout)
+        if self.edge_dim is not None:
+            V.positive_int(owner, "edge_dim", self.edge_dim, " Use None for a layer without edge features.")
+        fill = self.fill_value
+        if isinstance(fill, str):
+            if fill not in FILL_MODES:
+                raise InvalidConfig(
+                    f"{owner}: 'fill_value' must be one of {sorted(FILL_MODES)} or a number; got {fill!r}."
+                )
+        elif isinstance(fill, bool) or not isinstance(fill, (int, float, np.integer, np.floating)):
+            raise InvalidConfig(f"{owner}: 'fill_value' must be one of {sorted(FILL_MODES)} or a number; got {fill!r}.")
+        elif not np.isfinite(fill):
+            raise InvalidConfig(f"{owner}: 'fill_value' must be finite; got {fill!r}.")
+        seed = self.seed
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise InvalidConfig(f"{owner}: 'seed' must be None or an integer >= 0; got {seed!r}.")
+
+
+@dataclass
+class GATv2Config(GATConfig):
+    """:class:`GATConfig` plus ``share_weights`` (one linear map for sources and targets)."""
+
+    share_weights: bool = False
+
+    def validate(self, owner: str) -> None:
+        super().validate(owner)
+        _flag(owner, "share_weights", self.share_weights)
+
+
+class _GraphConv(DropoutMixin, Attention, ABC):
+    """What :class:`GATConv` and :class:`GATv2Conv` share: parameters by PyG name, edge-list
+    handling (validation, grouping by target, self loops), dropout and the two forward forms.
+
+    Subclasses give ``_shapes`` (PyG names -> shapes, in PyG's order), ``_aliases``
+    (shared tensors), ``_prepare`` (project the nodes) and ``_attend`` (run a kernel).
+    """
+
+    config: GATConfig
+    _ANCHOR: ClassVar[str] = ""  # a tensor every layer has, used to find its prefix in a file
+
+    # -- configuration ----------------------------------------------------
+    def get_params(self) -> dict[str, Any]:
+        """Constructor arguments (``in_channels`` first, as in the constructor)."""
+        params = self.config.to_dict()
+        return {"in_channels": params.pop("dim"), **params}
+
+    def set_params(self, **params: Any) -> _GraphConv:
+        """Change constructor arguments (validated); parameters are re-initialised from the seed."""
+        unknown = set(params) - set(self.get_params())
+        if unknown:
+            raise InvalidConfig(f"{type(self).__name__}.set_params: unknown parameter(s) {sorted(unknown)}.")
+        if "in_channels" in params:
+            params["dim"] = params.pop("in_channels")
+        new = dataclasses.replace(self.config, **params)
+        new.validate(type(self).__name__)
+        self.config = new
+        self._init_state()
+        return self
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]) -> Attention:
+        """Build from ``{"type": ..., **constructor arguments}``; an unknown argument is an InvalidConfig."""
+        try:
+            return super().from_dict(spec)
+        except TypeError as exc:
+            raise InvalidConfig(f"{cls.__name__}: {exc}.") from None
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.config.dim)
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.config.out_channels)
+
+    @property
+    def heads(self) -> int:
+        return int(self.config.heads)
+
+    @property
+    def output_dim(self) -> int:
+        """Width of an output row: ``heads * out_channels`` with ``concat``, else ``out_channels``."""
+        return self.heads * self.out_channels if self.config.concat else self.out_channels
+
+    @property
+    def complexity(self) -> str:
+        return "O(N·d·H·C + E·H·C) time for a whole graph (each node projected once), O(E·H) memory for alpha"
+
+    # -- parameters -------------------------------------------------------
+    @abstractmethod
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        """PyG's state-dict names and shapes for this config, in PyG's order."""
+
+    def _aliases(self) -> dict[str, str]:
+        """Tensors that are another tensor (``name -> the one it shares``)."""
+        return {}
+
+    @staticmethod
+    def _attr(name: str) -> str:
+        return name.replace(".", "_") + "_"
+
+    def _init_state(self) -> None:
+        rng = np.random.default_rng(self.config.seed)
+        aliases = self._aliases()
+        for name, shape in self._shapes().items():
+            if name in aliases:
+                continue
+            if name == "bias":
+                value = np.zeros(shape)
+            elif name.endswith(".bias"):  # PyG's Linear bias: U(-1/sqrt(in), 1/sqrt(in))
+                bound = 1.0 / np.sqrt(self.in_channels)
+                value = rng.uniform(-bound, bound, shape)
+            else:  # glorot: U(-a, a), a = sqrt(6 / (fan_in + fan_out)) over the last two axes
+                bound = np.sqrt(6.0 / (shape[-2] + shape[-1]))
+                value = rng.uniform(-bound, bound, shape)
+            setattr(self, self._attr(name), value.astype(np.float32))
+        for name, target in aliases.items():
+            setattr(self, self._attr(name), getattr(self, self._attr(target)))
+        self._init_rng()
+
+    def state_dict(self) -> dict[str, Array]:
+        """Parameters under PyG's names, in PyG's order (shared tensors appear under both names)."""
+        return {name: getattr(self, self._attr(name)) for name in self._shapes()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> _GraphConv:
+        """Load a PyG ``state_dict`` (numpy arrays, CPU tensors or anything ``np.asarray`` takes).
+
+        Every tensor of :meth:`state_dict` is required (a shared ``lin_r.*`` may be
+        left out, and must equal ``lin_l.*`` when given); an unknown name raises
+        :class:`~ruvattn.errors.InvalidConfig`, a wrong shape
+        :class:`~ruvattn.errors.DimensionMismatch` naming the tensor.
+        """
+        op = f"{type(self).__name__}.load_state_dict"
+        shapes = self._shapes()
+        aliases = self._aliases()
+        unknown = sorted(set(state) - set(shapes))
+        if unknown:
+            raise InvalidConfig(f"{op}: unknown tensor(s) {unknown}; expected {list(shapes)}.{self._hint(unknown)}")
+        missing = [n for n in shapes if n not in state and n not in aliases]
+        if missing:
+            raise InvalidConfig(f"{op}: missing tensor(s) {missing}; expected {list(shapes)}.{self._hint(missing)}")
+        arrays: dict[str, Array] = {}
+        for name, shape in shapes.items():
+            if name not in state:
+                continue
+            value = state[name]
+            if hasattr(value, "detach"):  # a torch tensor, possibly requiring grad (named_parameters())
+                value = value.detach().cpu().numpy()
+            a = np.asarray(value)
+            if a.shape != shape:
+                raise DimensionMismatch(f"{op}: {name} has shape {a.shape}, expected {shape}.")
+            if a.dtype.kind not in "fiu":
+                raise InvalidConfig(f"{op}: {name} must hold real numbers; got dtype {a.dtype}.")
+            if not np.isfinite(a).all():
+                raise InvalidConfig(f"{op}: {name} contains NaN or inf.")
+            arrays[name] = np.array(a, dtype=np.float64 if a.dtype == np.float64 else np.float32)
+        for name, target in aliases.items():
+            if name in arrays and not np.array_equal(arrays[name], arrays[target]):
+                raise InvalidConfig(
+                    f"{op}: {name} differs from {target}, but the layer has share_weights=True (one linear map). "
+                    "Build it with share_weights=False to load two maps."
+                )
+            arrays[name] = arrays[target]
+        for name, value in arrays.items():
+            setattr(self, self._attr(name), value)
+        return self
+
+    def _hint(self, names: list[str]) -> str:
+        """A fix for tensors the config does not expect (or expects but lacks)."""
+        if any(n.startswith(("lin_edge.", "att_edge")) for n in names):
+            return (
+                " These are edge-feature tensors: build the layer with edge_dim=<edge feature width>."
+                if self.config.edge_dim is None
+                else f" The layer has edge_dim={self.config.edge_dim}: give its edge tensors, or build it with "
+                "edge_dim=None."
+            )
+        if "bias" in names or any(n.endswith(".bias") for n in names):
+            return f" The layer has bias={self.config.bias}; build it with bias={not self.config.bias} to match."
+        if any(n.startswith("res.") for n in names):
+            return " residual=True layers are not supported."
+        return ""
+
+    def save_safetensors(self, path: str | Path) -> None:
+        """Write the parameters as safetensors under PyG's tensor names."""
+        from safetensors.numpy import save_file
+
+        save_file({k: np.ascontiguousarray(v) for k, v in self.state_dict().items()}, str(path))
+
+    def load_safetensors(self, path: str | Path, prefix: str | None = None) -> _GraphConv:
+        """Load this layer's tensors from a safetensors file (e.g. a whole PyG model's ``state_dict``).
+
+        ``prefix`` is the layer's module path, ``"conv1."`` for ``model.conv1``
+        (a trailing dot is added if missing).  ``None`` finds it: the file must
+        then hold exactly one layer's tensors, with or without a prefix.
+        """
+        from safetensors.numpy import load_file
+
+        op = f"{type(self).__name__}.load_safetensors"
+        raw = load_file(str(path))
+        anchor = self._ANCHOR
+        found = sorted({k[: len(k) - len(anchor)] for k in raw if k == anchor or k.endswith("." + anchor)})
+        if prefix is None:
+            if len(found) != 1:
+                what = "no" if not found else "several"
+                raise InvalidConfig(
+                    f"{op}: {path} holds {what} tensor(s) named '<prefix>{anchor}' (prefixes {found}); "
+                    "pass prefix= to pick the layer."
+                )
+            prefix = found[0]
+        elif prefix and not prefix.endswith("."):
+            prefix += "."
+        state = {k[len(prefix) :]: v for k, v in raw.items() if k.startswith(prefix)}
+        if not state:
+            raise InvalidConfig(f"{op}: no tensors under prefix {prefix!r} in {path}; layers found at {found}.")
+        return self.load_state_dict(state)
+
+    # -- inputs -----------------------------------------------------------
+    def _edge_index(self, op: str, edge_index: Any, n: int) -> Ids:
+        """``(2, E)`` int64 from an edge list, a scipy sparse adjacency or CSR ``(indptr, indices)``."""
+        if sp.issparse(edge_index) or isinstance(edge_index, (tuple, NeighbourList)):
+            if sp.issparse(edge_index):
+                if edge_index.shape != (n, n):
+                    raise DimensionMismatch(
+                        f"{op}: the adjacency matrix has shape {edge_index.shape}, expected ({n}, {n}): "
+                        "row i lists the sources of target i."
+                    )
+                edge_index = sp.csr_matrix(edge_index)
+            elif isinstance(edge_index, tuple) and (len(edge_index) != 2 or np.shape(edge_index[0]) != (n + 1,)):
+                raise DimensionMismatch(
+                    f"{op}: a tuple is read as a CSR adjacency (indptr, indices) with len(indptr) = N + 1 = {n + 1}; "
+                    f"got {len(edge_index)} item(s), the first of shape {np.shape(edge_index[0])}. "
+                    "For an edge list pass np.stack([sources, targets])."
+                )
+            nl = as_neighbours(op, edge_index, n, n)
+            return np.stack([nl.indices, np.repeat(np.arange(n, dtype=np.int64), nl.degrees())])
+        try:
+            arr = np.asarray(edge_index)
+        except ValueError:
+            raise DimensionMismatch(f"{op}: edge_index must be a (2, E) integer array; got ragged rows.") from None
+        if arr.ndim != 2 or arr.shape[0] != 2:
+            raise DimensionMismatch(
+                f"{op}: edge_index has shape {arr.shape}, expected (2, E): row 0 the sources, row 1 the targets."
+            )
+        if arr.size and arr.dtype.kind not in "iu":
+            raise DimensionMismatch(f"{op}: edge_index must hold integer node ids; got dtype {arr.dtype}.")
+        return np.ascontiguousarray(arr, dtype=np.int64)
+
+    def _edge_attr(self, op: str, edge_attr: Any, num_edges: int, what: str = "edges") -> Array | None:
+        if edge_attr is None:
+            return None
+        ed = self.config.edge_dim
+        if ed is None:
+            width = np.shape(edge_attr)[-1] if np.ndim(edge_attr) == 2 else 1
+            raise InvalidConfig(
+                f"{op}: edge features were given but the layer has edge_dim=None. "
+                f"Build it with edge_dim={width} to use them, or leave them out."
+            )
+        name = "edge_attr" if what == "edges" else "edge_features"
+        if np.ndim(edge_attr) == 1 and ed == 1:  # PyG reads a vector as one feature per edge
+            a = V.as_array(edge_attr, op, name, 1).reshape(-1, 1)
+        else:
+            a = V.as_array(edge_attr, op, name, 2)
+        if a.shape[0] != num_edges:
+            raise DimensionMismatch(
+                f"{op}: {name} has {a.shape[0]} rows but there are {num_edges} {what}; give one row per edge."
+            )
+        if a.shape[1] != ed:
+            raise DimensionMismatch(f"{op}: {name} has shape {a.shape}, expected ({num_edges}, {ed}) (edge_dim={ed}).")
+        return a
+
+    @staticmethod
+    def _dtype(*arrays: Array | None) -> np.dtype:
+        return V.common_dtype(*(a for a in arrays if a is not None))
+
+    def _group(
+        self, op: str, ei: Ids, n: int, rows: Array | None, dt: np.dtype
+    ) -> tuple[tuple[Ids, Ids, Ids], Array | None]:
+        """Slots of :func:`~ruvattn.kernels.graph.group_by_target` (with self loops when configured),
+        and the per-edge table ``rows`` carried into slot order."""
+        loops = bool(self.config.add_self_loops)
+        count = ei.shape[1] + (n if loops else 0)
+        indptr = np.empty(n + 1, np.int64)
+        slot_src = np.empty(count, np.int64)
+        slot_edge = np.empty(count, np.int64)
+        use_rows = rows is not None
+        table = rows if use_rows else np.empty((0, 0), dt)
+        slot_rows = np.empty((count, table.shape[1]), table.dtype) if use_rows else table
+        bad = int(G.group_by_target(ei[0], ei[1], n, loops, table, use_rows, indptr, slot_src, slot_edge, slot_rows))
+        if bad >= 0:
+            r = 0 if not 0 <= ei[0, bad] < n else 1
+            raise OutOfBounds(
+                f"{op}: edge_index[{r}, {bad}] = {ei[r, bad]} is not a node id; ids must be in [0, {n}) "
+                f"(x has {n} rows)."
+            )
+        return (indptr, slot_src, slot_edge), (slot_rows if use_rows else None)
+
+    def _drop(self, rows: int, dt: np.dtype, use: bool) -> Array:
+        """Dropout multipliers ``(rows, heads)``: 0 with probability p, else ``1/(1-p)``."""
+        if not use:
+            return np.empty((0, self.heads), dt)
+        p = self.config.dropout
+        keep = self._rng.random((rows, self.heads)) >= p
+        return keep.astype(dt) * dt.type(1.0 / (1.0 - p))
+
+    @staticmethod
+    def _raise_nonfinite(op: str, dt: np.dtype, **inputs: Array | None) -> None:
+        V.check_finite(op, **{k: v for k, v in inputs.items() if v is not None})
+        raise NumericalInstability(
+            f"{op}: a score or the output overflowed {dt} (inputs are finite but too large). "
+            "Scale the inputs down or use float64."
+        )
+
+    # -- the two forms ----------------------------------------------------
+    @abstractmethod
+    def _prepare(self, xs: Array, xd: Array, dt: np.dtype) -> SimpleNamespace:
+        """The kernel's per-call arrays: projections of the source rows ``xs`` and target rows ``xd``."""
+
+    @abstractmethod
+    def _messages(self, v: Array, dt: np.dtype) -> Array:
+        """The messages ``(n, heads * C)`` sent by rows ``v`` (the source-side projection)."""
+
+    def _edge_rows(self, k: SimpleNamespace, edge_attr: Array | None) -> Array | None:
+        """A per-edge table the kernel wants in slot order (GAT's edge term), or None."""
+        return None
+
+    @abstractmethod
+    def _attend(self, k: SimpleNamespace, slots: tuple[Ids, Ids, Ids], num_edges: int, self_loops: bool,
+                edge_attr: Array | None, slot_rows: Array | None, drop: Array, alpha: Array, out: Array,
+                status: NDArray[np.int8], serial: bool) -> None:  # fmt: skip
+        """Run the kernel (the parallel one, or the serial chunk for ``serial``) into ``alpha``/``out``/``status``."""
+
+    @overload
+    def forward_graph(
+        self, x: Any, edge_index: Any, edge_attr: Any = ..., return_attention_weights: Literal[False] = ...
+    ) -> Array: ...
+
+    @overload
+    def forward_graph(
+        self, x: Any, edge_index: Any, edge_attr: Any = ..., *, return_attention_weights: Literal[True]
+    ) -> tuple[Array, tuple[Ids, Array]]: ...
+
+    @overload
+    def forward_graph(
+        self, x: Any, edge_index: Any, edge_attr: Any = ..., return_attention_weights: bool = ...
+    ) -> Array | tuple[Array, tuple[Ids, Array]]: ...
+
+    def forward_graph(
+        self, x: Any, edge_index: Any, edge_attr: Any = None, return_attention_weights: bool = False
+    ) -> Array | tuple[Array, tuple[Ids, Array]]:
+        """The layer on a whole graph, like PyG's ``conv(x, edge_index, edge_attr)``.
+
+        Parameters
+        ----------
+        x : (N, in_channels) float32 or float64 node features.
+        edge_index : (2, E) integers, row 0 the source ``j`` and row 1 the target
+            ``i`` of each edge (messages ``j -> i``); or a CSR adjacency -- a scipy
+            sparse ``(N, N)`` matrix or ``(indptr, indices)`` -- whose row ``i``
+            lists the sources of target ``i`` (structure only; values are ignored).
+        edge_attr : (E, edge_dim) edge features in the order of the edges (CSR
+            order for an adjacency); needs ``edge_dim``.  ``None``: no edge term.
+        return_attention_weights : also return ``(edge_index used, alpha)``: the
+            edges with PyG's self-loop handling applied ``(2, E')`` and the weights
+            ``(E', heads)`` in that order (after dropout in training mode).
+
+        Returns
+        -------
+        ``(N, heads * out_channels)`` (concat) or ``(N, out_channels)``; float64 for
+        float64 inputs, else float32.
+        """
+        op = f"{type(self).__name__}.forward_graph"
+        xa = V.as_array(x, op, "x", 2)
+        V.check_width(op, "x", xa, self.in_channels)
+        n = xa.shape[0]
+        ei = self._edge_index(op, edge_index, n)
+        e = ei.shape[1]
+        ea = self._edge_attr(op, edge_attr, e)
+        dt = self._dtype(xa, ea)
+        xa = xa.astype(dt, copy=False)
+        ea = None if ea is None else ea.astype(dt, copy=False)
+        loops = bool(self.config.add_self_loops)
+        rows = e + n if loops else e
+        alpha = np.empty((rows if return_attention_weights else 0, self.heads), dt)
+        out = np.empty((n, self.output_dim), dt)
+        status = np.empty(n, np.int8)
+        with np.errstate(over="ignore", invalid="ignore"):  # NaN/inf are reported below, as a typed error
+            kernel = self._prepare(xa, xa, dt)
+            slots, slot_rows = self._group(op, ei, n, self._edge_rows(kernel, ea), dt)
+            drop = self._drop(rows, dt, self._dropping)  # after the checks: a bad call draws no mask
+            self._attend(kernel, slots, e, loops, ea, slot_rows, drop, alpha, out, status, False)
+        if (status == K.NONFINITE).any():
+            self._raise_nonfinite(op, dt, x=xa, edge_attr=ea)
+        if not return_attention_weights:
+            return out
+        if not loops:
+            return out, (ei, alpha)
+        nodes = np.arange(n, dtype=np.int64)
+        if slots[0][n] == rows:  # no self loop in the input: alpha is already in PyG's order
+            return out, (np.concatenate([ei, np.stack([nodes, nodes])], axis=1), alpha)
+        kept = ei[0] != ei[1]
+        used = np.concatenate([ei[:, kept], np.stack([nodes, nodes])], axis=1)
+        return out, (used, np.concatenate([alpha[:e][kept], alpha[e:]]))
+
+    __call__ = forward_graph
+
+    def _single(
+        self, op: str, query: Any, keys: Any, values: Any, edge_features: Any, dropout: bool
+    ) -> tuple[Array, Array]:
+        """One target node over its ``n`` incoming neighbours: ``(output, weights (n, heads))``."""
+        q, k, v, _ = self._tables(op, query, keys, values, "query")
+        n = k.shape[0]
+        ef = self._edge_attr(op, edge_features, n, "neighbours")
+        dt = self._dtype(q, ef)
+        q, k, v = (a.astype(dt, copy=False) for a in (q, k, v))
+        ef = None if ef is None else ef.astype(dt, copy=False)
+        with np.errstate(over="ignore", invalid="ignore"):  # NaN/inf are reported below, as a typed error
+            kernel = self._prepare(k, q.reshape(1, -1), dt)
+            if values is not None and v is not k:  # messages from the values, scores from the keys
+                kernel.msg = self._messages(v, dt)
+            ids = np.arange(n, dtype=np.int64)
+            slots = (np.array([0, n], np.int64), ids, ids)
+            w = np.empty((n, self.heads), dt)
+            out = np.empty((1, self.output_dim), dt)
+            status = np.empty(1, np.int8)
+            drop = self._drop(n, dt, dropout)
+            self._attend(kernel, slots, n, False, ef, self._edge_rows(kernel, ef), drop, w, out, status, True)
+        if status[0] == K.NONFINITE:
+            self._raise_nonfinite(op, dt, query=q, keys=k, values=v, edge_features=ef)
+        return out[0], w
+
+    def forward_with_edges(self, query: Any, keys: Any, values: Any, edge_features: Any = None) -> Array:
+        """The output at one target node whose incoming neighbours are the rows of ``keys``/``values``.
+
+        Scores use ``query`` on the target side and ``keys`` (and the edge
+        features) on the source side; messages are the ``values`` projected by the
+        source-side map.  No self loop is added: include the node among its own
+        neighbours for one.  With ``values = keys`` this is row ``i`` of
+        :meth:`forward_graph` on the star graph of ``i``'s incoming edges.  No
+        neighbours give the bias (or zeros).
+
+        Parameters
+        ----------
+        query : (in_channels,) the target node's features.
+        keys, values : (n, in_channels) the neighbours' features.
+        edge_features : (n, edge_dim) or None.
+
+        Returns
+        -------
+        ``(heads * out_channels,)`` (concat) or ``(out_channels,)``.
+        """
+        op = f"{type(self).__name__}.forward_with_edges"
+        return self._single(op, query, keys, values, edge_features, self._dropping)[0]
+
+    def forward(self, query: Any, keys: Any, values: Any) -> Array:
+        """:meth:`forward_with_edges` without edge features."""
+        return self._single(f"{type(self).__name__}.forward", query, keys, values, None, self._dropping)[0]
+
+    def attention_weights(self, query: Any, keys: Any, edge_features: Any = None) -> Array:
+        """Weights ``(heads, n)`` of one target node over its neighbours (before dropout; rows sum to 1)."""
+        op = f"{type(self).__name__}.attention_weights"
+        return np.ascontiguousarray(self._single(op, query, keys, None, edge_features, False)[1].T)
+
+
+@register("gat")
+class GATConv(_GraphConv):
+    """Graph attention (GAT) with PyG ``GATConv`` semantics and parameter names (see the module docstring).
+
+    Parameters
+    ----------
+    in_channels, out_channels : node feature width in, and per head out.
+    heads : attention heads (``H``).
+    concat : concatenate the heads (``(N, H·C)``), else average them (``(N, C)``).
+    negative_slope : slope of the LeakyReLU for negative scores.
+    dropout : probability of zeroing an attention weight in training mode.
+    add_self_loops : remove the input's self loops and add one per node.
+    edge_dim : edge feature width, or None for no edge term.
+    fill_value : the attribute of an added self loop: ``"mean"``, ``"add"``/``"sum"``,
+        ``"max"``, ``"min"`` of the node's incoming edge attributes, or a constant.
+    bias : add a learned bias to the output.
+    seed : initialisation and dropout seed.
+    """
+
+    Config = GATConfig
+    _ANCHOR = "lin.weight"
+    lin_weight_: Array
+    att_src_: Array
+    att_dst_: Array
+    att_edge_: Array
+    lin_edge_weight_: Array
+    bias_: Array
+
+    def __init__(self, in_channels: int, out_channels: int, heads: int = 1, concat: bool = True,
+                 negative_slope: float = 0.2, dropout: float = 0.0, add_self_loops: bool = True,
+                 edge_dim: int | None = None, fill_value: float | str = "mean", bias: bool = True,
+                 seed: int | None = 0) -> None:  # fmt: skip
+        super().__init__(dim=in_channels, out_channels=out_channels, heads=heads, concat=concat,
+                         negative_slope=negative_slope, dropout=dropout, add_self_loops=add_self_loops,
+                         edge_dim=edge_dim, fill_value=fill_value, bias=bias, seed=seed)  # fmt: skip
+
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        c = self.config
+        h, ch = c.heads, c.out_channels
+        shapes: dict[str, tuple[int, ...]] = {"att_src": (1, h, ch), "att_dst": (1, h, ch)}
+        if c.edge_dim is not None:
+            shapes["att_edge"] = (1, h, ch)
+        if c.bias:
+            shapes["bias"] = (self.output_dim,)
+        shapes["lin.weight"] = (h * ch, c.dim)
+        if c.edge_dim is not None:
+            shapes["lin_edge.weight"] = (h * ch, c.edge_dim)
+        return shapes
+
+    def _prepare(self, xs: Array, xd: Array, dt: np.dtype) -> SimpleNamespace:
+        """Project the source rows ``xs`` (messages, ``a_src``) and target rows ``xd`` (``a_dst``)."""
+        h, ch = self.heads, self.out_channels
+        w = self.lin_weight_.astype(dt, copy=False)
+        att = np.zeros((h * ch, 2 * h), dt)  # block columns: head h's att_src | att_dst
+        col = np.repeat(np.arange(h), ch)
+        att[np.arange(h * ch), col] = self.att_src_.reshape(-1)
+        att[np.arange(h * ch), h + col] = self.att_dst_.reshape(-1)
+        msg = xs @ w.T
+        if xd is xs:
+            a = msg @ att
+            a_src, a_dst = np.ascontiguousarray(a[:, :h]), np.ascontiguousarray(a[:, h:])
+        else:
+            a_src, a_dst = msg @ att[:, :h], (xd @ w.T) @ att[:, h:]
+        ed = self.config.edge_dim
+        me = np.empty((0, h), dt)
+        fill_vec = np.zeros(h, dt)
+        fill = self.config.fill_value
+        if ed is not None:  # a_edge[e, h] = x_e . (W_e[head h block]^T att_edge[h])
+            we = self.lin_edge_weight_.astype(dt, copy=False).reshape(h, ch, ed)
+            me = np.ascontiguousarray(np.einsum("hco,hc->oh", we, self.att_edge_[0].astype(dt, copy=False)))
+            if not isinstance(fill, str):
+                fill_vec = (dt.type(fill) * me.sum(axis=0)).astype(dt)
+        return SimpleNamespace(msg=msg, a_src=a_src, a_dst=a_dst, me=me, fill_vec=fill_vec, bias=self._bias(dt))
+
+    def _messages(self, v: Array, dt: np.dtype) -> Array:
+        return v @ self.lin_weight_.astype(dt, copy=False).T
+
+    def project(self, x: Any) -> Array:
+        """The node projections ``h = x W^T (N, heads * out_channels)`` (head-major columns), as the layer uses them."""
+        xa = V.as_array(x, f"{type(self).__name__}.project", "x", 2)
+        V.check_width(f"{type(self).__name__}.project", "x", xa, self.in_channels)
+        return self._messages(xa, xa.dtype)
+
+    def _bias(self, dt: np.dtype) -> Array:
+        return self.bias_.astype(dt, copy=False) if self.config.bias else np.empty(0, dt)
+
+    def _edge_rows(self, k: SimpleNamespace, edge_attr: Array | None) -> Array | None:
+        """The edge term ``a_edge = edge_attr @ me (E, heads)``, carried into slot order by the grouping."""
+        return None if edge_attr is None else edge_attr @ k.me
+
+    def _attend(self, k: SimpleNamespace, slots: tuple[Ids, Ids, Ids], num_edges: int, self_loops: bool,
+                edge_attr: Array | None, slot_rows: Array | None, drop: Array, alpha: Array, out: Array,
+                status: NDArray[np.int8], serial: bool) -> None:  # fmt: skip
+        c = self.config
+        dt = out.dtype
+        use_edge = edge_attr is not None
+        a_edge = slot_rows if slot_rows is not None else np.empty((0, c.heads), dt)
+        ea = edge_attr if edge_attr is not None else np.empty((0, 0), dt)
+        fill_mode = FILL_MODES[c.fill_value] if isinstance(c.fill_value, str) else G.FILL_CONST
+        args = (k.a_src, k.a_dst, k.msg, *slots, num_edges, self_loops, a_edge, ea, k.me, use_edge, fill_mode,
+                k.fill_vec, dt.type(c.negative_slope), drop, drop.shape[0] > 0, k.bias, bool(c.bias),
+                bool(c.concat), alpha, alpha.shape[0] > 0, out, status)  # fmt: skip
+        if serial:
+            G.gat_chunk(*args, 0, out.shape[0])
+        else:
+            G.gat_attend(*args, K.chunk_size(out.shape[0]))
+
+
+@register("gatv2")
+class GATv2Conv(_GraphConv):
+    """GATv2 ("how attentive are graph attention networks") with PyG ``GATv2Conv`` semantics and names.
+
+    Parameters as :class:`GATConv`, plus ``share_weights``: one linear map
+    (``lin_r`` is ``lin_l``) for the source and the target side.  ``bias=False``
+    also drops ``lin_l.bias``/``lin_r.bias``, as in PyG.
+    """
+
+    Config = GATv2Config
+    config: GATv2Config
+    _ANCHOR = "lin_l.weight"
+    lin_l_weight_: Array
+    lin_l_bias_: Array
+    lin_r_weight_: Array
+    lin_r_bias_: Array
+    att_: Array
+    lin_edge_weight_: Array
+    bias_: Array
+
+    def __init__(self, in_channels: int, out_channels: int, heads: int = 1, concat: bool = True,
+                 negative_slope: float = 0.2, dropout: float = 0.0, add_self_loops: bool = True,
+                 edge_dim: int | None = None, fill_value: float | str = "mean", bias: bool = True,
+                 share_weights: bool = False, seed: int | None = 0) -> None:  # fmt: skip
+        super().__init__(dim=in_channels, out_channels=out_channels, heads=heads, concat=concat,
+                         negative_slope=negative_slope, dropout=dropout, add_self_loops=add_self_loops,
+                         edge_dim=edge_dim, fill_value=fill_value, bias=bias, share_weights=share_weights,
+                         seed=seed)  # fmt: skip
+
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        c = self.config
+        hc = c.heads * c.out_channels
+        shapes: dict[str, tuple[int, ...]] = {"att": (1, c.heads, c.out_channels)}
+        if c.bias:
+            shapes["bias"] = (self.output_dim,)
+        for side in ("lin_l", "lin_r"):
+            shapes[f"{side}.weight"] = (hc, c.dim)
+            if c.bias:
+                shapes[f"{side}.bias"] = (hc,)
+        if c.edge_dim is not None:
+            shapes["lin_edge.weight"] = (hc, c.edge_dim)
+        return shapes
+
+    def _aliases(self) -> dict[str, str]:
+        if not self.config.share_weights:
+            return {}
+        names = ["weight", "bias"] if self.config.bias else ["weight"]
+        return {f"lin_r.{n}": f"lin_l.{n}" for n in names}
+
+    def _linear(self, side: str, x: Array, dt: np.dtype) -> Array:
+        y = x @ getattr(self, f"{side}_weight_").astype(dt, copy=False).T
+        if self.config.bias:
+            y += getattr(self, f"{side}_bias_").astype(dt, copy=False)
+        return y
+
+    def _prepare(self, xs: Array, xd: Array, dt: np.dtype) -> SimpleNamespace:
+        """``xl = lin_l(xs)`` (sources: scores and messages), ``xr = lin_r(xd)`` (targets)."""
+        c = self.config
+        xl = self._linear("lin_l", xs, dt)
+        xr = xl if (c.share_weights and xd is xs) else self._linear("lin_r", xd, dt)
+        ed = c.edge_dim
+        we_t = np.empty((0, c.heads * c.out_channels), dt)
+        fill_vec = np.zeros(0 if ed is None else ed, dt)
+        if ed is not None:
+            we_t = np.ascontiguousarray(self.lin_edge_weight_.T, dtype=dt)
+            if not isinstance(c.fill_value, str):
+                fill_vec[:] = c.fill_value
+        att = np.ascontiguousarray(self.att_.reshape(c.heads, c.out_channels), dtype=dt)
+        bias = self.bias_.astype(dt, copy=False) if c.bias else np.empty(0, dt)
+        return SimpleNamespace(xl=xl, xr=xr, msg=xl, att=att, we_t=we_t, fill_vec=fill_vec, bias=bias)
+
+    def _messages(self, v: Array, dt: np.dtype) -> Array:
+        return self._linear("lin_l", v, dt)
+
+    def project(self, x: Any) -> tuple[Array, Array]:
+        """``(x_l, x_r)``: the source-side ``x W_l^T + b_l`` and target-side ``x W_r^T + b_r``, ``(N, heads * C)``."""
+        op = f"{type(self).__name__}.project"
+        xa = V.as_array(x, op, "x", 2)
+        V.check_width(op, "x", xa, self.in_channels)
+        k = self._prepare(xa, xa, xa.dtype)
+        return k.xl, k.xr
+
+    def _attend(self, k: SimpleNamespace, slots: tuple[Ids, Ids, Ids], num_edges: int, self_loops: bool,
+                edge_attr: Array | None, slot_rows: Array | None, drop: Array, alpha: Array, out: Array,
+                status: NDArray[np.int8], serial: bool) -> None:  # fmt: skip
+        c = self.config
+        dt = out.dtype
+        use_edge = edge_attr is not None
+        ea = edge_attr if use_edge else np.empty((0, 0), dt)
+        fill_mode = FILL_MODES[c.fill_value] if isinstance(c.fill_value, str) else G.FILL_CONST
+        args = (k.xl, k.xr, k.msg, k.att, *slots, num_edges, self_loops, ea, k.we_t, use_edge, fill_mode,
+                k.fill_vec, dt.type(c.negative_slope), drop, drop.shape[0] > 0, k.bias, bool(c.bias),
+                bool(c.concat), alpha, alpha.shape[0] > 0, out, status)  # fmt: skip
+        if serial:
+            G.gatv2_chunk(*args, 0, out.shape[0])
+        else:
+            G.gatv2_attend(*args, K.chunk_size(out.shape[0]))

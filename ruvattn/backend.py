@@ -43,6 +43,42 @@ def _threading_layer() -> str:
         return "not started"
 
 
+def _warm_geometry(q: np.ndarray, k: np.ndarray) -> None:
+    """Every hyperbolic / geometry kernel through the public classes (so with their exact argument types)."""
+    from ruvattn.geometry import Lorentz, PoincareBall, Sphere
+    from ruvattn.mechanisms.hyperbolic import HyperbolicAttention
+
+    hyp = HyperbolicAttention(8, projections=True)
+    plain = HyperbolicAttention(8)
+    keep = np.array([True, False, True, True, True])
+    plain.forward(q[0], k, k)
+    plain.forward(q[0], k, k, mask=keep, ids=[0, 1, 2, 3, 4])
+    hyp.forward(q[0], k, k)
+    plain.attention_weights(q[0], k)
+    plain.distances(q[0], k)
+    plain.forward_batch(q, k, k, mask=keep)
+    plain.attention_weights_batch(q, k)
+    plain.forward_neighbours(q, k, k, [[0, 1], [], [4]])
+    plain.neighbour_weights(q, k, [[0, 1], [], [4]])
+    for m in (PoincareBall(-1.0), Sphere(1.0)):
+        m.mobius_add(q, q[::-1])
+        m.dist(q, q[::-1])
+        m.expmap0(q)
+        m.logmap0(q)
+        m.expmap(q, q[::-1])
+        m.logmap(q, q[::-1])
+        m.mobius_matvec(np.eye(8, dtype=q.dtype), q)
+        m.conformal_factor(q)
+        m.proj(q)
+    lor = Lorentz(-1.0)
+    x = lor.from_poincare(q)
+    lor.to_poincare(x)
+    lor.dist(x, x[::-1])
+    lor.logmap(x, x[::-1])
+    lor.expmap(x, lor.logmap(x, x[::-1]))
+    lor.proj(x)
+
+
 def warmup(verbose: bool = False) -> dict[str, float]:
     """Compile every kernel for float32 and float64 once; returns seconds per dtype.
 
@@ -98,6 +134,7 @@ def warmup(verbose: bool = False) -> dict[str, float]:
             conv(q, edges, attrs)
             conv(q, edges)
             conv.forward_with_edges(q[0], k, k, k[:, :2].copy())
+        _warm_geometry(q * dt(0.1), k * dt(0.1))
         timings[np.dtype(dt).name] = time.perf_counter() - t0
         if verbose:
             print(f"warmup {np.dtype(dt).name}: {timings[np.dtype(dt).name]:.2f} s")

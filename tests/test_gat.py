@@ -549,7 +549,7 @@ def test_config_errors_and_registry():
         ({"edge_dim": 0}, r"'edge_dim' must be a positive integer; got 0. Use None"),
         ({"concat": "yes"}, r"'concat' must be True or False; got 'yes'"),
         ({"seed": -1}, r"'seed' must be None or an integer >= 0"),
-        ({"nope": 1}, r"GATConv: .*unexpected keyword argument 'nope'"),
+        ({"nope": 1}, r"GATConv.from_dict: .*unexpected keyword argument 'nope'"),
     ]:
         args = {"in_channels": 4, "out_channels": 2, **kwargs}
         with pytest.raises(InvalidConfig, match=match):

@@ -277,6 +277,12 @@ def test_registry_params_and_json_round_trip():
     assert m.num_heads == 4  # a failed set_params changes nothing
     with pytest.raises(InvalidConfig, match="unknown mechanism type 'nope'"):
         ruvattn.build({"type": "nope"})
+    specs = [{"type": k, "dim": 8} for k in ("scaled_dot_product", "hyperbolic", "mixed_curvature")]
+    for spec in [*specs, {"type": "gat", "in_channels": 8, "out_channels": 2}]:
+        with pytest.raises(InvalidConfig, match="from_dict: got an unexpected keyword argument 'colour'"):
+            ruvattn.build({**spec, "colour": "red"})
+    with pytest.raises(InvalidConfig, match="missing a required argument: 'dim'"):
+        ruvattn.build({"type": "multi_head", "num_heads": 2})
     with pytest.raises(InvalidConfig, match="unknown parameter"):
         m.set_params(heads=2)
     assert ScaledDotProductAttention(8).supports_variable_length and "O(n" in FlashAttention(8).complexity

@@ -20,6 +20,7 @@ registered mechanism from a dict.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 from collections.abc import Callable
@@ -139,6 +140,10 @@ class Attention:
         kind = params.pop("type", cls.kind)
         if kind != cls.kind:
             raise InvalidConfig(f"{cls.__name__}.from_dict: spec is for {kind!r}, not {cls.kind!r}.")
+        try:
+            inspect.signature(cls).bind(**params)
+        except TypeError as exc:  # an unknown or missing constructor argument
+            raise InvalidConfig(f"{cls.__name__}.from_dict: {exc}.") from None
         return cls(**params)
 
     def train(self, mode: bool = True) -> Attention:

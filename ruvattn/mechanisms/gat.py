@@ -182,14 +182,6 @@ class _GraphConv(DropoutMixin, Attention, ABC):
         self._init_state()
         return self
 
-    @classmethod
-    def from_dict(cls, spec: dict[str, Any]) -> Attention:
-        """Build from ``{"type": ..., **constructor arguments}``; an unknown argument is an InvalidConfig."""
-        try:
-            return super().from_dict(spec)
-        except TypeError as exc:
-            raise InvalidConfig(f"{cls.__name__}: {exc}.") from None
-
     @property
     def in_channels(self) -> int:
         return int(self.config.dim)

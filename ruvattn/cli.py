@@ -64,11 +64,19 @@ def _time(fn: Callable[[], Any], repeats: int) -> np.ndarray:
 def _demo(args: argparse.Namespace) -> list[dict[str, Any]]:
     from tqdm import tqdm
 
-    from ruvattn import FlashAttention, HyperbolicAttention, MultiHeadAttention, ScaledDotProductAttention, threads
+    from ruvattn import (
+        FlashAttention,
+        GATConv,
+        HyperbolicAttention,
+        MultiHeadAttention,
+        ScaledDotProductAttention,
+        threads,
+    )
     from ruvattn import reference as ref
     from ruvattn.datasets import clustered_graph
     from ruvattn.errors import InvalidConfig
     from ruvattn.geometry import PoincareBall
+    from ruvattn.reference import graph as gref
     from ruvattn.reference import hyperbolic as href
 
     if args.neighbours >= args.nodes or args.candidates > args.nodes:
@@ -106,6 +114,14 @@ def _demo(args: argparse.Namespace) -> list[dict[str, Any]]:
     xh64 = xh.astype(np.float64)
     qh = xh[int(rng.integers(args.nodes))]
 
+    # GAT over the kNN graph (messages neighbour -> node), edge feature = the neighbour's rank
+    gat = GATConv(d, max(1, d // args.heads), heads=args.heads, edge_dim=1, seed=args.seed)
+    edge_index = np.stack([nb.ravel(), np.repeat(nodes, k)]).astype(np.int64)
+    edge_attr = np.tile(np.arange(k, dtype=np.float32), args.nodes)[:, None] / k
+
+    def exact_gat() -> np.ndarray:
+        return gref.gat_conv(x64, edge_index, edge_attr, gat.state_dict(), heads=args.heads)[0]
+
     def exact_hyp(qv: np.ndarray, ids: np.ndarray) -> np.ndarray:
         return href.hyperbolic_attention(qv.astype(np.float64), xh64[ids], xh64[ids], 1.0, 1.0)[0]
 
@@ -123,6 +139,8 @@ def _demo(args: argparse.Namespace) -> list[dict[str, Any]]:
          lambda: exact_hyp(qh, np.arange(n)), 1),
         ("hyperbolic", f"{args.nodes} nodes x own {k} neighbours", lambda: hyp.forward_neighbours(xh, xh, xh, nb),
          lambda: np.stack([exact_hyp(xh[i], nb[i]) for i in nodes]), args.nodes),
+        ("gat", f"{args.nodes} nodes, {k * args.nodes} edges + loops", lambda: gat(x, edge_index, edge_attr),
+         exact_gat, args.nodes),
     ]  # fmt: skip
     table = []
     with threads(args.threads):

@@ -39,8 +39,12 @@ def test_weights_sum_to_one_and_outputs_are_finite_and_bounded(p):
     # a convex combination of the value rows stays inside their bounding box
     assert (out >= v.min(axis=0) - 1e-3).all() and (out <= v.max(axis=0) + 1e-3).all()
     o_ref, w_ref, _ = ref.attention(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64))
-    np.testing.assert_allclose(w, w_ref, atol=2e-5)
-    np.testing.assert_allclose(out, o_ref, atol=2e-4 * (1 + np.abs(v).max()))
+    # float32 scores carry a rounding error of a few ulps of sum_i |q_i k_ji| / sqrt(d) (found by hypothesis:
+    # scores near 1409 differ from float64 by ~1e-4, which moves two near-equal weights by 2.3e-5)
+    mag = float((np.abs(k).astype(np.float64) @ np.abs(q).astype(np.float64)).max()) / np.sqrt(q.shape[0])
+    slack = 4 * float(np.finfo(np.float32).eps) * mag
+    np.testing.assert_allclose(w, w_ref, atol=2e-5 + slack)
+    np.testing.assert_allclose(out, o_ref, atol=(2e-4 + slack) * (1 + np.abs(v).max()))
 
 
 @given(problems())

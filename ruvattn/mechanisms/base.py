@@ -197,6 +197,25 @@ class Attention:
         return value
 
     # -- shared machinery: one query, many queries, neighbour lists ---------
+    def _plain_arrays(self, query: Any, keys: Any, values: Any) -> np.dtype | None:
+        """The dtype when ``query (d,)``, ``keys (n, d)`` and ``values (n, dv)`` are float32/float64
+        numpy arrays of one dtype (the hot path's check: a few attribute reads), else ``None``."""
+        if type(query) is np.ndarray and type(keys) is np.ndarray and type(values) is np.ndarray:
+            dt = query.dtype
+            d = self.config.dim
+            if (
+                (dt is _F32 or dt is _F64)
+                and keys.dtype is dt
+                and values.dtype is dt
+                and query.shape == (d,)
+                and keys.ndim == 2
+                and values.ndim == 2
+                and keys.shape[1] == d
+                and keys.shape[0] == values.shape[0]
+            ):
+                return dt
+        return None
+
     def _tables(
         self, op: str, queries: Any, keys: Any, values: Any, name: str = "queries"
     ) -> tuple[Array, Array, Array, np.dtype]:
@@ -320,6 +339,7 @@ def _edge_major(flat: Array, nl: NeighbourList, heads: int) -> Array:
     return flat[heads * nl.indptr[node][None, :] + h * deg[node][None, :] + pos[None, :]]
 
 
+_F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
 _NO_KEEP = np.empty(0, np.bool_)
 _NO_IDS = np.empty(0, np.int64)

@@ -62,9 +62,8 @@ __all__ = ["HyperbolicAttention", "HyperbolicConfig"]
 Array = NDArray[np.floating]
 AGGREGATIONS = {"tangent": H.TANGENT, "midpoint": H.MIDPOINT}
 _F32 = np.dtype(np.float32)
-_F64 = np.dtype(np.float64)
 _EPS32 = PROJECT_EPS[_F32]
-_EPS64 = PROJECT_EPS[_F64]
+_EPS64 = PROJECT_EPS[np.dtype(np.float64)]
 
 
 def check_curvature(owner: str, curvature: Any) -> float:
@@ -192,26 +191,13 @@ class HyperbolicAttention(Attention):
     def forward(self, query: Any, keys: Any, values: Any, *, mask: Any = None, ids: Any = None) -> Array:
         """Output ``(dv,)`` for one query (``mask`` ``(n,)`` bool, true = attend; ``ids`` rows of the tables)."""
         if mask is None and ids is None and not self.config.projections:
-            # The hot path: float32/float64 arrays of one dtype, checked with a few attribute reads.
-            if type(query) is np.ndarray and type(keys) is np.ndarray and type(values) is np.ndarray:
-                dt = query.dtype
-                d = self.config.dim
-                if (
-                    (dt is _F32 or dt is _F64)
-                    and keys.dtype is dt
-                    and values.dtype is dt
-                    and query.shape == (d,)
-                    and keys.ndim == 2
-                    and values.ndim == 2
-                    and keys.shape[1] == d
-                    and keys.shape[0] == values.shape[0]
-                    and keys.shape[0] > 0
-                ):
-                    w = np.empty(keys.shape[0], dt)
-                    out = np.empty(values.shape[1], dt)
-                    eps = _EPS32 if dt is _F32 else _EPS64
-                    if H.hyp_fast(query, keys, values, self._kappa, self._inv_tau, self._agg, eps, w, out) == H.OK:
-                        return out
+            dt = self._plain_arrays(query, keys, values)  # the hot path: a few attribute reads
+            if dt is not None:
+                w = np.empty(keys.shape[0], dt)
+                out = np.empty(values.shape[1], dt)
+                eps = _EPS32 if dt is _F32 else _EPS64
+                if H.hyp_fast(query, keys, values, self._kappa, self._inv_tau, self._agg, eps, w, out) == H.OK:
+                    return out
         return self._run_one(self.kind + ".forward", query, keys, values, mask, ids)[0]
 
     def attention_weights(self, query: Any, keys: Any, *, mask: Any = None, ids: Any = None) -> Array:

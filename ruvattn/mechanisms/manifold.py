@@ -47,7 +47,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,6 +97,25 @@ def _batch(
     for i in range(m):
         row_mask = None if mode == 0 else keep[0] if mode == 1 else keep[i]
         out[i] = attn.forward(qs[i], k, v, mask=row_mask)
+    return out
+
+
+def _neighbours(
+    attn: ManifoldAttention | MixedCurvatureAttention,
+    op: str,
+    queries: Any,
+    keys: Any,
+    values: Any,
+    neighbours: Any,
+    origin: Callable[[int, np.dtype], Array],
+) -> Array:
+    """``attn.forward`` of node ``i`` over its own neighbour rows; ``origin(width, dtype)`` for no neighbours."""
+    qs, k, v, dt = attn._tables(op, queries, keys, values)
+    nl = as_neighbours(op, neighbours, qs.shape[0], k.shape[0])
+    out = np.empty((qs.shape[0], v.shape[1]), dt)
+    for i in range(qs.shape[0]):
+        ids = nl.indices[nl.indptr[i] : nl.indptr[i + 1]]
+        out[i] = attn.forward(qs[i], k[ids], v[ids]) if ids.size else origin(v.shape[1], dt)
     return out
 
 
@@ -170,14 +189,8 @@ class ManifoldAttention(Attention):
 
     def forward_neighbours(self, queries: Any, keys: Any, values: Any, neighbours: Any) -> Array:
         """Node ``i`` over its own neighbour rows; a node without neighbours gets the origin."""
-        op = self.kind + ".forward_neighbours"
-        qs, k, v, dt = self._tables(op, queries, keys, values)
-        nl = as_neighbours(op, neighbours, qs.shape[0], k.shape[0])
-        out = np.empty((qs.shape[0], v.shape[1]), dt)
-        for i in range(qs.shape[0]):
-            ids = nl.indices[nl.indptr[i] : nl.indptr[i + 1]]
-            out[i] = self.forward(qs[i], k[ids], v[ids]) if ids.size else self.manifold.origin(v.shape[1], dt)
-        return out
+        return _neighbours(self, self.kind + ".forward_neighbours", queries, keys, values, neighbours,
+                           self.manifold.origin)  # fmt: skip
 
 
 # -- mixed curvature ----------------------------------------------------------------
@@ -326,15 +339,7 @@ class MixedCurvatureAttention(Attention):
 
     def forward_neighbours(self, queries: Any, keys: Any, values: Any, neighbours: Any) -> Array:
         """Node ``i`` over its own neighbour rows; a node without neighbours gets the origin (zeros)."""
-        op = self.kind + ".forward_neighbours"
-        qs, k, v, dt = self._tables(op, queries, keys, values)
-        nl = as_neighbours(op, neighbours, qs.shape[0], k.shape[0])
-        out = np.zeros((qs.shape[0], v.shape[1]), dt)
-        for i in range(qs.shape[0]):
-            ids = nl.indices[nl.indptr[i] : nl.indptr[i + 1]]
-            if ids.size:
-                out[i] = self.forward(qs[i], k[ids], v[ids])
-        return out
+        return _neighbours(self, self.kind + ".forward_neighbours", queries, keys, values, neighbours, np.zeros)
 
     # -- learning the component weights ---------------------------------------------
     def component_weights_grad(self, query: Any, keys: Any, values: Any, upstream: Any) -> NDArray[np.float64]:

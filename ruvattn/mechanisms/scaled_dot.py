@@ -43,8 +43,6 @@ from ruvattn.mechanisms.base import Attention, AttentionConfig, register
 __all__ = ["Gradients", "ScaledDotProductAttention", "ScaledDotProductConfig"]
 
 Array = NDArray[np.floating]
-_F32 = np.dtype(np.float32)
-_F64 = np.dtype(np.float64)
 
 
 class Gradients(NamedTuple):
@@ -121,25 +119,13 @@ class ScaledDotProductAttention(DropoutMixin, Attention):
     ) -> Array:
         """Attention output ``(dv,)`` of one query; ``ids`` selects rows of key/value tables."""
         if mask is None and bias is None and ids is None and not self._dropping:
-            # The hot path: float32/float64 arrays of one dtype, checked with a few attribute reads.
-            if type(query) is np.ndarray and type(keys) is np.ndarray and type(values) is np.ndarray:
-                dt = query.dtype
-                d = self.config.dim
-                if (
-                    (dt is _F32 or dt is _F64)
-                    and keys.dtype is dt
-                    and values.dtype is dt
-                    and query.shape == (d,)
-                    and keys.ndim == 2
-                    and values.ndim == 2
-                    and keys.shape[1] == d
-                    and keys.shape[0] == values.shape[0]
-                ):
-                    w = np.empty((1, keys.shape[0]), dt)
-                    out = np.empty(values.shape[1], dt)
-                    lse = np.empty(1, dt)
-                    if K.attend_one(query, keys, values, 1, self._typed_scale(d, dt), w, out, lse) == K.OK:
-                        return out
+            dt = self._plain_arrays(query, keys, values)  # the hot path: a few attribute reads
+            if dt is not None:
+                w = np.empty((1, keys.shape[0]), dt)
+                out = np.empty(values.shape[1], dt)
+                lse = np.empty(1, dt)
+                if K.attend_one(query, keys, values, 1, self._typed_scale(self.config.dim, dt), w, out, lse) == K.OK:
+                    return out
         # everything else, including the typed error for a failed fast call
         return self.forward_with_lse(query, keys, values, mask=mask, bias=bias, ids=ids)[0]
 

@@ -27,15 +27,18 @@ from ruvattn.mechanisms import (
     GATConv,
     GATv2Conv,
     HyperbolicAttention,
+    LocalGlobalAttention,
     ManifoldAttention,
     MixedCurvatureAttention,
     MultiHeadAttention,
     ProjectedKeysValues,
     ScaledDotProductAttention,
+    SparseGraphAttention,
     available,
     build,
 )
 from ruvattn.record import record
+from ruvattn.sparse import SparsityPattern
 
 __version__ = "0.1.0"
 
@@ -49,6 +52,7 @@ __all__ = [
     "GATv2Conv",
     "HyperbolicAttention",
     "InvalidConfig",
+    "LocalGlobalAttention",
     "ManifoldAttention",
     "MixedCurvatureAttention",
     "MultiHeadAttention",
@@ -57,6 +61,8 @@ __all__ = [
     "OutOfBounds",
     "ProjectedKeysValues",
     "ScaledDotProductAttention",
+    "SparseGraphAttention",
+    "SparsityPattern",
     "Unsupported",
     "available",
     "backend_info",

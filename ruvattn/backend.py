@@ -118,6 +118,7 @@ def warmup(verbose: bool = False) -> dict[str, float]:
                                  w[:heads, :3], out, lse[:heads])  # fmt: skip
             K.attend_weights(q[0], k, ids, True, keep[:3], True, q[0, :3], True, heads, dt(0.3), w[:heads, :3],
                              lse[:heads])  # fmt: skip
+        K.attend_ids(q[0], k, k, ids, dt(0.3), out)
         st = np.empty(3, np.int8)
         kk = np.ones((1, 5), np.bool_)
         bb = np.zeros((1, 5), dt)
@@ -135,6 +136,13 @@ def warmup(verbose: bool = False) -> dict[str, float]:
             conv(q, edges)
             conv.forward_with_edges(q[0], k, k, k[:, :2].copy())
         _warm_geometry(q * dt(0.1), k * dt(0.1))
+        from ruvattn.mechanisms.local_global import LocalGlobalAttention
+
+        lg = LocalGlobalAttention(8, local_window=2, global_nodes=1)
+        lg.forward(q[0], k, k)
+        lg.forward(q[0], k, k)  # the cached fast path
+        lg.attention_weights(q[0], k, global_ids=[4])
+        lg.forward_neighbours(q, k, k, [[0, 1, 2, 3], [], [4]])
         timings[np.dtype(dt).name] = time.perf_counter() - t0
         if verbose:
             print(f"warmup {np.dtype(dt).name}: {timings[np.dtype(dt).name]:.2f} s")

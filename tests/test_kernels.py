@@ -298,3 +298,17 @@ def test_cache_of_sibling_kernel_modules_depends_on_the_shared_primitives():
     assert type(locator).__name__.startswith("RuvattnKernel")
     st = os.stat(kernels._SHARED)
     assert locator.get_source_stamp()[1] == (st.st_mtime, st.st_size)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_attend_ids_equals_attention_over_the_gathered_rows(dtype):
+    rng = np.random.default_rng(11)
+    q = rng.standard_normal(16).astype(dtype)
+    k = rng.standard_normal((50, 16)).astype(dtype)
+    v = rng.standard_normal((50, 3)).astype(dtype)
+    ids = np.array([4, 0, 49, 17, 4], np.int64)  # any order, repeats allowed
+    out = np.empty(3, dtype)
+    assert K.attend_ids(q, k, v, ids, dtype(0.25), out) == K.OK
+    want = ref.attention(q.astype(np.float64), k[ids].astype(np.float64), v[ids].astype(np.float64), scale=0.25)[0]
+    np.testing.assert_allclose(out, want, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
+    assert K.attend_ids(q, k, v, np.array([3, 50]), dtype(0.25), out) == K.BADID

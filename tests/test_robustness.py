@@ -13,6 +13,7 @@ from ruvattn import (
     AttentionError,
     FlashAttention,
     HyperbolicAttention,
+    LocalGlobalAttention,
     ManifoldAttention,
     MixedCurvatureAttention,
     MultiHeadAttention,
@@ -88,6 +89,7 @@ MECHANISMS = [
     HyperbolicAttention(D),
     HyperbolicAttention(D, aggregation="midpoint", projections=True),
     ManifoldAttention(D, "lorentz"),
+    LocalGlobalAttention(D, local_window=2, global_nodes=1),
     MixedCurvatureAttention(D, components=[("euclidean", 2), ("sphere", 1, 1.0), ("poincare", 1, -1.0)]),
 ]
 
@@ -106,8 +108,11 @@ def test_batch_and_neighbour_inputs(mech):
     qs = [np.ones((2, D), np.float32), np.ones((0, D)), np.full((2, D), np.nan), np.ones((2, D + 1)), np.ones(D)]
     ks = [np.ones((3, D), np.float32), np.ones((0, D)), np.full((3, D), np.inf), np.ones((5, D))]
     masks = [None, np.ones(3, bool), np.zeros((2, 3), bool), np.ones((3, 2), bool)]
+    if "mask" not in inspect.signature(mech.forward_batch).parameters:  # local+global: positions instead
+        masks = [None]
     for q, k in itertools.product(qs, ks):
         for m in masks:
-            _finite_or_attention_error(lambda q=q, k=k, m=m: mech.forward_batch(q, k, k, mask=m))
+            kw = {} if m is None else {"mask": m}
+            _finite_or_attention_error(lambda q=q, k=k, kw=kw: mech.forward_batch(q, k, k, **kw))
         for nb in NEIGHBOURS:
             _finite_or_attention_error(lambda q=q, k=k, nb=nb: mech.forward_neighbours(q, k, k, nb))

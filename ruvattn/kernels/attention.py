@@ -497,6 +497,16 @@ def multi_head_one(x, wq, bq, kt, vt, wo, bo, heads, scale, w, buf):
 
 
 @_serial
+def attend_ids(q, k, v, ids, scale, out):
+    """One query over rows ``ids`` of the key/value tables, one head, no mask or bias (a short argument
+    list: the cheapest call from Python for a few dozen keys); returns a status."""
+    w = np.empty((1, ids.shape[0]), q.dtype)
+    lse = np.empty(1, q.dtype)
+    keep = np.empty(0, np.bool_)
+    return attend_row(q, k, v, ids, True, keep, False, q, False, 1, scale, w, out, lse)
+
+
+@_serial
 def attend_one_general(q, k, v, ids, use_ids, keep, use_keep, bias, use_bias, heads, scale, w, out, lse):
     """One query with optional ids, keep-mask and additive bias (see :func:`attend_row`)."""
     return attend_row(q, k, v, ids, use_ids, keep, use_keep, bias, use_bias, heads, scale, w, out, lse)

@@ -4,6 +4,7 @@ from ruvattn.mechanisms.base import Attention, AttentionConfig, available, build
 from ruvattn.mechanisms.flash import FlashAttention, FlashConfig
 from ruvattn.mechanisms.gat import GATConfig, GATConv, GATv2Config, GATv2Conv
 from ruvattn.mechanisms.hyperbolic import HyperbolicAttention, HyperbolicConfig
+from ruvattn.mechanisms.local_global import LocalGlobalAttention, LocalGlobalConfig, SparseGraphAttention
 from ruvattn.mechanisms.manifold import (
     ManifoldAttention,
     ManifoldConfig,
@@ -25,6 +26,8 @@ __all__ = [
     "Gradients",
     "HyperbolicAttention",
     "HyperbolicConfig",
+    "LocalGlobalAttention",
+    "LocalGlobalConfig",
     "ManifoldAttention",
     "ManifoldConfig",
     "MixedCurvatureAttention",
@@ -34,6 +37,7 @@ __all__ = [
     "ProjectedKeysValues",
     "ScaledDotProductAttention",
     "ScaledDotProductConfig",
+    "SparseGraphAttention",
     "available",
     "build",
     "register",

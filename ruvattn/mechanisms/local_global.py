@@ -1,0 +1,280 @@
+r"""Local + global attention (Longformer-style) over an ordered candidate list.
+
+.. math::
+
+    K = W(p) \cup G, \qquad
+    w_j = \operatorname{softmax}_{j \in K}\Big(\frac{q \cdot k_j}{\sqrt{d}\,T}\Big), \qquad
+    \text{out} = \sum_{j \in K} w_j v_j
+
+exactly masked scaled dot-product attention over the kept keys ``K`` (Beltagy
+et al. 2020).  The keys are an *ordered* list -- for an HNSW neighbour list,
+ordered by distance -- and the query sits at ``position`` in it (0 by default:
+the query's closest neighbour comes first).  The local window ``W(p)`` is the
+``local_window`` entries nearest that position: centred on it, shifted to stay
+inside the list, so at position 0 it is the first ``local_window`` entries (the
+incumbent package centres it on the middle of the list instead and can miss the
+best neighbour).  The global keys ``G`` are ``global_ids`` when given (for
+example the positions of an HNSW index's upper-layer hubs) or else
+``global_nodes`` landmarks spread evenly over the rest of the list.  At most
+``local_window + global_nodes`` keys are read; the others are never touched
+(cost O(k_local + k_global), whatever n is).
+
+``SparseGraphAttention`` is the specification's name for the same mechanism:
+``SparseGraphAttention(dim, local_window=10, global_nodes=5)`` keeps at most
+15 of 1,000 neighbours.
+
+Shapes: query ``(d,)``, keys ``(n, d)``, values ``(n, dv)`` -> output ``(dv,)``;
+``attention_weights`` ``(n,)`` (exact zeros outside the kept keys);
+``attention_mask(n)`` ``(n,)`` bool; ``forward_neighbours`` applies the same
+selection to every node's own list (CSR / padded / ragged) -> ``(N, dv)``.
+
+>>> import numpy as np
+>>> attn = LocalGlobalAttention(4, local_window=10, global_nodes=5)
+>>> int(attn.attention_mask(1000).sum()), attn.kept_positions(1000)[8:].tolist()
+(15, [8, 9, 109, 307, 505, 703, 901])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ruvattn import _validation as V
+from ruvattn.errors import InvalidConfig
+from ruvattn.graph import NeighbourList, as_neighbours
+from ruvattn.kernels import attention as K
+from ruvattn.mechanisms.base import _NO_KEEP, Attention, AttentionConfig, register
+from ruvattn.sparse import SparsityPattern
+
+__all__ = ["LocalGlobalAttention", "LocalGlobalConfig", "SparseGraphAttention"]
+
+Array = NDArray[np.floating]
+Ids = NDArray[np.int64]
+
+
+@dataclass
+class LocalGlobalConfig(AttentionConfig):
+    """``dim``: query/key width; ``local_window`` ≥ 1 entries around the query's position;
+    ``global_nodes`` ≥ 0 landmarks (when no ``global_ids`` are passed); ``scale`` (default
+    ``1/sqrt(dim)``) and ``temperature`` as in scaled dot-product attention."""
+
+    dim: int
+    local_window: int = 32
+    global_nodes: int = 8
+    scale: float | None = None
+    temperature: float = 1.0
+
+    def validate(self, owner: str) -> None:
+        V.positive_int(owner, "dim", self.dim)
+        V.positive_int(owner, "local_window", self.local_window)
+        g = self.global_nodes
+        if isinstance(g, bool) or not isinstance(g, (int, np.integer)) or g < 0:
+            raise InvalidConfig(f"{owner}: 'global_nodes' must be a non-negative integer; got {g!r}.")
+        V.positive_float(owner, "scale", self.scale, allow_none=True)
+        V.positive_float(owner, "temperature", self.temperature)
+
+
+def window_start(n: int, position: int, window: int) -> int:
+    """First position of the ``window`` entries nearest ``position`` in a list of ``n`` (centred, shifted inside)."""
+    w = min(window, n)
+    return int(min(max(position - (w - 1) // 2, 0), n - w))
+
+
+def landmarks(n: int, lo: int, hi: int, count: int) -> Ids:
+    """``count`` positions spread evenly over ``[0, n)`` outside the window ``[lo, hi)`` (all of them if fewer)."""
+    rest = n - (hi - lo)
+    if count <= 0 or rest <= 0:
+        return np.empty(0, np.int64)
+    if rest <= count:
+        picks = np.arange(rest, dtype=np.int64)
+    else:
+        picks = (np.arange(count, dtype=np.int64) * rest) // count + rest // (2 * count)
+    return np.where(picks < lo, picks, picks + (hi - lo))
+
+
+@register("local_global")
+class LocalGlobalAttention(Attention):
+    """Local window around the query's position plus global keys (see the module docstring)."""
+
+    Config = LocalGlobalConfig
+
+    def __init__(
+        self,
+        dim: int,
+        local_window: int = 32,
+        global_nodes: int = 8,
+        scale: float | None = None,
+        temperature: float = 1.0,
+    ) -> None:
+        super().__init__(dim=dim, local_window=local_window, global_nodes=global_nodes, scale=scale,
+                         temperature=temperature)  # fmt: skip
+
+    def _init_state(self) -> None:
+        self._kept_cache: dict[tuple[int, int], Ids] = {}
+
+    @property
+    def complexity(self) -> str:
+        return "O((local_window + global_nodes)·d) time per query, independent of n"
+
+    # -- which keys ------------------------------------------------------------
+    def kept_positions(self, n: int, position: int = 0, global_ids: Any = None) -> Ids:
+        """Ascending positions of the kept keys in a list of ``n`` (window around ``position`` ∪ global)."""
+        op = f"{self.kind}.kept_positions"
+        if global_ids is None:
+            key = (n, position)
+            cached = self._kept_cache.get(key)
+            if cached is not None:
+                return cached
+        if isinstance(position, bool) or not isinstance(position, (int, np.integer)) or not 0 <= position < max(n, 1):
+            raise InvalidConfig(f"{op}: 'position' must be an integer in [0, {n}); got {position!r}.")
+        w = self.config.local_window
+        lo = window_start(n, int(position), w)
+        hi = lo + min(w, n)
+        local = np.arange(lo, hi, dtype=np.int64)
+        if global_ids is None:
+            glob = landmarks(n, lo, hi, self.config.global_nodes)
+        else:
+            glob = V.as_ids(op, global_ids, n, "global_ids")
+            V.check_ids(op, glob, n, "global_ids")
+        kept = np.union1d(local, glob).astype(np.int64)
+        if global_ids is None:
+            if len(self._kept_cache) > 64:
+                self._kept_cache.clear()
+            self._kept_cache[(n, position)] = kept
+        return kept
+
+    def attention_mask(self, n: int, position: int = 0, global_ids: Any = None) -> NDArray[np.bool_]:
+        """``(n,)`` keep-mask of one query (true = attended), the mask convention of every mechanism."""
+        mask = np.zeros(n, bool)
+        mask[self.kept_positions(n, position, global_ids)] = True
+        return mask
+
+    def count_nonzero(self, n: int, position: int = 0, global_ids: Any = None) -> int:
+        """How many of ``n`` keys one query attends to (at most ``local_window + global_nodes``)."""
+        return int(self.kept_positions(n, position, global_ids).size)
+
+    def pattern(self, n: int, global_ids: Any = None) -> SparsityPattern:
+        """The ``(n, n)`` :class:`~ruvattn.sparse.SparsityPattern` of a sequence, query ``i`` at position ``i``."""
+        rows = [self.kept_positions(n, i, global_ids) for i in range(n)]
+        return SparsityPattern.from_neighbours(rows, n)
+
+    # -- forward ---------------------------------------------------------------
+    def _run(
+        self, op: str, query: Any, keys: Any, values: Any, position: int, global_ids: Any, ids: Any
+    ) -> tuple[Array, Array, Ids, int]:
+        q, k, v, dt = self._tables(op, query, keys, values, "query")
+        if ids is not None:
+            rows = V.as_ids(op, ids, k.shape[0])
+            V.check_ids(op, rows, k.shape[0])
+            n = rows.size
+        else:
+            rows, n = None, k.shape[0]
+        if n == 0:
+            V.raise_for_status(op, K.EMPTY)
+        kept = self.kept_positions(n, position, global_ids)
+        sel = kept if rows is None else rows[kept]
+        w = np.empty((1, sel.size), dt)
+        out = np.empty(v.shape[1] if values is not None else 0, dt)
+        lse = np.empty(1, dt)
+        sc = self._typed_scale(self.config.dim, dt)
+        if values is None:
+            status = K.attend_weights(q, k, sel, True, _NO_KEEP, False, q, False, 1, sc, w, lse)
+        else:
+            status = K.attend_one_general(q, k, v, sel, True, _NO_KEEP, False, q, False, 1, sc, w, out, lse)
+        if status:
+            V.raise_for_status(op, status, query=q, keys=k[sel], values=None if values is None else v[sel])
+        return out, w[0], kept, n
+
+    def forward(
+        self, query: Any, keys: Any, values: Any, *, position: int = 0, global_ids: Any = None, ids: Any = None
+    ) -> Array:
+        """Output ``(dv,)``: exact attention over the kept keys only (``ids``: rows of key/value tables)."""
+        if ids is None and global_ids is None and position == 0:
+            dt = self._plain_arrays(query, keys, values)  # the hot path: a few attribute reads
+            if dt is not None:
+                n = keys.shape[0]
+                kept = self._kept_cache.get((n, 0))
+                if kept is not None:
+                    out = np.empty(values.shape[1], dt)
+                    if K.attend_ids(query, keys, values, kept, self._typed_scale(self.config.dim, dt), out) == K.OK:
+                        return out
+        return self._run(self.kind + ".forward", query, keys, values, position, global_ids, ids)[0]
+
+    def attention_weights(
+        self, query: Any, keys: Any, *, position: int = 0, global_ids: Any = None, ids: Any = None
+    ) -> Array:
+        """Weights ``(n,)`` over the whole list: the softmax on the kept keys, exact zeros elsewhere."""
+        _, w, kept, n = self._run(self.kind + ".attention_weights", query, keys, None, position, global_ids, ids)
+        full = np.zeros(n, w.dtype)
+        full[kept] = w
+        return full
+
+    def forward_batch(
+        self, queries: Any, keys: Any, values: Any, *, positions: Any = None, global_ids: Any = None
+    ) -> Array:
+        """``(m, d)`` queries over one ordered key list -> ``(m, dv)``; query ``i`` sits at ``positions[i]``
+        (default 0 for every query); parallel over queries."""
+        op = self.kind + ".forward_batch"
+        qs = V.as_array(queries, op, "queries", 2)
+        k = V.as_array(keys, op, "keys", 2)
+        m, n = qs.shape[0], k.shape[0]
+        if n == 0 and m:
+            V.raise_for_status(op, K.EMPTY)
+        pos = np.zeros(m, np.int64) if positions is None else np.asarray(positions)
+        if pos.shape != (m,) or (pos.size and pos.dtype.kind not in "iu"):
+            raise InvalidConfig(f"{op}: 'positions' must be {m} integers (one per query); got shape {pos.shape}.")
+        rows = [self.kept_positions(n, int(p), global_ids) for p in pos]
+        nl = as_neighbours(op, rows, m, n) if m else NeighbourList(np.zeros(1, np.int64), np.empty(0, np.int64), n)
+        return self._neighbours(op, qs, k, values, nl, 1, self._scale(self.config.dim), False)[0]
+
+    def _reduce(self, op: str, nl: NeighbourList, global_ids: Any) -> NeighbourList:
+        """Each node's list cut to its kept entries (window at position 0 plus global), as a new CSR."""
+        if global_ids is not None:
+            keep_rows = [nl.indices[nl.indptr[i] : nl.indptr[i + 1]] for i in range(nl.num_nodes)]
+            kept = [r[self.kept_positions(r.size, 0, global_ids)] if r.size else r for r in keep_rows]
+            return as_neighbours(op, kept, nl.num_nodes, nl.num_keys)
+        deg = nl.degrees()
+        node = np.repeat(np.arange(nl.num_nodes), deg)
+        pos = np.arange(nl.nnz) - nl.indptr[node]
+        w, g = self.config.local_window, self.config.global_nodes
+        keep = pos < w
+        for d in np.unique(deg[deg > w]):
+            marks = landmarks(int(d), 0, w, g)
+            if marks.size:
+                rows = np.flatnonzero(deg == d)
+                keep[(nl.indptr[rows][:, None] + marks[None, :]).ravel()] = True
+        counts = np.bincount(node[keep], minlength=nl.num_nodes)
+        indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return NeighbourList(indptr, nl.indices[keep], nl.num_keys)
+
+    def forward_neighbours(
+        self, queries: Any, keys: Any, values: Any, neighbours: Any, *, global_ids: Any = None
+    ) -> Array:
+        """Node ``i`` over its own ordered neighbour list, cut to the first ``local_window`` entries plus the
+        global ones (``global_ids``: positions in every list, or landmarks); parallel over nodes."""
+        op = self.kind + ".forward_neighbours"
+        qs = V.as_array(queries, op, "queries", 2)
+        k = V.as_array(keys, op, "keys", 2)
+        nl = self._reduce(op, as_neighbours(op, neighbours, qs.shape[0], k.shape[0]), global_ids)
+        return self._neighbours(op, qs, k, values, nl, 1, self._scale(self.config.dim), False)[0]
+
+    def neighbour_weights(
+        self, queries: Any, keys: Any, neighbours: Any, *, global_ids: Any = None
+    ) -> tuple[NeighbourList, Array]:
+        """The kept neighbour lists and their weights ``(nnz,)``, aligned entry by entry."""
+        op = self.kind + ".neighbour_weights"
+        qs = V.as_array(queries, op, "queries", 2)
+        k = V.as_array(keys, op, "keys", 2)
+        nl = self._reduce(op, as_neighbours(op, neighbours, qs.shape[0], k.shape[0]), global_ids)
+        _, w, _, _ = self._neighbours(op, qs, k, k, nl, 1, self._scale(self.config.dim), True)
+        if w is None:  # the kernel always fills them when asked
+            raise RuntimeError(f"{op}: no weights returned")
+        return nl, w[0]
+
+
+@register("sparse_graph")
+class SparseGraphAttention(LocalGlobalAttention):
+    """The specification's ``SparseGraphAttention``: :class:`LocalGlobalAttention` under that name."""

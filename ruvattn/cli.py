@@ -68,6 +68,7 @@ def _demo(args: argparse.Namespace) -> list[dict[str, Any]]:
         FlashAttention,
         GATConv,
         HyperbolicAttention,
+        LocalGlobalAttention,
         MultiHeadAttention,
         ScaledDotProductAttention,
         threads,
@@ -114,6 +115,9 @@ def _demo(args: argparse.Namespace) -> list[dict[str, Any]]:
     xh64 = xh.astype(np.float64)
     qh = xh[int(rng.integers(args.nodes))]
 
+    lg = LocalGlobalAttention(d, local_window=min(32, n), global_nodes=8)
+    lg_keep = lg.attention_mask(n)
+
     # GAT over the kNN graph (messages neighbour -> node), edge feature = the neighbour's rank
     gat = GATConv(d, max(1, d // args.heads), heads=args.heads, edge_dim=1, seed=args.seed)
     edge_index = np.stack([nb.ravel(), np.repeat(nodes, k)]).astype(np.int64)
@@ -131,6 +135,8 @@ def _demo(args: argparse.Namespace) -> list[dict[str, Any]]:
         ("scaled_dot_product", f"1 query x {n} candidates", lambda: sdpa.forward(q, cand, cand),
          lambda: exact_one(np.arange(n)), 1),
         ("multi_head", f"{args.heads} heads, 1 x {n}, projected once", lambda: mha.forward(q, kv), exact_mha, 1),
+        ("local_global", f"1 x {n}: window {min(32, n)} + 8 global", lambda: lg.forward(q, cand, cand),
+         lambda: ref.attention(q.astype(np.float64), x64[:n], x64[:n], keep=lg_keep)[0], 1),
         ("flash", f"{m} queries x {n} keys", lambda: flash.forward_batch(x[:m], cand, cand),
          lambda: np.stack([ref.attention(x64[i], x64[:n], x64[:n])[0] for i in range(m)]), m),
         ("scaled_dot_product", f"{args.nodes} nodes x own {k} neighbours", lambda: sdpa.forward_neighbours(x, x, x, nb),

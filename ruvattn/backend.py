@@ -143,6 +143,16 @@ def warmup(verbose: bool = False) -> dict[str, float]:
         lg.forward(q[0], k, k)  # the cached fast path
         lg.attention_weights(q[0], k, global_ids=[4])
         lg.forward_neighbours(q, k, k, [[0, 1, 2, 3], [], [4]])
+        from ruvattn.mechanisms.linear import LinearAttention  # every linear kernel, with the class's argument types
+
+        for lin in (LinearAttention(8), LinearAttention(8, "favor", num_features=4)):
+            summary = lin.summarize(k, k, mask=keep)
+            lin.forward(q[0], summary)
+            lin.forward_batch(q, summary)
+            lin.forward(q[0], k, k)
+            lin.attention_weights(q[0], k)
+            lin.features(k)
+            lin.forward_neighbours(q, k, k, [[0, 1], [], [4]])
         timings[np.dtype(dt).name] = time.perf_counter() - t0
         if verbose:
             print(f"warmup {np.dtype(dt).name}: {timings[np.dtype(dt).name]:.2f} s")

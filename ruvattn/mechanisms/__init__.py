@@ -4,6 +4,7 @@ from ruvattn.mechanisms.base import Attention, AttentionConfig, available, build
 from ruvattn.mechanisms.flash import FlashAttention, FlashConfig
 from ruvattn.mechanisms.gat import GATConfig, GATConv, GATv2Config, GATv2Conv
 from ruvattn.mechanisms.hyperbolic import HyperbolicAttention, HyperbolicConfig
+from ruvattn.mechanisms.linear import LinearAttention, LinearConfig, LinearSummary
 from ruvattn.mechanisms.local_global import LocalGlobalAttention, LocalGlobalConfig, SparseGraphAttention
 from ruvattn.mechanisms.manifold import (
     ManifoldAttention,
@@ -26,6 +27,9 @@ __all__ = [
     "Gradients",
     "HyperbolicAttention",
     "HyperbolicConfig",
+    "LinearAttention",
+    "LinearConfig",
+    "LinearSummary",
     "LocalGlobalAttention",
     "LocalGlobalConfig",
     "ManifoldAttention",

@@ -68,6 +68,7 @@ def _demo(args: argparse.Namespace) -> list[dict[str, Any]]:
         FlashAttention,
         GATConv,
         HyperbolicAttention,
+        LinearAttention,
         LocalGlobalAttention,
         MultiHeadAttention,
         ScaledDotProductAttention,
@@ -79,6 +80,7 @@ def _demo(args: argparse.Namespace) -> list[dict[str, Any]]:
     from ruvattn.geometry import PoincareBall
     from ruvattn.reference import graph as gref
     from ruvattn.reference import hyperbolic as href
+    from ruvattn.reference import linear as lref
 
     if args.neighbours >= args.nodes or args.candidates > args.nodes:
         raise InvalidConfig(
@@ -117,6 +119,11 @@ def _demo(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     lg = LocalGlobalAttention(d, local_window=min(32, n), global_nodes=8)
     lg_keep = lg.attention_mask(n)
+    lin = LinearAttention(d, feature_map="favor", num_features=64, seed=args.seed)
+
+    def exact_linear() -> np.ndarray:  # FAVOR+ itself, in float64 (not softmax attention)
+        return np.stack([lref.linear_attention(x64[i], x64[:n], x64[:n], "favor", lin.projection_)[0]
+                         for i in range(m)])  # fmt: skip
 
     # GAT over the kNN graph (messages neighbour -> node), edge feature = the neighbour's rank
     gat = GATConv(d, max(1, d // args.heads), heads=args.heads, edge_dim=1, seed=args.seed)
@@ -137,6 +144,8 @@ def _demo(args: argparse.Namespace) -> list[dict[str, Any]]:
         ("multi_head", f"{args.heads} heads, 1 x {n}, projected once", lambda: mha.forward(q, kv), exact_mha, 1),
         ("local_global", f"1 x {n}: window {min(32, n)} + 8 global", lambda: lg.forward(q, cand, cand),
          lambda: ref.attention(q.astype(np.float64), x64[:n], x64[:n], keep=lg_keep)[0], 1),
+        ("linear", f"FAVOR+ m=64, {m} x {n}, shared summary", lambda: lin.forward_batch(x[:m], cand, cand),
+         exact_linear, m),
         ("flash", f"{m} queries x {n} keys", lambda: flash.forward_batch(x[:m], cand, cand),
          lambda: np.stack([ref.attention(x64[i], x64[:n], x64[:n])[0] for i in range(m)]), m),
         ("scaled_dot_product", f"{args.nodes} nodes x own {k} neighbours", lambda: sdpa.forward_neighbours(x, x, x, nb),

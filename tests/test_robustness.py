@@ -13,6 +13,7 @@ from ruvattn import (
     AttentionError,
     FlashAttention,
     HyperbolicAttention,
+    LinearAttention,
     LocalGlobalAttention,
     ManifoldAttention,
     MixedCurvatureAttention,
@@ -90,6 +91,8 @@ MECHANISMS = [
     HyperbolicAttention(D, aggregation="midpoint", projections=True),
     ManifoldAttention(D, "lorentz"),
     LocalGlobalAttention(D, local_window=2, global_nodes=1),
+    LinearAttention(D),
+    LinearAttention(D, "favor", num_features=3),
     MixedCurvatureAttention(D, components=[("euclidean", 2), ("sphere", 1, 1.0), ("poincare", 1, -1.0)]),
 ]
 

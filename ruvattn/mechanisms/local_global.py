@@ -114,6 +114,8 @@ class LocalGlobalAttention(Attention):
 
     def _init_state(self) -> None:
         self._kept_cache: dict[tuple[int, int], Ids] = {}
+        # (n, dtype) -> (kept positions at position 0, typed scale): the hot path's one dict look-up
+        self._fast: dict[tuple[int, np.dtype], tuple[Ids, np.floating]] = {}
 
     @property
     def complexity(self) -> str:
@@ -180,6 +182,8 @@ class LocalGlobalAttention(Attention):
         out = np.empty(v.shape[1] if values is not None else 0, dt)
         lse = np.empty(1, dt)
         sc = self._typed_scale(self.config.dim, dt)
+        if position == 0 and global_ids is None and len(self._fast) < 64:
+            self._fast[(n, dt)] = (kept, sc)
         if values is None:
             status = K.attend_weights(q, k, sel, True, _NO_KEEP, False, q, False, 1, sc, w, lse)
         else:
@@ -195,11 +199,10 @@ class LocalGlobalAttention(Attention):
         if ids is None and global_ids is None and position == 0:
             dt = self._plain_arrays(query, keys, values)  # the hot path: a few attribute reads
             if dt is not None:
-                n = keys.shape[0]
-                kept = self._kept_cache.get((n, 0))
-                if kept is not None:
+                fast = self._fast.get((keys.shape[0], dt))
+                if fast is not None:
                     out = np.empty(values.shape[1], dt)
-                    if K.attend_ids(query, keys, values, kept, self._typed_scale(self.config.dim, dt), out) == K.OK:
+                    if K.attend_ids(query, keys, values, fast[0], fast[1], out) == K.OK:
                         return out
         return self._run(self.kind + ".forward", query, keys, values, position, global_ids, ids)[0]
 

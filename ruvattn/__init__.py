@@ -23,6 +23,7 @@ from ruvattn.errors import (
 from ruvattn.graph import NeighbourList
 from ruvattn.mechanisms import (
     Attention,
+    DynamicHeadAttention,
     FlashAttention,
     GATConv,
     GATv2Conv,
@@ -31,6 +32,7 @@ from ruvattn.mechanisms import (
     LocalGlobalAttention,
     ManifoldAttention,
     MixedCurvatureAttention,
+    MoEAttention,
     MultiHeadAttention,
     ProjectedKeysValues,
     ScaledDotProductAttention,
@@ -47,6 +49,7 @@ __all__ = [
     "Attention",
     "AttentionError",
     "DimensionMismatch",
+    "DynamicHeadAttention",
     "EmptyInput",
     "FlashAttention",
     "GATConv",
@@ -57,6 +60,7 @@ __all__ = [
     "LocalGlobalAttention",
     "ManifoldAttention",
     "MixedCurvatureAttention",
+    "MoEAttention",
     "MultiHeadAttention",
     "NeighbourList",
     "NumericalInstability",

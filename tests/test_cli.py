@@ -18,7 +18,7 @@ def test_demo_json_rows_agree_with_exact_attention(capsys):
     rows = json.loads(out)
     assert [r["mechanism"] for r in rows] == [
         "scaled_dot_product", "scaled_dot_product", "multi_head", "local_global", "linear", "flash",
-        "scaled_dot_product", "hyperbolic", "hyperbolic", "gat",
+        "scaled_dot_product", "hyperbolic", "hyperbolic", "moe", "gat",
     ]  # fmt: skip
     for r in rows:
         assert r["max_abs_err"] < 1e-5, r  # float32 kernels vs float64 numpy reference
@@ -31,7 +31,7 @@ def test_demo_table_on_stdout(capsys):
                  "--heads", "2", "--repeats", "2"]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert out.splitlines()[0].split()[:3] == ["mechanism", "workload", "p50"]
-    assert len(out.splitlines()) == 2 + 10
+    assert len(out.splitlines()) == 2 + 11
 
 
 @pytest.mark.parametrize(

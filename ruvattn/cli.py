@@ -129,6 +129,7 @@ def _demo(args: argparse.Namespace) -> list[dict[str, Any]]:
     # MoE over four experts (top-2) on the ball-sized embeddings, so the hyperbolic expert sees points of the ball
     moe = (MoEAttention.builder().add_local_expert(d).add_hyperbolic_expert(d, -1.0).add_sparse_expert(min(32, n), 8)
            .add_linear_expert(64).top_k(2).seed(args.seed).build())  # fmt: skip
+    moe_keys = moe.prepare(xh[:n], xh[:n])  # the linear expert's summary, once
 
     def exact_moe() -> np.ndarray:  # the same two experts and gate weights, in float64
         return sum(w * moe.experts[e].forward(xh64[0], xh64[:n], xh64[:n]) for e, w in moe.get_routing(xh64[0]))
@@ -162,7 +163,7 @@ def _demo(args: argparse.Namespace) -> list[dict[str, Any]]:
          lambda: exact_hyp(qh, np.arange(n)), 1),
         ("hyperbolic", f"{args.nodes} nodes x own {k} neighbours", lambda: hyp.forward_neighbours(xh, xh, xh, nb),
          lambda: np.stack([exact_hyp(xh[i], nb[i]) for i in nodes]), args.nodes),
-        ("moe", f"4 experts, top-2, 1 x {n} (ball)", lambda: moe.forward(xh[0], xh[:n], xh[:n]), exact_moe, 1),
+        ("moe", f"4 experts, top-2, 1 x {n}, prepared", lambda: moe.forward(xh[0], moe_keys), exact_moe, 1),
         ("gat", f"{args.nodes} nodes, {k * args.nodes} edges + loops", lambda: gat(x, edge_index, edge_attr),
          exact_gat, args.nodes),
     ]  # fmt: skip

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ruvattn import (
+    DimensionMismatch,
     HyperbolicAttention,
     InvalidConfig,
     LinearAttention,
@@ -77,6 +78,23 @@ def test_batch_form_equals_one_query_at_a_time_and_records_are_consistent():
     rec = tight.routing_record(q)
     assert rec.load.max() <= 5 and rec.num_overflowed > 0
     np.testing.assert_array_equal(out[rec.dropped], 0)
+
+
+def test_prepared_keys_give_the_same_output():
+    from ruvattn import MultiHeadAttention
+
+    rng = np.random.default_rng(5)
+    experts = [LinearAttention(D, "favor", num_features=8), MultiHeadAttention(D, 2), ScaledDotProductAttention(D)]
+    moe = MoEAttention(D, experts, top_k=3)
+    q, k, v = _inputs(rng)
+    prepared = moe.prepare(k, v)
+    for x in q:
+        np.testing.assert_allclose(moe.forward(x, prepared), moe.forward(x, k, v), rtol=1e-9, atol=1e-12)
+    other = MoEAttention(D, experts, top_k=1)
+    with pytest.raises(InvalidConfig, match="another MoEAttention"):
+        other.forward(q[0], prepared)
+    with pytest.raises(DimensionMismatch, match="values are missing"):
+        moe.forward(q[0], k)
 
 
 def test_edge_expert_and_validation():

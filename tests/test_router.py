@@ -387,3 +387,18 @@ def test_invalid_shapes_and_values():
     with pytest.raises(InvalidConfig, match="keys"):
         r.load_state_dict({"weight": np.zeros((3, 4))})
     assert isinstance(routing, Routing)
+
+
+def test_choose_is_route_for_one_query():
+    rng = np.random.default_rng(12)
+    for k in (1, 2, 4):
+        router = Router(6, 4, top_k=k, temperature=0.7, seed=3)
+        router.weight_ = rng.standard_normal((4, 6))
+        for x in rng.standard_normal((20, 6)):
+            experts, weights = router.choose(x)
+            r = router.route(x[None])
+            np.testing.assert_array_equal(experts, r.experts[0])
+            np.testing.assert_allclose(weights, r.weights[0], rtol=1e-12)
+    noisy = Router(6, 4, noisy=True).train()
+    assert noisy.choose(np.ones(6)) is None  # training noise: the caller must use route()
+    assert Router(6, 4).choose(np.full(6, np.nan)) is None

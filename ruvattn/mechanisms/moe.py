@@ -24,6 +24,11 @@ example exact attention over the full neighbour set -- plus the load-balancing
 and z losses; the router's backward pass is hand-written and checked against
 finite differences.
 
+For repeated queries over one candidate set, :meth:`MoEAttention.prepare` does
+each expert's per-key-set work once (a linear expert's key/value summary, a
+multi-head expert's projections); a linear expert over fresh keys costs
+O(n·d·m) per call, over a prepared set O(d·m).
+
 Every expert receives the same query, keys and values: a hyperbolic expert
 expects points of its ball (for example ``PoincareBall.expmap0`` of small
 embeddings), an edge-featured expert (:class:`~ruvattn.mechanisms.GATConv`)
@@ -55,13 +60,26 @@ from ruvattn.mechanisms.gat import GATConv, GATv2Conv
 from ruvattn.mechanisms.hyperbolic import HyperbolicAttention
 from ruvattn.mechanisms.linear import LinearAttention
 from ruvattn.mechanisms.local_global import LocalGlobalAttention
+from ruvattn.mechanisms.multi_head import MultiHeadAttention
 from ruvattn.mechanisms.scaled_dot import ScaledDotProductAttention
 from ruvattn.moe.router import Router, Routing, RoutingRecord, fit_router
 
-__all__ = ["MoEAttention", "MoEBuilder", "MoEConfig"]
+__all__ = ["MoEAttention", "MoEBuilder", "MoEConfig", "PreparedKeys"]
 
 Array = NDArray[np.floating]
 _EDGE_EXPERTS = (GATConv, GATv2Conv)
+
+
+@dataclass(frozen=True)
+class PreparedKeys:
+    """A key/value set prepared once for every expert of one :class:`MoEAttention`
+    (:meth:`MoEAttention.prepare`): a linear expert's key/value summary, a multi-head
+    expert's projected keys/values, the raw arrays for the others."""
+
+    keys: Array
+    values: Array
+    forms: tuple[Any, ...]
+    owner: int
 
 
 def _expert(owner: str, spec: Any) -> Attention:
@@ -181,10 +199,29 @@ class MoEAttention(Attention):
 
     # -- running ------------------------------------------------------------------
     @staticmethod
-    def _run_expert(e: Attention, q: Array, k: Array, v: Array, edge_features: Any) -> Array:
+    def _run_expert(e: Attention, q: Array, k: Array, v: Array, edge_features: Any, form: Any = None) -> Array:
+        if form is not None:  # a prepared summary / projection
+            return e.forward(q, form)
         if isinstance(e, _EDGE_EXPERTS):
             return e.forward_with_edges(q, k, v, edge_features)
         return e.forward(q, k, v)
+
+    def prepare(self, keys: Any, values: Any) -> PreparedKeys:
+        """Prepare a key/value set once for repeated queries: linear experts summarise it
+        (O(n·d·m) once, then O(d·m) per query) and multi-head experts project it.  Pass the
+        result as ``keys`` to :meth:`forward` (without ``values``)."""
+        op = self.kind + ".prepare"
+        k = V.as_array(keys, op, "keys", 2)
+        v = V.as_array(values, op, "values", 2)
+        forms: list[Any] = []
+        for e in self.experts:
+            if isinstance(e, LinearAttention):
+                forms.append(e.summarize(k, v))
+            elif isinstance(e, MultiHeadAttention):
+                forms.append(e.project(k, v))
+            else:
+                forms.append(None)
+        return PreparedKeys(k, v, tuple(forms), id(self))
 
     def _query(self, op: str, query: Any) -> Array:
         q = V.as_array(query, op, "query", 1)
@@ -197,17 +234,29 @@ class MoEAttention(Attention):
         x = V.as_array(queries, op, "queries", np.ndim(queries))
         return self.router.route(x)
 
-    def forward(self, query: Any, keys: Any, values: Any, *, edge_features: Any = None) -> Array:
-        """Output of the top-k experts for one query, mixed by the renormalised router weights."""
+    def forward(self, query: Any, keys: Any, values: Any = None, *, edge_features: Any = None) -> Array:
+        """Output of the top-k experts for one query, mixed by the renormalised router weights.
+
+        ``keys`` may be a :class:`PreparedKeys` from :meth:`prepare` (then ``values`` is omitted).
+        """
         op = self.kind + ".forward"
         q = self._query(op, query)
-        routing = self.router.route(q[None])
-        self.last_routing = routing
+        forms: tuple[Any, ...] = (None,) * len(self.experts)
+        if isinstance(keys, PreparedKeys):
+            if keys.owner != id(self):
+                raise InvalidConfig(f"{op}: these keys were prepared by another MoEAttention; call prepare() here.")
+            keys, values, forms = keys.keys, keys.values, keys.forms
+        elif values is None:
+            raise DimensionMismatch(f"{op}: values are missing; pass keys and values, or keys=prepare(keys, values).")
+        chosen = self.router.choose(q)
+        if chosen is None:  # noisy gating in training mode (or a NaN query: route() names it)
+            routing = self.router.route(q[None])
+            chosen = (routing.experts[0], routing.weights[0])
         out: Array | None = None
-        for e, w in zip(routing.experts[0], routing.weights[0], strict=True):
+        for e, w in zip(*chosen, strict=True):
             if e < 0 or w == 0:
                 continue
-            y = np.asarray(self._run_expert(self.experts[e], q, keys, values, edge_features))
+            y = np.asarray(self._run_expert(self.experts[e], q, keys, values, edge_features, forms[e]))
             out = w * y if out is None else out + w * y
         if out is None:  # dropped (only possible with capacity limits, which do not apply to one query)
             return np.zeros(self.output_dim, q.dtype)

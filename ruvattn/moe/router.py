@@ -448,6 +448,21 @@ class Router:
             capacity=capacity,
         )
 
+    def choose(self, x: NDArray[np.floating]) -> tuple[NDArray[np.int64], F64] | None:
+        """Experts (best first) and gate weights of ONE query ``(d,)``, without building a :class:`Routing`:
+        the per-query hot path of an MoE layer.  The same decision as ``route(x)`` when no noise is
+        drawn and capacity does not bind (one query never exceeds a capacity); returns ``None`` when
+        it cannot decide that way (a noisy router in training mode, or non-finite logits), so the
+        caller falls back to :meth:`route` (which raises for NaN input)."""
+        if self.noisy and self.training:
+            return None
+        z = (self.weight_ @ x + self.bias_) / self.temperature
+        if not np.isfinite(z).all():
+            return None
+        order = np.argsort(-z, kind="stable")[: self.top_k]
+        e = np.exp(z[order] - z[order[0]])
+        return order, e / e.sum()
+
     def record(self, routing: Routing) -> RoutingRecord:
         """The :class:`RoutingRecord` (loads, utilisation, entropy, losses) of ``routing``."""
         self._check_routing("Router.record", routing)

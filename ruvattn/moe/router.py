@@ -57,6 +57,8 @@ from scipy.special import entr, expit
 
 from ruvattn import _validation as V
 from ruvattn.errors import DimensionMismatch, InvalidConfig
+from ruvattn.kernels.attention import OK
+from ruvattn.kernels.moe import route_one
 
 __all__ = ["Router", "Routing", "RoutingRecord", "fit_router"]
 
@@ -456,12 +458,16 @@ class Router:
         caller falls back to :meth:`route` (which raises for NaN input)."""
         if self.noisy and self.training:
             return None
-        z = (self.weight_ @ x + self.bias_) / self.temperature
-        if not np.isfinite(z).all():
+        experts = np.empty(self.top_k, np.int64)
+        gates = np.empty(self.top_k, np.float64)
+        w, b = self.weight_, self.bias_
+        if w.dtype != np.float64 or not w.flags.c_contiguous:  # assigned by hand: the kernel takes float64
+            w = np.ascontiguousarray(w, np.float64)
+        if b.dtype != np.float64:
+            b = b.astype(np.float64)
+        if route_one(w, b, x, 1.0 / self.temperature, experts, gates) != OK:
             return None
-        order = np.argsort(-z, kind="stable")[: self.top_k]
-        e = np.exp(z[order] - z[order[0]])
-        return order, e / e.sum()
+        return experts, gates
 
     def record(self, routing: Routing) -> RoutingRecord:
         """The :class:`RoutingRecord` (loads, utilisation, entropy, losses) of ``routing``."""

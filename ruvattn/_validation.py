@@ -136,6 +136,12 @@ def positive_int(owner: str, name: str, value: Any, hint: str = "") -> int:
     return int(value)
 
 
+def non_negative_int(owner: str, name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise InvalidConfig(f"{owner}: '{name}' must be a non-negative integer; got {value!r}.")
+    return int(value)
+
+
 def positive_float(owner: str, name: str, value: Any, allow_none: bool = False) -> float | None:
     if value is None and allow_none:
         return None
@@ -145,6 +151,16 @@ def positive_float(owner: str, name: str, value: Any, allow_none: bool = False) 
         raise InvalidConfig(f"{owner}: '{name}' must be a positive number; got {value!r}.") from None
     if not np.isfinite(f) or f <= 0:
         raise InvalidConfig(f"{owner}: '{name}' must be a positive finite number; got {value!r}.")
+    return f
+
+
+def non_negative_float(owner: str, name: str, value: Any) -> float:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise InvalidConfig(f"{owner}: '{name}' must be a non-negative number; got {value!r}.") from None
+    if not np.isfinite(f) or f < 0:
+        raise InvalidConfig(f"{owner}: '{name}' must be a non-negative finite number; got {value!r}.")
     return f
 
 

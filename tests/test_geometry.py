@@ -286,3 +286,22 @@ def test_any_finite_input_gives_finite_output(x, y, k):
             assert np.isfinite(got).all()
         for got in (ball.mobius_add(arr, other), ball.expmap0(arr), ball.proj(arr)):
             assert np.linalg.norm(got.astype(np.float64)) < 1 / np.sqrt(-k)
+
+
+def test_the_manifold_interface_is_abstract_and_the_gradient_optional():
+    from ruvattn.errors import Unsupported
+    from ruvattn.geometry import Manifold
+
+    class NoDistance(Manifold):
+        def proj(self, x):
+            return np.asarray(x)
+
+    with pytest.raises(TypeError, match="abstract"):
+        NoDistance()
+
+    class Plain(Euclidean):
+        expmap0_vjp = Manifold.expmap0_vjp  # the base class's: not provided
+
+    with pytest.raises(Unsupported, match="cannot be learned"):
+        Plain().expmap0_vjp(np.zeros(2), np.ones(2))
+    np.testing.assert_allclose(Plain().dist(np.zeros(2), np.array([3.0, 4.0])), 5.0)

@@ -312,3 +312,10 @@ def test_attend_ids_equals_attention_over_the_gathered_rows(dtype):
     want = ref.attention(q.astype(np.float64), k[ids].astype(np.float64), v[ids].astype(np.float64), scale=0.25)[0]
     np.testing.assert_allclose(out, want, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
     assert K.attend_ids(q, k, v, np.array([3, 50]), dtype(0.25), out) == K.BADID
+
+
+def test_widest_row_equals_reference():
+    indptr = np.array([0, 3, 3, 10, 11, 11], np.int64)
+    for first, last in [(0, 5), (1, 2), (3, 5), (2, 2), (4, 5)]:
+        assert K.widest_row(indptr, first, last) == ref.widest_row(indptr, first, last)
+    assert K.widest_row(indptr, 0, 5) == 7 and K.widest_row(indptr, 1, 2) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
@@ -10,7 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ruvattn import _validation as V
-from ruvattn.errors import DimensionMismatch, InvalidConfig
+from ruvattn.errors import DimensionMismatch, InvalidConfig, Unsupported
 from ruvattn.kernels import hyperbolic as H
 
 __all__ = [
@@ -89,14 +90,14 @@ def _out(a: Array, single: bool) -> Array:
     return a[0] if single else a
 
 
-class Manifold:
+class Manifold(ABC):
     """The interface attention needs from a space of constant curvature.
 
-    Subclasses implement :meth:`dist`, :meth:`expmap0`, :meth:`logmap0` and
-    :meth:`proj` (plus :meth:`expmap`/:meth:`logmap` and, for learnable
-    mixed-curvature weights, :meth:`expmap0_vjp`); :meth:`midpoint` and
-    :meth:`origin` have defaults.  Points are ``(d,)`` or ``(N, d)`` rows of
-    :meth:`point_dim` coordinates.
+    Subclasses must implement the abstract :meth:`proj`, :meth:`dist`,
+    :meth:`expmap0`, :meth:`logmap0`, :meth:`expmap` and :meth:`logmap` (a class
+    missing one cannot be instantiated); :meth:`expmap0_vjp` is needed only to
+    learn mixed-curvature weights; :meth:`midpoint` and :meth:`origin` have defaults.
+    Points are ``(d,)`` or ``(N, d)`` rows of :meth:`point_dim` coordinates.
     """
 
     name: ClassVar[str] = "manifold"
@@ -115,27 +116,37 @@ class Manifold:
         """The base point where ``expmap0``/``logmap0`` are taken (``dim`` coordinates)."""
         return np.zeros(dim, dtype)
 
+    @abstractmethod
     def proj(self, x: Any) -> Array:
-        raise NotImplementedError(f"{type(self).__name__}.proj")
+        """Map ``x`` onto the manifold (or inside its chart)."""
 
+    @abstractmethod
     def dist(self, x: Any, y: Any) -> Array:
-        raise NotImplementedError(f"{type(self).__name__}.dist")
+        """Geodesic distance, row-wise (broadcast ``(d,)`` against ``(N, d)``)."""
 
+    @abstractmethod
     def expmap0(self, u: Any) -> Array:
-        raise NotImplementedError(f"{type(self).__name__}.expmap0")
+        """Exponential map at :meth:`origin`."""
 
+    @abstractmethod
     def logmap0(self, y: Any) -> Array:
-        raise NotImplementedError(f"{type(self).__name__}.logmap0")
+        """Logarithmic map at :meth:`origin`."""
 
+    @abstractmethod
     def expmap(self, x: Any, u: Any) -> Array:
-        raise NotImplementedError(f"{type(self).__name__}.expmap")
+        """Exponential map at ``x``."""
 
+    @abstractmethod
     def logmap(self, x: Any, y: Any) -> Array:
-        raise NotImplementedError(f"{type(self).__name__}.logmap")
+        """Logarithmic map at ``x``: the tangent vector at ``x`` pointing to ``y``."""
 
     def expmap0_vjp(self, t: Any, g: Any) -> Array:
-        """``J^T g`` for ``J`` the Jacobian of :meth:`expmap0` at tangent vector ``t`` (one vector each)."""
-        raise NotImplementedError(
+        """``J^T g`` for ``J`` the Jacobian of :meth:`expmap0` at tangent vector ``t`` (one vector each).
+
+        Optional: a manifold without it works everywhere except in learning mixed-curvature
+        component weights, where this raises :class:`~ruvattn.errors.Unsupported`.
+        """
+        raise Unsupported(
             f"{type(self).__name__}.expmap0_vjp: this manifold has no expmap0 gradient, so its component "
             "weight cannot be learned (fixed weights work)."
         )

@@ -512,6 +512,15 @@ def attend_one_general(q, k, v, ids, use_ids, keep, use_keep, bias, use_bias, he
     return attend_row(q, k, v, ids, use_ids, keep, use_keep, bias, use_bias, heads, scale, w, out, lse)
 
 
+@_inline
+def widest_row(indptr, first, last):
+    """The longest of rows ``first..last-1`` of a CSR ``indptr`` (sizes a chunk's scratch buffer once)."""
+    widest = 0
+    for i in range(first, last):
+        widest = max(widest, indptr[i + 1] - indptr[i])
+    return widest
+
+
 CHUNK = 64  # at most this many nodes (or queries) per parallel task; a task allocates its scratch once
 
 
@@ -563,9 +572,7 @@ def csr_chunk(qs, k, v, indptr, indices, heads, scale, w, want_weights, out, lse
     compiles quickly, and everything per node is inlined here.
     """
     keep = np.empty(0, np.bool_)
-    widest = 0
-    for i in range(first, last):
-        widest = max(widest, indptr[i + 1] - indptr[i])
+    widest = widest_row(indptr, first, last)
     scratch = np.empty(heads * widest, qs.dtype)
     for i in range(first, last):
         lo = indptr[i]

@@ -52,6 +52,7 @@ from ruvattn.kernels.attention import (
     _parallel,
     _serial,
     exp_sum,
+    widest_row,
 )
 
 __all__ = [
@@ -227,9 +228,7 @@ def gat_chunk(a_src, a_dst, msg, indptr, slot_src, slot_edge, num_edges, self_lo
     """Target nodes ``first..last-1`` of :func:`gat_attend`, one scratch buffer for the whole chunk."""
     heads = a_src.shape[1]
     dt = a_src.dtype
-    widest = 0
-    for i in range(first, last):
-        widest = max(widest, indptr[i + 1] - indptr[i])
+    widest = widest_row(indptr, first, last)
     w_buf = np.empty(heads * widest, dt)
     acc = np.empty(msg.shape[1], dt)
     loop_term = np.zeros(heads, dt)
@@ -323,9 +322,7 @@ def gatv2_chunk(xl, xr, msg, att, indptr, slot_src, slot_edge, num_edges, self_l
     heads, ch = att.shape
     width = heads * ch
     dt = xl.dtype
-    widest = 0
-    for i in range(first, last):
-        widest = max(widest, indptr[i + 1] - indptr[i])
+    widest = widest_row(indptr, first, last)
     w_buf = np.empty(heads * widest, dt)
     acc = np.empty(msg.shape[1], dt)
     z = np.empty(width, dt)

@@ -37,7 +37,7 @@ import math
 import numpy as np
 from numba import prange
 
-from ruvattn.kernels.attention import BADID, EMPTY, NONFINITE, OK, _inline, _parallel, _serial, softmax
+from ruvattn.kernels.attention import BADID, EMPTY, NONFINITE, OK, _inline, _parallel, _serial, softmax, widest_row
 
 ARTANH_MAX = 1.0 - 1e-15
 TANH_MAX = 15.0
@@ -564,9 +564,7 @@ def hyp_many(qs, k, v, keep, keep_mode, kappa, inv_tau, agg, out_eps, w, want_we
 def hyp_csr_chunk(qs, k, v, indptr, indices, kappa, inv_tau, agg, out_eps, w, want_weights, out, status, first, last):
     """Nodes ``first..last-1`` of :func:`hyp_csr`, one scratch buffer for the chunk."""
     acc = np.empty(out.shape[1], np.float64)
-    widest = 0
-    for i in range(first, last):
-        widest = max(widest, indptr[i + 1] - indptr[i])
+    widest = widest_row(indptr, first, last)
     scratch = np.empty(widest, qs.dtype)
     s1 = np.empty(widest, np.float64)
     s2 = np.empty(widest, np.float64)

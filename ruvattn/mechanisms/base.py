@@ -236,6 +236,14 @@ class Attention:
         V.check_keys_values(op, k, v)
         return qs, k, v, dt
 
+    @staticmethod
+    def _key_rows(op: str, ids: Any, keys: Array) -> tuple[NDArray[np.int64] | None, int]:
+        """``(ids as int64, number of keys)`` for ``ids=`` rows of a key table, or ``(None, len(keys))``."""
+        if ids is None:
+            return None, keys.shape[0]
+        idx = V.as_ids(op, ids, keys.shape[0])
+        return idx, idx.size
+
     def _one(
         self,
         op: str,
@@ -250,11 +258,7 @@ class Attention:
     ) -> tuple[Array, Array, Array]:
         """Validate and run one query; returns ``(output, weights (heads, n), lse (heads,))``."""
         q, k, v, dt = self._tables(op, query, keys, values, "query")
-        if ids is not None:
-            idx = V.as_ids(op, ids, k.shape[0])
-            n = idx.size
-        else:
-            idx, n = None, k.shape[0]
+        idx, n = self._key_rows(op, ids, k)
         w = np.empty((heads, n), dt)
         out = np.empty(v.shape[1] if values is not None else 0, dt)
         lse = np.empty(heads, dt)

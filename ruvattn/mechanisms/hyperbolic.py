@@ -173,11 +173,7 @@ class HyperbolicAttention(Attention):
     # -- one query -------------------------------------------------------------
     def _run_one(self, op: str, query: Any, keys: Any, values: Any, mask: Any, ids: Any) -> tuple[Array, Array]:
         q, k, v, dt = self._tables(op, query, keys, values, "query")
-        if ids is not None:
-            idx = V.as_ids(op, ids, k.shape[0])
-            n = idx.size
-        else:
-            idx, n = None, k.shape[0]
+        idx, n = self._key_rows(op, ids, k)
         keep = V.as_keep(op, mask, (n,)) if mask is not None else _NO_KEEP
         q, k, v = self._project_all(q, k, v)
         w = np.empty(n, dt)

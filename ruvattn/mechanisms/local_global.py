@@ -70,9 +70,7 @@ class LocalGlobalConfig(AttentionConfig):
     def validate(self, owner: str) -> None:
         V.positive_int(owner, "dim", self.dim)
         V.positive_int(owner, "local_window", self.local_window)
-        g = self.global_nodes
-        if isinstance(g, bool) or not isinstance(g, (int, np.integer)) or g < 0:
-            raise InvalidConfig(f"{owner}: 'global_nodes' must be a non-negative integer; got {g!r}.")
+        V.non_negative_int(owner, "global_nodes", self.global_nodes)
         V.positive_float(owner, "scale", self.scale, allow_none=True)
         V.positive_float(owner, "temperature", self.temperature)
 
@@ -168,12 +166,9 @@ class LocalGlobalAttention(Attention):
         self, op: str, query: Any, keys: Any, values: Any, position: int, global_ids: Any, ids: Any
     ) -> tuple[Array, Array, Ids, int]:
         q, k, v, dt = self._tables(op, query, keys, values, "query")
-        if ids is not None:
-            rows = V.as_ids(op, ids, k.shape[0])
+        rows, n = self._key_rows(op, ids, k)
+        if rows is not None:  # the kept rows are read directly below: check every id first
             V.check_ids(op, rows, k.shape[0])
-            n = rows.size
-        else:
-            rows, n = None, k.shape[0]
         if n == 0:
             V.raise_for_status(op, K.EMPTY)
         kept = self.kept_positions(n, position, global_ids)

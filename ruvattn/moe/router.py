@@ -547,8 +547,8 @@ class Router:
         if g.shape != (m, k):
             raise DimensionMismatch(f"{op}: grad_weights has shape {g.shape}, expected {(m, k)}.")
         V.check_finite(op, grad_weights=g)
-        beta = _coef(op, "balance_coef", balance_coef)
-        gamma = _coef(op, "z_coef", z_coef)
+        beta = V.non_negative_float(op, "balance_coef", balance_coef)
+        gamma = V.non_negative_float(op, "z_coef", z_coef)
 
         w, z, p = routing.weights, routing.logits, routing.probs
         delta = np.zeros((m, num_e))
@@ -570,16 +570,6 @@ class Router:
                 dpre = dh * routing.standard_normal * expit(xs @ self.noise_weight_.T) * self.noise_scale
                 grads["noise_weight"] = dpre.T @ xs
         return grads
-
-
-def _coef(op: str, name: str, value: Any) -> float:
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        raise InvalidConfig(f"{op}: '{name}' must be a non-negative number; got {value!r}.") from None
-    if not np.isfinite(f) or f < 0:
-        raise InvalidConfig(f"{op}: '{name}' must be a non-negative finite number; got {value!r}.")
-    return f
 
 
 def _assign(
@@ -669,8 +659,8 @@ def fit_router(
     V.check_finite(op, expert_outputs=outs, targets=ys)
     steps = V.positive_int(op, "steps", steps)
     lr = float(V.positive_float(op, "learning_rate", learning_rate))
-    beta = _coef(op, "balance_coef", balance_coef)
-    gamma = _coef(op, "z_coef", z_coef)
+    beta = V.non_negative_float(op, "balance_coef", balance_coef)
+    gamma = V.non_negative_float(op, "z_coef", z_coef)
     if m == 0:
         raise DimensionMismatch(f"{op}: queries has shape {xs.shape}, expected at least one row.")
 

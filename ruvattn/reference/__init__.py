@@ -86,6 +86,11 @@ def gather_rows(table: Array, ids: NDArray[np.integer]) -> Array:
     return table[ids]
 
 
+def widest_row(indptr: NDArray[np.integer], first: int, last: int) -> int:
+    """Longest of CSR rows ``first..last-1`` (0 for none)."""
+    return int(np.diff(np.asarray(indptr)[first : last + 1]).max(initial=0))
+
+
 def matvec(w: Array, x: Array, b: Array) -> Array:
     """``w @ x + b``."""
     return w @ x + b

@@ -44,12 +44,6 @@ __all__ = ["SparsityPattern"]
 Ids = NDArray[np.int64]
 
 
-def _size(owner: str, name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise InvalidConfig(f"{owner}: '{name}' must be a non-negative integer; got {value!r}.")
-    return int(value)
-
-
 def _ids(owner: str, ids: Any, size: int, name: str = "ids") -> Ids:
     arr = np.asarray(ids)
     if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
@@ -96,14 +90,14 @@ class SparsityPattern:
     @classmethod
     def sliding_window(cls, n: int, window: int, n_keys: int | None = None) -> SparsityPattern:
         """Query ``i`` attends to keys ``i - (window-1)//2 .. i + window//2`` (clipped to ``[0, n_keys)``)."""
-        n = _size("sliding_window", "n", n)
+        n = V.non_negative_int("sliding_window", "n", n)
         w = V.positive_int("sliding_window", "window", window)
         return cls._offsets(n, np.arange(-((w - 1) // 2), w // 2 + 1, dtype=np.int64), n_keys)
 
     @classmethod
     def dilated_window(cls, n: int, window: int, dilation: int, n_keys: int | None = None) -> SparsityPattern:
         """The sliding window's offsets times ``dilation``: keys ``i + t·dilation``, ``|t|`` as in the window."""
-        n = _size("dilated_window", "n", n)
+        n = V.non_negative_int("dilated_window", "n", n)
         w = V.positive_int("dilated_window", "window", window)
         dil = V.positive_int("dilated_window", "dilation", dilation)
         return cls._offsets(n, dil * np.arange(-((w - 1) // 2), w // 2 + 1, dtype=np.int64), n_keys)
@@ -111,7 +105,7 @@ class SparsityPattern:
     @classmethod
     def blocks(cls, n: int, block_size: int) -> SparsityPattern:
         """Query ``i`` attends to the keys of its own block ``i // block_size`` (block-diagonal)."""
-        n = _size("blocks", "n", n)
+        n = V.non_negative_int("blocks", "n", n)
         b = V.positive_int("blocks", "block_size", block_size)
         start = (np.arange(n, dtype=np.int64) // b) * b
         offsets = np.arange(b, dtype=np.int64)
@@ -123,9 +117,9 @@ class SparsityPattern:
     @classmethod
     def random(cls, n: int, k: int, seed: int | None = 0, n_keys: int | None = None) -> SparsityPattern:
         """``k`` distinct keys per query, drawn uniformly (seeded; ``k`` is capped at ``n_keys``)."""
-        n = _size("random", "n", n)
-        k = _size("random", "k", k)
-        nk = n if n_keys is None else _size("random", "n_keys", n_keys)
+        n = V.non_negative_int("random", "n", n)
+        k = V.non_negative_int("random", "k", k)
+        nk = n if n_keys is None else V.non_negative_int("random", "n_keys", n_keys)
         k = min(k, nk)
         rng = np.random.default_rng(seed)
         cols = np.argsort(rng.random((n, nk)), axis=1)[:, :k] if k else np.empty((n, 0), np.int64)
@@ -137,8 +131,8 @@ class SparsityPattern:
     ) -> SparsityPattern:
         """Every query attends to the keys ``ids``; with ``symmetric`` (and a square pattern) the queries
         ``ids`` also attend to every key (Longformer's global attention)."""
-        n = _size("global_nodes", "n", n)
-        nk = n if n_keys is None else _size("global_nodes", "n_keys", n_keys)
+        n = V.non_negative_int("global_nodes", "n", n)
+        nk = n if n_keys is None else V.non_negative_int("global_nodes", "n_keys", n_keys)
         g = _ids("global_nodes", ids, nk)
         rows = np.repeat(np.arange(n, dtype=np.int64), g.size)
         cols = np.tile(g, n)
@@ -159,7 +153,7 @@ class SparsityPattern:
         layers (the index's hubs).  Combine with the base-layer neighbour lists:
         ``SparsityPattern.from_neighbours(base) | SparsityPattern.hnsw_layers(layers, n)``.
         """
-        n = _size("hnsw_layers", "n", n)
+        n = V.non_negative_int("hnsw_layers", "n", n)
         if len(layers) == 0:
             raise InvalidConfig("hnsw_layers: 'layers' must list at least the base layer.")
         upper = [_ids("hnsw_layers", ids, n, f"layers[{i}]") for i, ids in enumerate(layers) if i > 0]
@@ -169,7 +163,7 @@ class SparsityPattern:
     @classmethod
     def from_neighbours(cls, neighbours: Any, n_keys: int, n_queries: int | None = None) -> SparsityPattern:
         """A pattern from a neighbour list (CSR, scipy sparse, padded ids with -1 or ragged lists)."""
-        nk = _size("from_neighbours", "n_keys", n_keys)
+        nk = V.non_negative_int("from_neighbours", "n_keys", n_keys)
         if n_queries is None:  # one row per node of the list, whatever its form
             if isinstance(neighbours, NeighbourList):
                 n_queries = neighbours.num_nodes

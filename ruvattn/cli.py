@@ -2,17 +2,24 @@
 
 ``ruvattn demo`` runs every mechanism on a built-in synthetic graph and prints
 latency percentiles, throughput and agreement with exact (float64 numpy)
-attention.  Results go to stdout, progress and errors to stderr; a bad flag
-exits with status 2 and a message naming it.
+attention.  ``ruvattn analyze`` prints attention statistics of a mechanism on a
+data set (entropy against ``log K``, effective support, top-k mass, sparsity,
+head diversity; routing balance for a mixture of experts), computed with
+:mod:`ruvattn.analysis`, and can write the matching widget's figures.  Results
+go to stdout, progress and errors to stderr; a bad flag exits with status 2 and
+a message naming it.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,17 +27,56 @@ import numpy as np
 __all__ = ["main"]
 
 
-def _positive(name: str) -> Callable[[str], int]:
+def _int_at_least(name: str, low: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``low``, or an error naming the flag."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be a whole number; got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be at least 1; got {value}")
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{name} must be at least {low}; got {value}")
         return value
 
     return parse
+
+
+def _positive(name: str) -> Callable[[str], int]:
+    return _int_at_least(name, 1)
+
+
+def _mechanisms(text: str) -> list[str]:
+    """``--mechanism``: one kind or a comma-separated list of kinds from :func:`ruvattn.available`."""
+    from ruvattn import available
+
+    kinds = list(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))
+    unknown = [k for k in kinds if k not in available()]
+    if not kinds or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown mechanism {', '.join(map(repr, unknown)) or repr(text)}; choose from {', '.join(available())}"
+        )
+    return kinds
+
+
+_ANALYZE_NOTES = """\
+how each kind is set up (width d = the data's):
+  hyperbolic, manifold, mixed_curvature, moe  the data is mapped into the unit Poincare ball first,
+      expmap0(x / mean |x|): directions (so the neighbours) are kept and a typical row lands at
+      radius tanh(1) = 0.76 whatever the data's scale
+  multi_head, dynamic_heads  H heads (H must divide d); the table's weights are the mean over
+      heads (torch's average_attn_weights), head diversity is the mean pairwise Jensen-Shannon
+      divergence of the per-head weights
+  gat, gatv2     H heads of width max(1, d // H), no edge features, no self loop
+  local_global, sparse_graph  a window of K // 2 neighbours around the nearest + K // 8 landmarks
+  linear         elu+1 feature map
+  moe            the builder's local, hyperbolic, sparse (as above) and linear (FAVOR+, 64
+      features) experts with an untrained router seeded by --seed; routing statistics instead
+      of weights
+figures (--figures DIR): DIR/<kind>.html and DIR/<kind>.svg. The widgets draw queries over one
+  key set, so AttentionHeatmap (HeadView for headed kinds) shows the first min(M, 16) nodes over
+  the union of their neighbour lists; MoERoutingView routes the same M queries as the table.
+"""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,6 +92,65 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=_positive("--threads"), default=1, help="Numba threads")
     demo.add_argument("--seed", type=int, default=0, help="random seed")
     demo.add_argument("--json", action="store_true", help="print the table as JSON")
+    an = sub.add_parser(
+        "analyze", help="attention statistics of a mechanism on a data set (entropy, top-k mass, routing balance)",
+        description="Attention statistics of a mechanism on a data set: each of the first M nodes attends\n"
+        "over its own K nearest neighbours (graph mode), and ruvattn.analysis summarises the weights.",
+        epilog=_ANALYZE_NOTES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    an.add_argument(
+        "--mechanism",
+        type=_mechanisms,
+        required=True,
+        metavar="KIND[,KIND...]",
+        help="kind(s) from ruvattn.available(), e.g. scaled_dot_product,multi_head,gat,moe",
+    )
+    an.add_argument(
+        "--data",
+        default="demo",
+        metavar="demo|PATH.npy",
+        help="'demo' (built-in clustered graph, no download) or an (N, d) embedding matrix in a .npy file",
+    )
+    an.add_argument("--nodes", type=_positive("--nodes"), default=2000, metavar="N", help="nodes of the demo graph")
+    an.add_argument("--dim", type=_positive("--dim"), default=128, metavar="D", help="width of the demo graph")
+    an.add_argument(
+        "--neighbours",
+        type=_positive("--neighbours"),
+        default=32,
+        metavar="K",
+        help="neighbours per node (exact cosine kNN)",
+    )
+    an.add_argument(
+        "--queries",
+        type=_positive("--queries"),
+        default=None,
+        metavar="M",
+        help="analyse the first M nodes (default 64, or every node when there are fewer)",
+    )
+    an.add_argument(
+        "--heads",
+        type=_positive("--heads"),
+        default=4,
+        metavar="H",
+        help="heads of multi_head, dynamic_heads, gat and gatv2",
+    )
+    an.add_argument(
+        "--top-k",
+        dest="top_k",
+        type=_positive("--top-k"),
+        default=None,
+        metavar="K",
+        help="k of the top-k mass (default 8); for moe the router's top-k (default 2 of the 4 experts)",
+    )
+    an.add_argument("--json", action="store_true", help="print the results as JSON")
+    an.add_argument(
+        "--figures",
+        default=None,
+        metavar="DIR",
+        help="write each mechanism's widget into DIR as offline HTML and SVG (needs ruvattn[widgets])",
+    )
+    an.add_argument("--seed", type=_int_at_least("--seed", 0), default=0, metavar="S",
+                    help="seed of the demo graph and of the layers' parameters")  # fmt: skip
     sub.add_parser("info", help="print the kernel backend (JSON)")
     sub.add_parser("warmup", help="compile every kernel once (fills NUMBA_CACHE_DIR)")
     return p
@@ -191,6 +296,274 @@ def _print_table(table: list[dict[str, Any]]) -> None:
               f"{r['ops_per_s']:>9.0f} {r['queries_per_s']:>11.0f} {r['max_abs_err']:>16.2e}")  # fmt: skip
 
 
+# -- analyze ------------------------------------------------------------------------------
+
+#: kinds whose weights come per head (head diversity is reported for them)
+_HEADED = ("multi_head", "dynamic_heads", "gat", "gatv2")
+#: kinds that need points of the Poincaré ball (the data is mapped there first, see _to_ball)
+_BALL = ("hyperbolic", "manifold", "mixed_curvature", "moe")
+_MASS = 0.9
+_MOE_EXPERTS = ("local (scaled dot-product)", "hyperbolic (c = -1)", "sparse (local + global)", "linear (FAVOR+)")
+
+
+def _load_embeddings(text: str) -> np.ndarray:
+    """An ``(N, d)`` float matrix from a ``.npy`` file, or an error naming ``--data``."""
+    from ruvattn.errors import InvalidConfig
+
+    path = Path(text)
+    if path.suffix.lower() != ".npy":
+        raise InvalidConfig(f"--data must be 'demo' or a path to a .npy file; got {text!r}.")
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise InvalidConfig(f"--data: cannot read {text!r} as a .npy array ({exc}).") from None
+    if not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < 1:
+        raise InvalidConfig(f"--data: {text!r} must hold an (N, d) matrix with N >= 2; got shape {np.shape(x)}.")
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise InvalidConfig(f"--data: {text!r} must hold real numbers; got dtype {x.dtype}.")
+    x = x.astype(np.float32 if x.dtype == np.float32 else np.float64)
+    if not np.isfinite(x).all():
+        raise InvalidConfig(f"--data: {text!r} contains NaN or infinite values.")
+    return x
+
+
+def _to_ball(x: np.ndarray) -> np.ndarray:
+    """The rows mapped into the unit Poincaré ball: ``expmap0(x / mean |x|)`` (as ``ruvattn demo`` does).
+
+    Rescaling by the mean row norm puts a typical row at radius ``tanh(1) ≈ 0.76`` whatever the
+    data's scale, and ``expmap0`` keeps directions, so the neighbour structure is the same.
+    """
+    from ruvattn.geometry import PoincareBall
+
+    scale = float(np.linalg.norm(x, axis=1).mean()) or 1.0
+    return PoincareBall(-1.0).expmap0(x / x.dtype.type(scale))
+
+
+def _analysis_mechanism(kind: str, dim: int, args: argparse.Namespace, k: int, top_k: int) -> Any:
+    """The mechanism of ``kind`` for width ``dim`` with the flags' heads/seed (documented in ``analyze``)."""
+    from ruvattn import GATConv, GATv2Conv, LocalGlobalAttention, MoEAttention, build
+
+    window, landmarks = max(1, k // 2), k // 8
+    if kind in ("multi_head", "dynamic_heads"):
+        return build({"type": kind, "dim": dim, "num_heads": args.heads, "seed": args.seed})
+    if kind in ("gat", "gatv2"):
+        cls = GATConv if kind == "gat" else GATv2Conv
+        return cls(dim, max(1, dim // args.heads), heads=args.heads, seed=args.seed)
+    if kind in ("local_global", "sparse_graph"):
+        return build({"type": kind, "dim": dim, "local_window": window, "global_nodes": landmarks})
+    if kind == "linear":
+        return build({"type": kind, "dim": dim, "seed": args.seed})
+    if kind == "moe":
+        moe = (MoEAttention.builder().add_local_expert(dim).add_hyperbolic_expert(dim, -1.0)
+               .add_expert(LocalGlobalAttention(dim, local_window=window, global_nodes=landmarks))
+               .add_linear_expert(64, seed=args.seed).top_k(top_k).seed(args.seed).build())  # fmt: skip
+        return moe
+    return build({"type": kind, "dim": dim})
+
+
+def _graph_weights(mech: Any, kind: str, x: np.ndarray, nb: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Weights ``(m, K)`` of node ``i`` over its own neighbour rows ``x[nb[i]]`` and, for headed kinds,
+    the per-head weights ``(h, m, K)`` (the ``(m, K)`` matrix is then their mean, as torch averages)."""
+    rows, heads = [], []
+    for i in range(m):
+        keys = x[nb[i]]
+        if kind in ("gat", "gatv2"):
+            hw = np.asarray(mech.attention_weights(x[i], keys), np.float64)
+        elif kind in _HEADED:
+            hw = np.asarray(mech.head_attention_weights(x[i], keys), np.float64)
+        else:
+            rows.append(np.asarray(mech.attention_weights(x[i], keys), np.float64))
+            continue
+        heads.append(hw)
+        rows.append(hw.mean(axis=0))
+    per_head = np.stack(heads, axis=1) if heads else None
+    return np.vstack(rows), per_head
+
+
+def _figure_inputs(x: np.ndarray, nb: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """A shared key set for the widgets (which draw queries × one key set): the first ``min(m, 16)``
+    nodes over the union of their neighbour lists, in order of first appearance."""
+    fm = min(m, 16)
+    flat = nb[:fm].ravel()
+    _, first = np.unique(flat, return_index=True)
+    return x[:fm], x[flat[np.sort(first)]]
+
+
+def _widgets_missing() -> str | None:
+    for name in ("ipywidgets", "plotly", "anywidget", "kaleido"):
+        if importlib.util.find_spec(name) is None:
+            return name
+    return None
+
+
+def _write_figures(widget: Any, directory: Path, stem: str) -> list[str]:
+    from ruvattn.errors import InvalidConfig
+
+    html, svg = directory / f"{stem}.html", directory / f"{stem}.svg"
+    try:
+        widget.save_html(html)
+    except OSError as exc:
+        raise InvalidConfig(f"--figures: cannot write {html} ({exc}).") from None
+    try:
+        widget.save_image(svg)
+    except Exception as exc:  # kaleido/Chromium failures come in many types
+        raise InvalidConfig(
+            f"--figures: cannot write {svg}: {exc} (SVG export needs kaleido and a Chrome/Chromium)."
+        ) from None
+    return [str(html), str(svg)]
+
+
+def _analyze(args: argparse.Namespace) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from ruvattn import analysis
+    from ruvattn.datasets import clustered_graph
+    from ruvattn.datasets.synthetic import exact_knn
+    from ruvattn.errors import InvalidConfig
+
+    kinds: list[str] = args.mechanism
+    figures: Path | None = None
+    if args.figures is not None:
+        missing = _widgets_missing()
+        if missing is not None:
+            raise InvalidConfig(f"--figures needs the widgets extra ({missing} is missing): "
+                                "pip install 'ruvattn[widgets]'")  # fmt: skip
+        figures = Path(args.figures)
+        if figures.exists() and not figures.is_dir():
+            raise InvalidConfig(f"--figures: {args.figures!r} exists and is not a directory.")
+    if args.data == "demo":
+        if args.neighbours >= args.nodes:
+            raise InvalidConfig(f"--neighbours ({args.neighbours}) must be < --nodes ({args.nodes}).")
+        g = clustered_graph(args.nodes, args.dim, k=args.neighbours, seed=args.seed)
+        x, nb = g.embeddings, g.neighbours
+        data: dict[str, Any] = {"source": "demo", "generator": "clustered_graph"}
+    else:
+        x = _load_embeddings(args.data)
+        if args.neighbours >= x.shape[0]:
+            raise InvalidConfig(f"--neighbours ({args.neighbours}) must be < the {x.shape[0]} rows of --data.")
+        nb = exact_knn(x, args.neighbours)
+        data = {"source": str(args.data)}
+    n, d = x.shape
+    k, m = args.neighbours, (min(64, n) if args.queries is None else args.queries)
+    if m > n:
+        raise InvalidConfig(f"--queries ({m}) must be at most the number of nodes ({n}).")
+    headed = [kind for kind in kinds if kind in _HEADED]
+    if headed and not 1 <= args.heads <= 16:
+        raise InvalidConfig(f"--heads must be in [1, 16] for {', '.join(headed)}; got {args.heads}.")
+    if any(kind in ("multi_head", "dynamic_heads") for kind in kinds) and d % args.heads:
+        raise InvalidConfig(f"--heads must divide the embedding width {d} for multi_head/dynamic_heads; "
+                            f"got {args.heads}.")  # fmt: skip
+    moe_k = 2 if args.top_k is None else args.top_k
+    if "moe" in kinds and moe_k > len(_MOE_EXPERTS):
+        raise InvalidConfig(f"--top-k must be at most {len(_MOE_EXPERTS)} (the experts) for moe; got {moe_k}.")
+    mass_k = 8 if args.top_k is None else args.top_k
+    mode = f"each of the first {m} nodes over its own {k} nearest neighbours (cosine kNN)"
+    data.update(nodes=n, dim=d, neighbours=k, queries=m, seed=args.seed, mode=mode)
+    ball = _to_ball(x) if any(kind in _BALL for kind in kinds) else x
+
+    results: list[dict[str, Any]] = []
+    written: list[str] = []
+    for kind in tqdm(kinds, desc="ruvattn analyze", file=sys.stderr, unit="mechanism"):
+        xs = ball if kind in _BALL else x
+        mech = _analysis_mechanism(kind, d, args, k, moe_k)
+        if kind == "moe":
+            record = mech.routing_record(xs[:m])
+            num_e = record.probs.shape[1]
+            row: dict[str, Any] = {"mechanism": kind, "expert_kinds": list(_MOE_EXPERTS)}
+            row.update(analysis.routing_balance(record))
+            row.update(
+                uniform_entropy=math.log(num_e),
+                normalized_router_entropy=float(analysis.normalized_entropy(record.probs).mean()),
+                load=record.load.tolist(), utilisation=record.utilisation.tolist(),
+            )  # fmt: skip
+        else:
+            weights, per_head = _graph_weights(mech, kind, xs, nb, m)
+            stats = analysis.summarize(weights, k=mass_k, mass=_MASS)
+            row = {
+                "mechanism": kind, "queries": m, "keys": k,
+                "entropy": stats["entropy"], "uniform_entropy": stats["uniform_entropy"],
+                "normalized_entropy": stats["normalized_entropy"], "effective_support": stats["effective_support"],
+                "top_k": mass_k, "top_k_mass": stats[f"top{mass_k}_mass"],
+                "sparsity_mass": _MASS, "sparsity": stats[f"sparsity@{_MASS:g}"],
+            }  # fmt: skip
+            if per_head is not None:
+                row["heads"] = int(per_head.shape[0])
+                row["head_entropy"] = [float(analysis.entropy(w).mean()) for w in per_head]
+                row["head_diversity"] = analysis.head_diversity(per_head)
+        results.append(row)
+        if figures is not None:
+            written += _figures_for(kind, mech, xs, nb, m, figures)
+    report: dict[str, Any] = {"data": data, "results": results}
+    if figures is not None:
+        report["figures"] = written
+    return report
+
+
+def _figures_for(kind: str, mech: Any, x: np.ndarray, nb: np.ndarray, m: int, directory: Path) -> list[str]:
+    """The matching widget of ``kind`` written as ``DIR/<kind>.html`` and ``DIR/<kind>.svg``."""
+    from ruvattn.errors import InvalidConfig
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        if kind == "moe":
+            from ruvattn.widgets.moe import MoERoutingView
+
+            widget: Any = MoERoutingView(mech, x[:m])
+        else:
+            fq, fk = _figure_inputs(x, nb, m)
+            if kind in _HEADED:
+                from ruvattn.widgets.heads import HeadView
+
+                widget = HeadView(mech, fq, fk)
+            else:
+                from ruvattn.widgets.heatmap import AttentionHeatmap
+
+                widget = AttentionHeatmap(mech, fq, fk, max_queries=len(fq))
+    except ImportError as exc:
+        raise InvalidConfig(f"--figures needs the widgets extra ({exc}): pip install 'ruvattn[widgets]'") from None
+    except OSError as exc:
+        raise InvalidConfig(f"--figures: cannot create {str(directory)!r} ({exc}).") from None
+    return _write_figures(widget, directory, kind)
+
+
+def _print_analysis(report: dict[str, Any]) -> None:
+    weights = [r for r in report["results"] if r["mechanism"] != "moe"]
+    routing = [r for r in report["results"] if r["mechanism"] == "moe"]
+    if weights:
+        k = weights[0]["top_k"]
+        head = (
+            f"{'mechanism':<19} {'queries':>7} {'keys':>5} {'entropy':>8} {'log K':>7} {'norm. H':>8} "
+            f"{'eff. support':>12} {f'top-{k} mass':>11} {f'sparsity@{_MASS:g}':>12} {'head div. (JS)':>14}"
+        )
+        print(head)
+        print("-" * len(head))
+        for r in weights:
+            div = f"{r['head_diversity']:>14.4f}" if "head_diversity" in r else f"{'-':>14}"
+            print(f"{r['mechanism']:<19} {r['queries']:>7d} {r['keys']:>5d} {r['entropy']:>8.4f} "
+                  f"{r['uniform_entropy']:>7.4f} {r['normalized_entropy']:>8.4f} {r['effective_support']:>12.3f} "
+                  f"{r['top_k_mass']:>11.4f} {r['sparsity']:>12.4f} {div}")  # fmt: skip
+    if routing:
+        if weights:
+            print()
+        head = (
+            f"{'mechanism':<19} {'queries':>7} {'experts':>7} {'top-k':>5} {'router H':>8} {'log E':>7} "
+            f"{'max load/ideal':>14} {'load CV':>8} {'dead':>6} {'dropped':>7} {'overflowed':>10} "
+            f"{'LB loss':>8} {'z-loss':>8}"
+        )
+        print(head)
+        print("-" * len(head))
+        for r in routing:
+            dead = ",".join(map(str, r["dead_experts"])) or "-"
+            print(f"{r['mechanism']:<19} {r['queries']:>7d} {r['experts']:>7d} {r['top_k']:>5d} "
+                  f"{r['router_entropy']:>8.4f} {r['uniform_entropy']:>7.4f} {r['max_load_ratio']:>14.3f} "
+                  f"{r['load_cv']:>8.3f} {dead:>6} {r['dropped']:>7d} {r['overflowed']:>10d} "
+                  f"{r['load_balancing_loss']:>8.4f} {r['z_loss']:>8.4f}")  # fmt: skip
+    data = report["data"]
+    print(f"\ndata: {data['source']} ({data['nodes']} nodes, d = {data['dim']}); {data['mode']}")
+    for path in report.get("figures", []):
+        print(f"figure: {path}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ruvattn`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -203,6 +576,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(json.dumps(table, indent=2))
             else:
                 _print_table(table)
+        elif args.command == "analyze":
+            report = _analyze(args)
+            if args.json:
+                print(json.dumps(report, indent=2))
+            else:
+                _print_analysis(report)
         elif args.command == "info":
             from ruvattn import backend_info
 

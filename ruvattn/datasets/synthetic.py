@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
 from ruvattn._validation import positive_int
-from ruvattn.errors import InvalidConfig
+from ruvattn.errors import InvalidConfig, NumericalInstability
 
-__all__ = ["SyntheticGraph", "clustered_graph"]
+__all__ = ["SyntheticGraph", "clustered_graph", "exact_knn"]
 
 
 @dataclass(frozen=True)
@@ -45,12 +45,53 @@ def clustered_graph(
     x = centres[labels] + spread * rng.standard_normal((n_nodes, dim)) / np.sqrt(dim)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     emb = x.astype(np.float32)
+    return SyntheticGraph(emb, labels.astype(np.int64), exact_knn(emb, k, normalize=False))
+
+
+def exact_knn(embeddings: ArrayLike, k: int, *, normalize: bool = True, block: int = 1024) -> NDArray[np.int64]:
+    """Exact ``k`` nearest other rows of ``embeddings`` by cosine similarity, nearest first.
+
+    Parameters
+    ----------
+    embeddings : (N, d) array
+        One point per row (any float dtype; the similarities are computed in that dtype).
+    k : int
+        Neighbours per row, ``1 <= k < N``; a row is never its own neighbour.
+    normalize : bool
+        Divide the rows by their lengths first (cosine similarity); pass ``False`` for rows that
+        already have unit length (then it is the dot product). A zero row has similarity 0 to all.
+    block : int
+        Rows per similarity block (keeps the ``block × N`` matrix small).
+
+    Returns
+    -------
+    (N, k) int64
+        Row ``i`` lists the ids of ``i``'s neighbours by decreasing similarity.
+
+    >>> exact_knn(np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]]), 1).ravel().tolist()
+    [1, 0, 1]
+    """
+    owner = "exact_knn"
+    emb = np.asarray(embeddings)
+    if emb.ndim != 2 or emb.shape[0] == 0 or emb.shape[1] == 0:
+        raise InvalidConfig(f"{owner}: embeddings must be a non-empty (N, d) array; got shape {emb.shape}.")
+    if not np.issubdtype(emb.dtype, np.floating):
+        emb = emb.astype(np.float64)
+    n_nodes = emb.shape[0]
+    k, block = positive_int(owner, "k", k), positive_int(owner, "block", block)
+    if k >= n_nodes:
+        raise InvalidConfig(f"{owner}: 'k' must be smaller than the number of rows ({n_nodes}); got {k}.")
+    if not np.isfinite(emb).all():
+        raise NumericalInstability(f"{owner}: embeddings must be finite; remove or replace NaN/inf rows.")
+    if normalize:
+        norms = np.linalg.norm(emb, axis=1, keepdims=True)
+        emb = emb / np.where(norms > 0, norms, 1).astype(emb.dtype)
     neighbours = np.empty((n_nodes, k), np.int64)
-    for start in range(0, n_nodes, 1024):  # blocks keep the similarity matrix small
-        sim = emb[start : start + 1024] @ emb.T
+    for start in range(0, n_nodes, block):  # blocks keep the similarity matrix small
+        sim = emb[start : start + block] @ emb.T
         rows = np.arange(sim.shape[0])
         sim[rows, start + rows] = -np.inf  # a node is not its own neighbour
         top = np.argpartition(-sim, k, axis=1)[:, :k]
         order = np.argsort(-np.take_along_axis(sim, top, axis=1), axis=1, kind="stable")
-        neighbours[start : start + 1024] = np.take_along_axis(top, order, axis=1)
-    return SyntheticGraph(emb, labels.astype(np.int64), neighbours)
+        neighbours[start : start + block] = np.take_along_axis(top, order, axis=1)
+    return neighbours

@@ -1,0 +1,39 @@
+"""Interactive Jupyter widgets for attention (installed as ``ruvattn.widgets``).
+
+Each widget pairs ipywidgets controls with a plotly ``FigureWidget``; moving a control calls the
+Numba-backed library again and redraws. They need the ``widgets`` extra::
+
+    pip install 'ruvattn[widgets]'
+
+- :class:`AttentionHeatmap`: queries × keys weights of any mechanism, exact-vs-mechanism difference.
+- :class:`HeadView`: per-head panels for multi-head and GAT attention, head entropy against uniform.
+- :class:`NeighbourhoodView`: one node and its 1–2 hop neighbours, edges by attention weight.
+- :class:`PoincareDiskView`: points in the Poincaré disk, geodesic arcs weighted by attention.
+- :class:`MoERoutingView`: expert choices, load against the ideal, entropy, dead and dropped.
+
+Every widget exports a static image (``save_image``: SVG/PNG/PDF) and an offline HTML file
+(``save_html``: plotly.js inlined, no CDN at view time).
+"""
+
+from __future__ import annotations
+
+try:
+    from ._base import AttentionWidget
+    from .heads import HeadView
+    from .heatmap import AttentionHeatmap
+    from .moe import MoERoutingView
+    from .neighbourhood import NeighbourhoodView
+    from .poincare import PoincareDiskView
+except ImportError as exc:  # pragma: no cover - only without the extra
+    raise ImportError(
+        f"ruvattn.widgets needs the widgets extra ({exc.name} is missing): pip install 'ruvattn[widgets]'"
+    ) from exc
+
+__all__ = [
+    "AttentionHeatmap",
+    "AttentionWidget",
+    "HeadView",
+    "MoERoutingView",
+    "NeighbourhoodView",
+    "PoincareDiskView",
+]

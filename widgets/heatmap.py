@@ -1,0 +1,226 @@
+"""``AttentionHeatmap``: queries × keys attention weights of any mechanism, live.
+
+The widget never computes weights itself: it calls the mechanism's ``attention_weights`` (or
+``attention_weights_batch``), so flash, linear and local+global attention show the weights
+they *imply* even though their forward pass never builds the matrix. "exact" is scaled
+dot-product attention on the same inputs with the mechanism's scale and temperature, and
+"difference" is mechanism − exact on a diverging colour scale.
+
+Controls are made from the mechanism's own parameters (temperature, window, global nodes,
+feature map, number of random features, block size, curvature, heads, slope); moving one calls
+``mechanism.set_params`` (validated, re-seeded) and redraws.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import ipywidgets as ipw
+import numpy as np
+import plotly.graph_objects as go
+
+from ruvattn import analysis
+from ruvattn.errors import InvalidConfig
+from ruvattn.mechanisms import Attention, ScaledDotProductAttention
+
+from ._base import AttentionWidget, as_matrix, as_mechanism, difference_colorscale, weight_colorscale
+
+__all__ = ["AttentionHeatmap", "HeatmapState", "mechanism_controls", "mechanism_weights"]
+
+MODES = ("weights", "exact", "difference")
+
+
+def _divisors(d: int, most: int = 16) -> list[int]:
+    return [h for h in range(1, min(d, most) + 1) if d % h == 0]
+
+
+def mechanism_controls(mech: Attention, num_keys: int) -> dict[str, ipw.ValueWidget]:
+    """Controls for the parameters ``mech`` has, set to their current values."""
+    params = mech.get_params()
+    style = {"description_width": "initial"}
+    out: dict[str, ipw.ValueWidget] = {}
+    if "temperature" in params:
+        t = float(params["temperature"])
+        out["temperature"] = ipw.FloatLogSlider(
+            value=t, base=10, min=min(-1.5, np.log10(t)), max=max(1.3, np.log10(t)), step=0.05,
+            description="temperature", style=style, continuous_update=True,
+        )  # fmt: skip
+    if "local_window" in params:
+        out["local_window"] = ipw.IntSlider(
+            value=int(params["local_window"]), min=1, max=max(int(params["local_window"]), min(num_keys, 256)),
+            description="local window", style=style,
+        )  # fmt: skip
+    if "global_nodes" in params:
+        out["global_nodes"] = ipw.IntSlider(
+            value=int(params["global_nodes"]), min=0, max=max(int(params["global_nodes"]), min(num_keys, 64)),
+            description="global nodes", style=style,
+        )  # fmt: skip
+    if "feature_map" in params:
+        out["feature_map"] = ipw.Dropdown(
+            options=["elu", "favor"], value=params["feature_map"], description="feature map", style=style
+        )
+    if "num_features" in params:
+        out["num_features"] = ipw.IntSlider(
+            value=int(params["num_features"]), min=8, max=max(512, int(params["num_features"])), step=8,
+            description="random features", style=style,
+        )  # fmt: skip
+    if "block_size" in params:
+        sizes = sorted({8, 16, 32, 64, 128, int(params["block_size"])})
+        out["block_size"] = ipw.Dropdown(
+            options=sizes, value=int(params["block_size"]), description="block size", style=style
+        )
+    if "curvature" in params and params["curvature"] is not None:
+        c = float(params["curvature"])
+        out["curvature"] = ipw.FloatSlider(
+            value=c, min=min(-5.0, c), max=-0.05, step=0.05, description="curvature", style=style
+        )
+    if "num_heads" in params:
+        out["num_heads"] = ipw.Dropdown(
+            options=_divisors(int(params["dim"])), value=int(params["num_heads"]), description="heads", style=style
+        )
+    if "negative_slope" in params:
+        out["negative_slope"] = ipw.FloatSlider(
+            value=float(params["negative_slope"]), min=0.0, max=1.0, step=0.05, description="LeakyReLU slope",
+            style=style,
+        )  # fmt: skip
+    return out
+
+
+def mechanism_weights(mech: Attention, queries: np.ndarray, keys: np.ndarray, edge_features: Any = None) -> np.ndarray:
+    """``(m, n)`` weights of each query row over ``keys``, asked of the mechanism itself.
+
+    Multi-head mechanisms give the mean over heads (PyTorch's ``average_attn_weights``); GAT the
+    mean over its heads too. A mechanism without weights (mixture of experts) raises
+    :class:`~ruvattn.errors.Unsupported`-style :class:`InvalidConfig` naming it.
+    """
+    batch = getattr(mech, "attention_weights_batch", None)
+    if batch is not None and edge_features is None:
+        return np.asarray(batch(queries, keys), dtype=np.float64)
+    single = getattr(mech, "attention_weights", None)
+    if single is None:
+        raise InvalidConfig(
+            f"AttentionHeatmap: {type(mech).__name__} has no attention weights to show "
+            "(a mixture of experts mixes outputs, not weights; use MoERoutingView)."
+        )
+    rows = []
+    for q in queries:
+        w = single(q, keys) if edge_features is None else single(q, keys, edge_features)
+        w = np.asarray(w, dtype=np.float64)
+        rows.append(w.mean(axis=0) if w.ndim == 2 else w)
+    return np.vstack(rows)
+
+
+@dataclass(frozen=True)
+class HeatmapState:
+    """What the heatmap shows: ``shown`` is ``weights``, ``exact`` or their difference, per mode."""
+
+    mode: str
+    rows: np.ndarray  # query indices shown
+    weights: np.ndarray  # (m, n) the mechanism's weights
+    exact: np.ndarray | None  # (m, n) scaled dot-product weights (exact/difference modes)
+    shown: np.ndarray  # what the heatmap's z holds
+    stats: dict[str, float]
+
+
+class AttentionHeatmap(AttentionWidget):
+    """Queries × keys attention weights of ``mechanism``, with live parameter controls.
+
+    Parameters
+    ----------
+    mechanism : Attention, kind name or spec dict
+        e.g. ``FlashAttention(64)``, ``"linear"`` or ``{"type": "local_global", "local_window": 8}``.
+    queries : (m, d) array
+    keys : (n, d) array
+    edge_features : optional, passed to GAT mechanisms.
+    max_queries : rows drawn at once; with more queries a "first query" slider pages through them.
+    mode : "weights", "exact" or "difference".
+    """
+
+    name = "AttentionHeatmap"
+
+    def __init__(
+        self,
+        mechanism: Attention | str | dict[str, Any],
+        queries: Any,
+        keys: Any,
+        *,
+        edge_features: Any = None,
+        max_queries: int = 64,
+        mode: str = "weights",
+        height: int = 420,
+    ) -> None:
+        super().__init__()
+        self.queries = as_matrix(queries, "queries", self.name)
+        self.keys = as_matrix(keys, "keys", self.name)
+        if mode not in MODES:
+            raise InvalidConfig(f"{self.name}: mode must be one of {MODES}, got {mode!r}.")
+        if max_queries < 1:
+            raise InvalidConfig(f"{self.name}: max_queries must be >= 1, got {max_queries}.")
+        self.mechanism = as_mechanism(mechanism, self.keys.shape[1], self.name)
+        self.edge_features = edge_features
+        self.max_queries = int(max_queries)
+        self.name = f"AttentionHeatmap · {type(self.mechanism).__name__}"
+        m, n = self.queries.shape[0], self.keys.shape[0]
+        self.controls["mode"] = ipw.ToggleButtons(options=list(MODES), value=mode, description="show")
+        if m > self.max_queries:
+            self.controls["first_query"] = ipw.IntSlider(
+                value=0, min=0, max=m - self.max_queries, description="first query"
+            )
+        self._params = mechanism_controls(self.mechanism, n)
+        self.controls.update(self._params)
+        self.figure = go.FigureWidget()
+        self.figure.add_heatmap(z=np.zeros((1, 1)), colorscale=weight_colorscale, colorbar={"title": "weight"})
+        self.figure.update_layout(
+            height=height, margin={"l": 60, "r": 20, "t": 50, "b": 50},
+            xaxis_title=f"key (n = {n})", yaxis_title="query", yaxis_autorange="reversed",
+        )  # fmt: skip
+        self._finish()
+
+    def compute(self) -> HeatmapState:
+        changed = {k: c.value for k, c in self._params.items() if self.mechanism.get_params().get(k) != c.value}
+        if changed:
+            self.mechanism.set_params(**changed)
+        mode = self.controls["mode"].value
+        start = self.controls["first_query"].value if "first_query" in self.controls else 0
+        rows = np.arange(start, min(start + self.max_queries, self.queries.shape[0]))
+        q = self.queries[rows]
+        weights = mechanism_weights(self.mechanism, q, self.keys, self.edge_features)
+        exact = None
+        if mode != "weights":
+            params = self.mechanism.get_params()
+            ref = ScaledDotProductAttention(
+                self.keys.shape[1], scale=params.get("scale"), temperature=float(params.get("temperature", 1.0))
+            )
+            exact = np.asarray(ref.attention_weights_batch(q, self.keys), dtype=np.float64)
+        shown = {"weights": weights, "exact": exact, "difference": None}[mode]
+        if mode == "difference":
+            shown = weights - exact
+        stats = analysis.summarize(weights, k=8)
+        if exact is not None:
+            stats["max_abs_difference"] = float(np.abs(weights - exact).max())
+        return HeatmapState(mode, rows, weights, exact, shown, stats)
+
+    def render(self, state: HeatmapState) -> None:
+        trace = self.figure.data[0]
+        trace.z = state.shown
+        trace.x = np.arange(state.shown.shape[1])
+        trace.y = state.rows
+        if state.mode == "difference":
+            bound = max(float(np.abs(state.shown).max()), 1e-12)
+            trace.update(colorscale=difference_colorscale, zmid=0.0, zmin=-bound, zmax=bound)
+            trace.colorbar.title.text = "mechanism − exact"
+        else:
+            trace.update(colorscale=weight_colorscale, zmid=None, zmin=0.0, zmax=float(state.shown.max()))
+            trace.colorbar.title.text = "weight"
+        self.figure.layout.title.text = self.describe()
+
+    def describe(self) -> str:
+        if self.state is None:
+            return self.name
+        s = self.state.stats
+        text = f"{type(self.mechanism).__name__}: entropy {s['entropy']:.3f} nats "
+        text += f"(uniform {s['uniform_entropy']:.3f}), top-8 mass {s['top8_mass']:.3f}"
+        if "max_abs_difference" in s:
+            text += f", max |mechanism − exact| {s['max_abs_difference']:.2e}"
+        return text

@@ -111,7 +111,8 @@ def test_arcs_are_geodesics_of_the_disk(d, c, projection):
         if len(trace.x) == 0:
             continue
         xy = np.column_stack([trace.x, trace.y]).reshape(-1, ARC_SAMPLES + 1, 2)
-        ids = np.asarray(trace.customdata)[:: ARC_SAMPLES + 1, 0].astype(int)
+        ids = np.asarray(trace.customdata)[:: ARC_SAMPLES + 1].astype(int)
+        assert (np.asarray(trace.customdata).reshape(-1, ARC_SAMPLES + 1) == ids[:, None]).all()
         where = np.searchsorted(s.key_ids, ids)
         np.testing.assert_allclose(xy[:, :ARC_SAMPLES], s.arcs[where])
         assert np.isnan(xy[:, ARC_SAMPLES]).all()

@@ -180,3 +180,67 @@ def test_widgets_folder_is_not_a_top_level_package(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ruvattn.widgets.heatmap"
+
+
+def test_heatmap_neighbour_mode_each_row_over_its_own_keys():
+    rng = np.random.default_rng(5)
+    table = rng.standard_normal((30, 16))
+    lists = [[3, 7, 9], [7, 11], [0, 3, 29, 12]]  # ragged, overlapping
+    view = AttentionHeatmap(ScaledDotProductAttention(16), table[:3], table, neighbours=lists, mode="difference")
+    s = view.state
+    np.testing.assert_array_equal(s.columns, sorted({i for row in lists for i in row}))
+    for i, ids in enumerate(lists):
+        at = np.searchsorted(s.columns, ids)
+        np.testing.assert_allclose(s.weights[i, at], naive_sdpa(table[i : i + 1], table[ids])[0], atol=1e-12)
+        assert np.isnan(np.delete(s.weights[i], at)).all()  # keys outside the row's list are gaps
+    # gaps travel as None (JSON null), never NaN; the statistics are per-row means
+    z = np.asarray(view.figure.data[0].z, dtype=object)
+    assert all(v is None or np.isfinite(v) for v in z.ravel())
+    ent = np.mean([entropy(naive_sdpa(table[i : i + 1], table[ids])[0]) for i, ids in enumerate(lists)])
+    assert s.stats["entropy"] == pytest.approx(ent, abs=1e-12)
+    assert s.stats["max_abs_difference"] == pytest.approx(0.0, abs=1e-12)  # sdpa is its own exact reference
+    lg = AttentionHeatmap(LocalGlobalAttention(16, local_window=1, global_nodes=0), table[:3], table, neighbours=lists)
+    direct = LocalGlobalAttention(16, local_window=1, global_nodes=0)
+    np.testing.assert_allclose(
+        lg.state.weights[2, np.searchsorted(lg.state.columns, lists[2])],
+        direct.attention_weights(table[2], table[lists[2]]),
+    )
+    with pytest.raises(ValueError, match="no neighbours"):
+        AttentionHeatmap(ScaledDotProductAttention(16), table[:2], table, neighbours=[[1, 2], []])
+
+
+def _every_widget(q: np.ndarray, k: np.ndarray) -> dict:
+    from ruvattn.widgets import MoERoutingView, NeighbourhoodView, PoincareDiskView
+
+    moe = MoEAttention.builder().add_local_expert(16).add_linear_expert().top_k(1).build()
+    ring = [[(i + 1) % (len(q) + len(k)), (i + 2) % (len(q) + len(k))] for i in range(len(q) + len(k))]
+    return {
+        "heatmap": lambda: AttentionHeatmap(ScaledDotProductAttention(16), q, k),
+        "heatmap-favor": lambda: AttentionHeatmap(LinearAttention(16, feature_map="favor"), q, k),
+        "heads": lambda: HeadView(MultiHeadAttention(16, num_heads=4), q, k),
+        "neighbourhood": lambda: NeighbourhoodView("scaled_dot_product", np.vstack([q, k]), ring),
+        "poincare": lambda: PoincareDiskView(np.vstack([q, k]), euclidean=True),
+        "moe": lambda: MoERoutingView(moe, q),
+    }
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("name", ["heatmap", "heatmap-favor", "heads", "neighbourhood", "poincare", "moe"])
+def test_every_widget_refuses_non_finite_input_by_name(name, bad):
+    rng = np.random.default_rng(2)
+    q, k = rng.standard_normal((4, 16)), rng.standard_normal((20, 16))
+    q[0, 3] = bad
+    with pytest.raises(ValueError, match="must be finite"):  # NumericalInstability, naming the argument
+        _every_widget(q, k)[name]()
+
+
+@pytest.mark.parametrize("name", ["heatmap", "heatmap-favor", "heads", "neighbourhood", "poincare", "moe"])
+def test_every_widget_survives_huge_values_without_nan(name):
+    rng = np.random.default_rng(2)
+    q, k = 1e30 * rng.standard_normal((4, 16)), 1e30 * rng.standard_normal((20, 16))
+    view = _every_widget(q, k)[name]()
+    arrays = [getattr(view.state, f) for f in view.state.__dataclass_fields__]
+    for a in arrays:
+        if isinstance(a, np.ndarray) and a.dtype.kind == "f":
+            assert not np.isnan(a).any()
+    assert view.error is None

@@ -21,7 +21,8 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ruvattn import analysis
-from ruvattn.errors import InvalidConfig
+from ruvattn.errors import EmptyInput, InvalidConfig
+from ruvattn.graph import NeighbourList, as_neighbours
 from ruvattn.mechanisms import Attention, ScaledDotProductAttention
 
 from ._base import AttentionWidget, as_matrix, as_mechanism, difference_colorscale, weight_colorscale
@@ -117,7 +118,8 @@ class HeatmapState:
 
     mode: str
     rows: np.ndarray  # query indices shown
-    weights: np.ndarray  # (m, n) the mechanism's weights
+    columns: np.ndarray  # key ids of the columns (all keys, or the union of the rows' neighbour lists)
+    weights: np.ndarray  # (m, n) the mechanism's weights (NaN: not in that row's neighbour list)
     exact: np.ndarray | None  # (m, n) scaled dot-product weights (exact/difference modes)
     shown: np.ndarray  # what the heatmap's z holds
     stats: dict[str, float]
@@ -132,7 +134,12 @@ class AttentionHeatmap(AttentionWidget):
         e.g. ``FlashAttention(64)``, ``"linear"`` or ``{"type": "local_global", "local_window": 8}``.
     queries : (m, d) array
     keys : (n, d) array
-    edge_features : optional, passed to GAT mechanisms.
+    neighbours : optional neighbour lists, one per query row (padded ids with -1, CSR, scipy CSR,
+        ragged lists): each row then attends over its *own* keys, as in a graph, and the columns are
+        the union of the shown rows' lists (blank where a key is not in a row's list). The statistics
+        are per-row means, the same numbers ``ruvattn analyze`` prints.
+    edge_features : optional, passed to GAT mechanisms; with ``neighbours`` one row per edge in
+        CSR order.
     max_queries : rows drawn at once; with more queries a "first query" slider pages through them.
     mode : "weights", "exact" or "difference".
     """
@@ -145,6 +152,7 @@ class AttentionHeatmap(AttentionWidget):
         queries: Any,
         keys: Any,
         *,
+        neighbours: Any = None,
         edge_features: Any = None,
         max_queries: int = 64,
         mode: str = "weights",
@@ -153,6 +161,9 @@ class AttentionHeatmap(AttentionWidget):
         super().__init__()
         self.queries = as_matrix(queries, "queries", self.name)
         self.keys = as_matrix(keys, "keys", self.name)
+        self.neighbours: NeighbourList | None = None
+        if neighbours is not None:
+            self.neighbours = as_neighbours(self.name, neighbours, self.queries.shape[0], self.keys.shape[0])
         if mode not in MODES:
             raise InvalidConfig(f"{self.name}: mode must be one of {MODES}, got {mode!r}.")
         if max_queries < 1:
@@ -173,7 +184,8 @@ class AttentionHeatmap(AttentionWidget):
         self.figure.add_heatmap(z=np.zeros((1, 1)), colorscale=weight_colorscale, colorbar={"title": "weight"})
         self.figure.update_layout(
             height=height, margin={"l": 60, "r": 20, "t": 50, "b": 50},
-            xaxis_title=f"key (n = {n})", yaxis_title="query", yaxis_autorange="reversed",
+            xaxis_title=f"key (n = {n})" if neighbours is None else "key id (each query over its own neighbours)",
+            yaxis_title="query", yaxis_autorange="reversed",
         )  # fmt: skip
         self._finish()
 
@@ -185,33 +197,65 @@ class AttentionHeatmap(AttentionWidget):
         start = self.controls["first_query"].value if "first_query" in self.controls else 0
         rows = np.arange(start, min(start + self.max_queries, self.queries.shape[0]))
         q = self.queries[rows]
-        weights = mechanism_weights(self.mechanism, q, self.keys, self.edge_features)
-        exact = None
-        if mode != "weights":
-            params = self.mechanism.get_params()
-            ref = ScaledDotProductAttention(
-                self.keys.shape[1], scale=params.get("scale"), temperature=float(params.get("temperature", 1.0))
-            )
-            exact = np.asarray(ref.attention_weights_batch(q, self.keys), dtype=np.float64)
+        params = self.mechanism.get_params()
+        ref = ScaledDotProductAttention(
+            self.keys.shape[1], scale=params.get("scale"), temperature=float(params.get("temperature", 1.0))
+        )
+        if self.neighbours is None:
+            columns = np.arange(self.keys.shape[0])
+            weights = mechanism_weights(self.mechanism, q, self.keys, self.edge_features)
+            exact = None if mode == "weights" else np.asarray(ref.attention_weights_batch(q, self.keys), np.float64)
+            stats = analysis.summarize(weights, k=8)
+        else:
+            columns, weights, exact, stats = self._neighbour_weights(rows, ref, mode != "weights")
         shown = {"weights": weights, "exact": exact, "difference": None}[mode]
         if mode == "difference":
             shown = weights - exact
-        stats = analysis.summarize(weights, k=8)
         if exact is not None:
-            stats["max_abs_difference"] = float(np.abs(weights - exact).max())
-        return HeatmapState(mode, rows, weights, exact, shown, stats)
+            stats["max_abs_difference"] = float(np.nanmax(np.abs(weights - exact)))
+        return HeatmapState(mode, rows, columns, weights, exact, shown, stats)
+
+    def _neighbour_weights(
+        self, rows: np.ndarray, ref: ScaledDotProductAttention, with_exact: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, float]]:
+        """Each query row over its own neighbour ids, laid out over the union of the shown lists."""
+        nl = self.neighbours
+        spans = [(int(nl.indptr[r]), int(nl.indptr[r + 1])) for r in rows]
+        for r, (lo, hi) in zip(rows, spans, strict=True):
+            if hi == lo:
+                raise EmptyInput(f"{self.name}: query {r} has no neighbours to attend over.")
+        ids = [nl.indices[lo:hi] for lo, hi in spans]
+        columns = np.unique(np.concatenate(ids))
+        weights = np.full((rows.size, columns.size), np.nan)
+        exact = np.full_like(weights, np.nan) if with_exact else None
+        per_row = []
+        for i, (r, (lo, hi)) in enumerate(zip(rows, spans, strict=True)):
+            keys = self.keys[ids[i]]
+            ef = None if self.edge_features is None else np.asarray(self.edge_features)[lo:hi]
+            w = mechanism_weights(self.mechanism, self.queries[r : r + 1], keys, ef)[0]
+            at = np.searchsorted(columns, ids[i])
+            weights[i, at] = w
+            per_row.append(analysis.summarize(w[None, :], k=8))
+            if exact is not None:
+                exact[i, at] = ref.attention_weights(self.queries[r], keys)
+        stats = {name: float(np.mean([s[name] for s in per_row])) for name in per_row[0]}
+        return columns, weights, exact, stats
 
     def render(self, state: HeatmapState) -> None:
         trace = self.figure.data[0]
-        trace.z = state.shown
-        trace.x = np.arange(state.shown.shape[1])
+        gaps = np.isnan(state.shown)
+        # keys outside a row's neighbour list are gaps: None (JSON null), never NaN, in the message
+        trace.z = np.where(gaps, None, state.shown) if gaps.any() else state.shown
+        trace.x = state.columns
         trace.y = state.rows
+        if self.neighbours is not None:
+            self.figure.layout.xaxis.type = "category"  # key ids of the union of the neighbour lists
         if state.mode == "difference":
-            bound = max(float(np.abs(state.shown).max()), 1e-12)
+            bound = max(float(np.nanmax(np.abs(state.shown))), 1e-12)
             trace.update(colorscale=difference_colorscale, zmid=0.0, zmin=-bound, zmax=bound)
             trace.colorbar.title.text = "mechanism − exact"
         else:
-            trace.update(colorscale=weight_colorscale, zmid=None, zmin=0.0, zmax=float(state.shown.max()))
+            trace.update(colorscale=weight_colorscale, zmid=None, zmin=0.0, zmax=float(np.nanmax(state.shown)))
             trace.colorbar.title.text = "weight"
         self.figure.layout.title.text = self.describe()
 

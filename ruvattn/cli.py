@@ -73,9 +73,9 @@ how each kind is set up (width d = the data's):
   moe            the builder's local, hyperbolic, sparse (as above) and linear (FAVOR+, 64
       features) experts with an untrained router seeded by --seed; routing statistics instead
       of weights
-figures (--figures DIR): DIR/<kind>.html and DIR/<kind>.svg. The widgets draw queries over one
-  key set, so AttentionHeatmap (HeadView for headed kinds) shows the first min(M, 16) nodes over
-  the union of their neighbour lists; MoERoutingView routes the same M queries as the table.
+figures (--figures DIR): DIR/<kind>.html and DIR/<kind>.svg: AttentionHeatmap of the same M nodes,
+  each over its own neighbours (its title shows the table's numbers); for headed kinds also
+  DIR/<kind>-heads.* (HeadView of the first node); MoERoutingView routes the same M queries.
 """
 
 
@@ -153,6 +153,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="seed of the demo graph and of the layers' parameters")  # fmt: skip
     sub.add_parser("info", help="print the kernel backend (JSON)")
     sub.add_parser("warmup", help="compile every kernel once (fills NUMBA_CACHE_DIR)")
+    from ruvattn import cli_experiment
+
+    cli_experiment.add_parsers(sub)
     return p
 
 
@@ -380,15 +383,6 @@ def _graph_weights(mech: Any, kind: str, x: np.ndarray, nb: np.ndarray, m: int) 
     return np.vstack(rows), per_head
 
 
-def _figure_inputs(x: np.ndarray, nb: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """A shared key set for the widgets (which draw queries × one key set): the first ``min(m, 16)``
-    nodes over the union of their neighbour lists, in order of first appearance."""
-    fm = min(m, 16)
-    flat = nb[:fm].ravel()
-    _, first = np.unique(flat, return_index=True)
-    return x[:fm], x[flat[np.sort(first)]]
-
-
 def _widgets_missing() -> str | None:
     for name in ("ipywidgets", "plotly", "anywidget", "kaleido"):
         if importlib.util.find_spec(name) is None:
@@ -509,16 +503,18 @@ def _figures_for(kind: str, mech: Any, x: np.ndarray, nb: np.ndarray, m: int, di
             from ruvattn.widgets.moe import MoERoutingView
 
             widget: Any = MoERoutingView(mech, x[:m])
+        elif kind in _HEADED:  # per-head panels of the first node over its own neighbours
+            from ruvattn.widgets.heads import HeadView
+
+            written = _write_figures(HeadView(mech, x[:1], x[nb[0]]), directory, f"{kind}-heads")
+            from ruvattn.widgets.heatmap import AttentionHeatmap
+
+            widget = AttentionHeatmap(mech, x[:m], x, neighbours=nb[:m], max_queries=m)
+            return written + _write_figures(widget, directory, kind)
         else:
-            fq, fk = _figure_inputs(x, nb, m)
-            if kind in _HEADED:
-                from ruvattn.widgets.heads import HeadView
+            from ruvattn.widgets.heatmap import AttentionHeatmap
 
-                widget = HeadView(mech, fq, fk)
-            else:
-                from ruvattn.widgets.heatmap import AttentionHeatmap
-
-                widget = AttentionHeatmap(mech, fq, fk, max_queries=len(fq))
+            widget = AttentionHeatmap(mech, x[:m], x, neighbours=nb[:m], max_queries=m)
     except ImportError as exc:
         raise InvalidConfig(f"--figures needs the widgets extra ({exc}): pip install 'ruvattn[widgets]'") from None
     except OSError as exc:
@@ -590,6 +586,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ruvattn import warmup
 
             print(json.dumps(warmup()))
+        elif args.command in ("experiment", "benchmark", "compare"):
+            from ruvattn import cli_experiment
+
+            return cli_experiment.run(args)
     except AttentionError as exc:
         print(f"ruvattn {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -136,16 +136,25 @@ def test_table_on_stdout_with_both_sections(capsys):
 )
 def test_figures_writes_offline_html_and_svg(capsys, tmp_path):
     out_dir = tmp_path / "figs"
-    out = _run(capsys, "--mechanism", "scaled_dot_product,moe", "--figures", str(out_dir))
+    out = _run(capsys, "--mechanism", "scaled_dot_product,moe,multi_head", "--figures", str(out_dir))
     names = sorted(p.name for p in out_dir.iterdir())
-    assert names == ["moe.html", "moe.svg", "scaled_dot_product.html", "scaled_dot_product.svg"]
+    assert names == sorted(
+        f"{stem}.{ext}"
+        for stem in ("moe", "scaled_dot_product", "multi_head", "multi_head-heads")
+        for ext in ("html", "svg")
+    )
     assert sorted(out["figures"]) == sorted(str(out_dir / n) for n in names)
+    # the heatmaps draw each node over its own neighbours: their titles carry the table's numbers
+    for row in out["results"]:
+        if row["mechanism"] != "moe":
+            page = (out_dir / f"{row['mechanism']}.html").read_text(encoding="utf-8")
+            assert f"entropy {row['entropy']:.3f} nats" in page, row["mechanism"]
     for stem in ("moe", "scaled_dot_product"):
         page = (out_dir / f"{stem}.html").read_text(encoding="utf-8")
         assert '<script src="http' not in page and "<!DOCTYPE html>" in page
         assert (out_dir / f"{stem}.svg").read_text(encoding="utf-8").startswith("<svg")
     # the routing figure shows the table's numbers
-    moe_row = out["results"][1]
+    moe_row = next(r for r in out["results"] if r["mechanism"] == "moe")
     assert f"load-balancing loss {moe_row['load_balancing_loss']:.3f}" in (out_dir / "moe.html").read_text()
 
 

@@ -1,0 +1,133 @@
+"""The ``experiment``, ``benchmark`` and ``compare`` commands of ``ruvattn`` (see :mod:`ruvattn.experiment`).
+
+- ``ruvattn experiment list`` — the experiment files in ``experiments/``;
+- ``ruvattn experiment run NAME [--workers N | --scheduler ADDRESS] [--ci] [--force]`` — run the
+  points not in the cache, print what ran, what came from the cache and what failed (exit status
+  1 if any run failed; the others' results are kept);
+- ``ruvattn experiment compare NAME [--metric M ...] [--json] [--plot FILE.html]`` — the median of
+  each recorded metric per parameter set;
+- ``ruvattn benchmark`` — runs the ``spec_targets`` experiment and prints the specification's
+  latency table with each row met or missed;
+- ``ruvattn compare`` — runs the ``peers`` experiment and prints ruvattn against numpy, PyTorch,
+  PyTorch Geometric and ruvector-attention, as ratios measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ruvattn.errors import InvalidConfig
+
+__all__ = ["add_parsers", "run"]
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=None, metavar="N", help="local worker processes (default: cores)")
+    where.add_argument("--scheduler", default=None, metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://host:8786")
+    p.add_argument("--ci", action="store_true", help="the experiment's tiny CI version")
+    p.add_argument("--force", action="store_true", help="ignore the cache and run every point again")
+    p.add_argument("--dir", default="experiments", help="where the experiment files are (default: experiments)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_parsers(sub: Any) -> None:
+    """Add ``experiment``, ``benchmark`` and ``compare`` to the ``ruvattn`` parser."""
+    exp = sub.add_parser("experiment", help="parameter grids over papermill notebooks, cached (list/run/compare)")
+    esub = exp.add_subparsers(dest="action", required=True)
+    ls = esub.add_parser("list", help="the experiment files")
+    ls.add_argument("--dir", default="experiments")
+    run = esub.add_parser("run", help="run an experiment's points (cached points are skipped)")
+    run.add_argument("name", help="experiment name (experiments/NAME.experiment.yaml) or a file")
+    _run_options(run)
+    cmp = esub.add_parser("compare", help="median of each recorded metric per parameter set")
+    cmp.add_argument("name")
+    cmp.add_argument("--dir", default="experiments")
+    cmp.add_argument("--metric", action="append", default=None, metavar="M", help="a recorded column (repeatable)")
+    cmp.add_argument("--json", action="store_true", help="print the table as JSON")
+    cmp.add_argument("--plot", default=None, metavar="FILE.html", help="also write a plotly bar chart (offline HTML)")
+    bench = sub.add_parser("benchmark", help="the specification's latency table (the spec_targets experiment)")
+    _run_options(bench)
+    bench.add_argument("--json", action="store_true")
+    peers = sub.add_parser("compare", help="ruvattn against its peers, as ratios (the peers experiment)")
+    _run_options(peers)
+    peers.add_argument("--json", action="store_true")
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def print_table(header: list[str], body: list[list[Any]]) -> None:
+    cells = [[_format(v) for v in row] for row in body]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(header)]
+    print("  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for r in cells:
+        print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
+
+
+def _execute(name: str, args: argparse.Namespace) -> Any:
+    from ruvattn.experiment import find_experiment, load_experiment, run_experiment
+
+    if args.workers is not None and args.workers < 1:
+        raise InvalidConfig(f"--workers must be at least 1; got {args.workers}")
+    exp = load_experiment(find_experiment(name, args.dir), ci=args.ci)
+    report = run_experiment(
+        exp, workers=args.workers, scheduler=args.scheduler, force=args.force, progress=not args.quiet
+    )
+    return report
+
+
+def _plot(header: list[str], body: list[list[Any]], metrics: list[str], path: str) -> None:
+    try:
+        import plotly.graph_objects as go
+    except ImportError:
+        raise InvalidConfig("--plot needs plotly: pip install 'ruvattn[widgets]'") from None
+    n_params = len(header) - len(metrics) - 1
+    labels = [" · ".join(f"{h}={v}" for h, v in zip(header[:n_params], row, strict=False)) for row in body]
+    fig = go.Figure(
+        [go.Bar(name=m, x=labels, y=[row[n_params + 1 + i] for row in body]) for i, m in enumerate(metrics)]
+    )
+    fig.update_layout(barmode="group", title="median over repeats", xaxis_tickangle=-30)
+    fig.write_html(path, include_plotlyjs=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch one of the commands; returns the exit status."""
+    from ruvattn.experiment import compare, find_experiment, list_experiments, load_experiment
+
+    if args.command == "experiment" and args.action == "list":
+        for path in list_experiments(args.dir):
+            exp = load_experiment(path)
+            print(f"{exp.name:24} {len(exp.runs()):4} runs  {exp.notebook.name:28} {exp.description}")
+        return 0
+    if args.command == "experiment" and args.action == "compare":
+        exp = load_experiment(find_experiment(args.name, args.dir))
+        header, body = compare(exp, metrics=args.metric)
+        if args.json:
+            print(json.dumps([dict(zip(header, row, strict=True)) for row in body], indent=2))
+        else:
+            print_table(header, body)
+        if args.plot:
+            _plot(header, body, header[header.index("ok runs") + 1 :], args.plot)
+            print(f"plot: {args.plot}")
+        return 0
+    name = {"benchmark": "spec_targets", "compare": "peers"}.get(args.command, getattr(args, "name", None))
+    report = _execute(name, args)
+    if args.command == "experiment":
+        print(report.summary())
+    else:
+        from ruvattn.experiment_tables import peer_table, targets_table
+
+        header, body = (targets_table if args.command == "benchmark" else peer_table)(report.rows)
+        if args.json:
+            print(json.dumps([dict(zip(header, row, strict=True)) for row in body], indent=2))
+        else:
+            print_table(header, body)
+            print(report.summary())
+    return 1 if report.failed else 0

@@ -1,0 +1,429 @@
+"""Experiments: a parameter grid over a papermill notebook, run in parallel, cached, tabulated.
+
+An experiment is a small YAML file next to its notebook, ``experiments/<name>.experiment.yaml``::
+
+    notebook: spec_targets.ipynb      # relative to this file; must have a cell tagged `parameters`
+    description: one line for `ruvattn experiment list`
+    parameters: {repeats: 300}        # the same for every point
+    grid:                             # the cartesian product of these lists ...
+      mechanism: [scaled_dot_product, flash]
+      neighbours: [100, 1000]
+    points:                           # ... plus these parameter sets
+      - {mechanism: moe, neighbours: 1000}
+    repeats: 2                        # runs of every point; run r gets seed = seed + r
+    seed: 0
+    seed_parameter: seed              # the notebook parameter that receives it (null: none)
+    ci:                               # `--ci`: a tiny version (keys replace the ones above)
+      grid: {mechanism: [flash], neighbours: [100]}
+      parameters: {repeats: 20}
+
+Each run of a point executes the notebook once with papermill. Its results are the values the
+notebook recorded with :func:`ruvattn.record` (read back from the executed copy). Everything
+lands under ``experiments/runs/<name>/``:
+
+- ``points/<key>.ipynb`` (the executed notebook), ``<key>.log`` (its output) and ``<key>.json``
+  (parameters, status, duration, records, or the error);
+- ``results.csv``: the tidy table, one row per point and repeat: the parameters, ``repeat``,
+  ``seed``, ``status``, ``seconds``, ``key``, then one column per recorded scalar (nested dicts
+  flattened as ``name.field``).
+
+``key`` hashes the notebook's bytes, the library's source (:func:`code_version`), the parameters,
+the repeat and the seed, so a point is run again only if one of them changed; ``force=True``
+reruns everything. A failed run is recorded as failed (with its error and log) and never stops
+or loses the others; failed runs are retried on the next run.
+
+Runs go to local worker processes (``workers``), or with ``scheduler="tcp://host:port"`` to a Dask
+distributed cluster, one task per run. Every run sets ``NUMBA_NUM_THREADS`` so that the runs on
+one machine share its cores instead of oversubscribing them.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import itertools
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ruvattn.errors import InvalidConfig
+
+__all__ = [
+    "Experiment",
+    "RunReport",
+    "code_version",
+    "compare",
+    "find_experiment",
+    "list_experiments",
+    "load_experiment",
+    "read_results",
+    "run_experiment",
+]
+
+SUFFIX = ".experiment.yaml"
+FIXED_COLUMNS = ("repeat", "seed", "status", "seconds", "key")
+_KNOWN = {"notebook", "description", "parameters", "grid", "points", "repeats", "seed", "seed_parameter", "ci"}
+
+
+def code_version() -> str:
+    """A hash of the installed library's source files (``ruvattn`` and ``ruvattn.widgets``)."""
+    import ruvattn
+
+    roots = [Path(ruvattn.__file__).parent]
+    try:
+        import ruvattn.widgets as w
+
+        roots.append(Path(w.__file__).parent)
+    except ImportError:
+        pass
+    digest = hashlib.sha256()
+    for root in roots:
+        for path in sorted(root.rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A parsed experiment file (see the module docstring for the format)."""
+
+    name: str
+    path: Path
+    notebook: Path
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    points: list[dict[str, Any]] = field(default_factory=list)
+    repeats: int = 1
+    seed: int = 0
+    seed_parameter: str | None = "seed"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.path.parent / "runs" / self.name
+
+    def parameter_sets(self) -> list[dict[str, Any]]:
+        """The grid's cartesian product, then the explicit points, each over the fixed parameters."""
+        names = list(self.grid)
+        sets = [dict(zip(names, combo, strict=True)) for combo in itertools.product(*self.grid.values())]
+        if not names:
+            sets = []
+        sets += [dict(p) for p in self.points]
+        if not sets:
+            sets = [{}]
+        return [{**self.parameters, **s} for s in sets]
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every (parameter set, repeat) with its seed."""
+        out = []
+        for params in self.parameter_sets():
+            for r in range(self.repeats):
+                seed = self.seed + r
+                full = dict(params)
+                if self.seed_parameter:
+                    full[self.seed_parameter] = seed
+                out.append({"params": full, "repeat": r, "seed": seed, "grid": params})
+        return out
+
+
+def _check(path: Path, raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise InvalidConfig(f"{path}: an experiment file must be a mapping, got {type(raw).__name__}.")
+    unknown = set(raw) - _KNOWN
+    if unknown:
+        raise InvalidConfig(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_KNOWN)}.")
+    if "notebook" not in raw:
+        raise InvalidConfig(f"{path}: 'notebook' is required (the notebook to run, relative to this file).")
+    grid = raw.get("grid") or {}
+    if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
+        raise InvalidConfig(f"{path}: 'grid' must map each parameter to a non-empty list of values.")
+    points = raw.get("points") or []
+    if not isinstance(points, list) or any(not isinstance(p, dict) for p in points):
+        raise InvalidConfig(f"{path}: 'points' must be a list of parameter mappings.")
+    if not isinstance(raw.get("parameters") or {}, dict):
+        raise InvalidConfig(f"{path}: 'parameters' must be a mapping.")
+    repeats = raw.get("repeats", 1)
+    if not isinstance(repeats, int) or repeats < 1:
+        raise InvalidConfig(f"{path}: 'repeats' must be a whole number >= 1, got {repeats!r}.")
+    return raw
+
+
+def load_experiment(path: str | Path, *, ci: bool = False) -> Experiment:
+    """Read an experiment file; ``ci=True`` applies its ``ci`` overrides."""
+    import yaml
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise InvalidConfig(f"{path}: cannot read the experiment file ({exc}).") from None
+    raw = _check(path, raw)
+    if ci and raw.get("ci"):
+        raw = _check(path, {**raw, **raw["ci"]})
+    notebook = (path.parent / raw["notebook"]).resolve()
+    if not notebook.is_file():
+        raise InvalidConfig(f"{path}: notebook {raw['notebook']!r} not found next to the experiment file.")
+    name = path.name[: -len(SUFFIX)] if path.name.endswith(SUFFIX) else path.stem
+    return Experiment(
+        name=name, path=path.resolve(), notebook=notebook, description=str(raw.get("description", "")),
+        parameters=dict(raw.get("parameters") or {}), grid={k: list(v) for k, v in (raw.get("grid") or {}).items()},
+        points=[dict(p) for p in raw.get("points") or []], repeats=int(raw.get("repeats", 1)),
+        seed=int(raw.get("seed", 0)), seed_parameter=raw.get("seed_parameter", "seed"),
+    )  # fmt: skip
+
+
+def list_experiments(directory: str | Path = "experiments") -> list[Path]:
+    """The experiment files in ``directory``."""
+    return sorted(Path(directory).glob(f"*{SUFFIX}"))
+
+
+def find_experiment(name: str, directory: str | Path = "experiments") -> Path:
+    """``name`` as a path, or ``<directory>/<name>.experiment.yaml``."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    candidate = Path(directory) / f"{name}{SUFFIX}"
+    if candidate.is_file():
+        return candidate
+    known = [p.name[: -len(SUFFIX)] for p in list_experiments(directory)]
+    raise InvalidConfig(f"experiment {name!r} not found in {str(directory)!r}; known: {known}.")
+
+
+def _key(notebook_hash: str, code: str, run: dict[str, Any]) -> str:
+    blob = json.dumps(
+        {"notebook": notebook_hash, "code": code, "params": run["params"], "repeat": run["repeat"]},
+        sort_keys=True, default=str,
+    )  # fmt: skip
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def run_point(task: dict[str, Any]) -> dict[str, Any]:
+    """Execute one run (in a worker process or a Dask task) and write its ``.json`` record."""
+    import papermill
+
+    from ruvattn.record import read_records
+
+    out_nb, log_path, json_path = (Path(task[k]) for k in ("out_nb", "log", "json"))
+    out_nb.parent.mkdir(parents=True, exist_ok=True)
+    os.environ["NUMBA_NUM_THREADS"] = str(task["numba_threads"])  # inherited by the kernel
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    start = time.perf_counter()
+    result = {k: task[k] for k in ("key", "params", "grid", "repeat", "seed")}
+    try:
+        with log_path.open("w", encoding="utf-8") as log:
+            saved = os.dup(2)  # the kernel process inherits fd 2: its own messages go to the log too
+            os.dup2(log.fileno(), 2)
+            try:
+                papermill.execute_notebook(
+                    task["notebook"], str(out_nb), parameters=task["params"], kernel_name="python3",
+                    cwd=str(Path(task["notebook"]).parent), progress_bar=False, log_output=True,
+                    stdout_file=log, stderr_file=log,
+                )  # fmt: skip
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+        result.update(status="ok", records=read_records(out_nb))
+    except Exception as exc:  # a failed point is data, not a crash of the whole experiment
+        result.update(status="failed", error=f"{type(exc).__name__}: {str(exc).strip()[-2000:]}", records={})
+    result["seconds"] = round(time.perf_counter() - start, 3)
+    json_path.write_text(json.dumps(result, default=str, indent=1), encoding="utf-8")
+    return result
+
+
+@dataclass
+class RunReport:
+    """What :func:`run_experiment` did: runs executed, taken from the cache, and failed."""
+
+    experiment: Experiment
+    executed: int
+    cached: int
+    failed: list[dict[str, Any]]
+    table: Path
+    rows: list[dict[str, Any]]
+
+    def summary(self) -> str:
+        lines = [
+            f"{self.experiment.name}: {self.executed} run(s) executed, {self.cached} from the cache, "
+            f"{len(self.failed)} failed; table: {self.table}"
+        ]
+        for f in self.failed:
+            log = self.experiment.runs_dir / "points" / f"{f['key']}.log"
+            lines.append(f"  FAILED {f['params']} (repeat {f['repeat']}): {f['error'].splitlines()[-1]}  log: {log}")
+        return "\n".join(lines)
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}", v, out)
+    elif isinstance(value, (int, float, str, bool)) or value is None:
+        out[prefix] = value
+    else:
+        out[prefix] = json.dumps(value)
+
+
+def _row(result: dict[str, Any], grid_names: list[str]) -> dict[str, Any]:
+    row = {name: result["grid"].get(name) for name in grid_names}
+    row.update(
+        repeat=result["repeat"], seed=result["seed"], status=result["status"], seconds=result["seconds"],
+        key=result["key"],
+    )  # fmt: skip
+    for name, value in result.get("records", {}).items():
+        _flatten(name, value, row)
+    return row
+
+
+def _write_table(path: Path, rows: list[dict[str, Any]]) -> None:
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _local(tasks: list[dict[str, Any]], workers: int) -> Iterator[dict[str, Any]]:
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(run_point, t) for t in tasks]
+        for fut in as_completed(futures):
+            yield fut.result()
+
+
+def _dask(tasks: list[dict[str, Any]], scheduler: str) -> Iterator[dict[str, Any]]:
+    try:
+        from distributed import Client
+        from distributed import as_completed as dask_completed
+    except ImportError:
+        raise InvalidConfig("--scheduler needs Dask: pip install 'ruvattn[experiments]'") from None
+    with Client(scheduler, timeout=30) as client:
+        workers = client.scheduler_info()["workers"].values()
+        per_host: dict[str, int] = {}
+        for w in workers:
+            host = w["host"]
+            per_host[host] = per_host.get(host, 0) + int(w["nthreads"])
+        if not per_host:
+            raise InvalidConfig(f"--scheduler {scheduler}: the cluster has no workers.")
+        # runs on one host share its cores: NUMBA_NUM_THREADS = cores / concurrent runs there
+        concurrent = max(per_host.values())
+        cores = os.cpu_count() or 1
+        for t in tasks:
+            t["numba_threads"] = max(1, cores // concurrent)
+        futures = client.map(run_point, tasks, pure=False)
+        for fut in dask_completed(futures):
+            yield fut.result()
+
+
+def run_experiment(
+    experiment: str | Path | Experiment,
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    ci: bool = False,
+    force: bool = False,
+    progress: bool = True,
+) -> RunReport:
+    """Run every point of ``experiment`` not already in the cache; write ``results.csv``.
+
+    ``workers``: local worker processes (default: as many as cores, at most the runs to do);
+    ``scheduler``: a Dask scheduler address instead; ``ci``: the file's tiny ``ci`` version;
+    ``force``: ignore the cache.
+    """
+    exp = experiment if isinstance(experiment, Experiment) else load_experiment(experiment, ci=ci)
+    points_dir = exp.runs_dir / "points"
+    points_dir.mkdir(parents=True, exist_ok=True)
+    nb_hash = hashlib.sha256(exp.notebook.read_bytes()).hexdigest()[:16]
+    code = code_version()
+    results: dict[str, dict[str, Any]] = {}
+    todo: list[dict[str, Any]] = []
+    for run in exp.runs():
+        key = _key(nb_hash, code, run)
+        cached = points_dir / f"{key}.json"
+        if not force and cached.is_file():
+            old = json.loads(cached.read_text(encoding="utf-8"))
+            if old.get("status") == "ok":
+                results[key] = old
+                continue
+        todo.append({
+            **run, "key": key, "notebook": str(exp.notebook), "out_nb": str(points_dir / f"{key}.ipynb"),
+            "log": str(points_dir / f"{key}.log"), "json": str(cached),
+        })  # fmt: skip
+    cached_count = len(results)
+    if todo:
+        n_workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
+        for t in todo:
+            t["numba_threads"] = max(1, (os.cpu_count() or 1) // n_workers)
+        stream: Iterable[dict[str, Any]] = _dask(todo, scheduler) if scheduler else _local(todo, n_workers)
+        if progress:
+            from tqdm import tqdm
+
+            stream = tqdm(stream, total=len(todo), desc=f"experiment {exp.name}", unit="run", file=None)
+        for result in stream:
+            results[result["key"]] = result
+    grid_names = list(dict.fromkeys(k for run in exp.runs() for k in run["grid"]))
+    order = {(_key(nb_hash, code, run)): i for i, run in enumerate(exp.runs())}
+    rows = [_row(r, grid_names) for r in sorted(results.values(), key=lambda r: order[r["key"]])]
+    table = exp.runs_dir / "results.csv"
+    _write_table(table, rows)
+    failed = [r for r in results.values() if r["status"] != "ok"]
+    return RunReport(exp, executed=len(todo), cached=cached_count, failed=failed, table=table, rows=rows)
+
+
+def read_results(experiment: str | Path | Experiment) -> list[dict[str, Any]]:
+    """The rows of an experiment's ``results.csv`` (numbers parsed)."""
+    exp = experiment if isinstance(experiment, Experiment) else load_experiment(experiment)
+    table = exp.runs_dir / "results.csv"
+    if not table.is_file():
+        raise InvalidConfig(f"experiment {exp.name!r} has no results yet ({table}); run it first.")
+    with table.open(encoding="utf-8") as fh:
+        return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def _parse(text: str) -> Any:
+    if text == "":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"True": True, "False": False}.get(text, text)
+
+
+def compare(
+    experiment: str | Path | Experiment, *, metrics: list[str] | None = None
+) -> tuple[list[str], list[list[Any]]]:
+    """A table with one row per parameter set: the parameters, ``ok/total`` runs, and the median of each
+    metric over the repeats. ``metrics`` defaults to every numeric recorded column."""
+    import statistics
+
+    exp = experiment if isinstance(experiment, Experiment) else load_experiment(experiment)
+    rows = read_results(exp)
+    if not rows:
+        raise InvalidConfig(f"compare: experiment {exp.name!r} has an empty results table.")
+    columns = list(rows[0])
+    params = columns[: columns.index("repeat")]
+    recorded = columns[columns.index("key") + 1 :]
+    if metrics is None:
+        metrics = [c for c in recorded if all(r[c] is None or isinstance(r[c], (int, float)) for r in rows)]
+    unknown = [m for m in metrics if m not in recorded]
+    if unknown:
+        raise InvalidConfig(f"compare: unknown metric(s) {unknown}; recorded: {recorded}.")
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[p] for p in params), []).append(r)
+    body = []
+    for combo, members in groups.items():
+        ok = [m for m in members if m["status"] == "ok"]
+        medians = []
+        for metric in metrics:
+            xs = [m[metric] for m in ok if isinstance(m[metric], (int, float)) and not isinstance(m[metric], bool)]
+            medians.append(statistics.median(xs) if xs else None)
+        body.append([*combo, f"{len(ok)}/{len(members)}", *medians])
+    return [*params, "ok runs", *metrics], body

@@ -302,7 +302,11 @@ def _dask(tasks: list[dict[str, Any]], scheduler: str) -> Iterator[dict[str, Any
         from distributed import as_completed as dask_completed
     except ImportError:
         raise InvalidConfig("--scheduler needs Dask: pip install 'ruvattn[experiments]'") from None
-    with Client(scheduler, timeout=30) as client:
+    try:
+        client = Client(scheduler, timeout=10)
+    except (OSError, TimeoutError) as exc:
+        raise InvalidConfig(f"--scheduler {scheduler}: cannot reach a Dask scheduler there ({exc}).") from None
+    with client:
         workers = client.scheduler_info()["workers"].values()
         per_host: dict[str, int] = {}
         for w in workers:

@@ -114,7 +114,7 @@ def test_ci_overrides_and_bad_files(tmp_path):
             load_experiment(bad)
 
 
-def test_dask_cluster_runs_the_same_points(tmp_path):
+def test_dask_cluster_runs_the_same_points(tmp_path, capsys):
     distributed = pytest.importorskip("distributed")
     spec = _toy(tmp_path)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
@@ -126,6 +126,10 @@ def test_dask_cluster_runs_the_same_points(tmp_path):
         assert rows[(1, 0)]["env.numba_threads"] == max(1, (os.cpu_count() or 1) // 2)
         cached = run_experiment(spec, scheduler=cluster.scheduler_address, progress=False)
         assert (cached.executed, cached.cached) == (2, 4)  # the cache is shared with local runs
+        # the command line takes the same path
+        assert main(["experiment", "run", str(spec), "--scheduler", cluster.scheduler_address, "--quiet"]) == 1
+    assert main(["experiment", "run", str(spec), "--scheduler", "tcp://127.0.0.1:9", "--quiet"]) == 2
+    assert "cannot reach a Dask scheduler" in capsys.readouterr().err
 
 
 def test_cli_run_compare_list(tmp_path, capsys):

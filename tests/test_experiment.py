@@ -9,6 +9,8 @@ import os
 
 import pytest
 
+pytestmark = pytest.mark.kernels  # deselected in CI's NUMBA_DISABLE_JIT pass: the work runs in kernels
+
 nbformat = pytest.importorskip("nbformat")
 pytest.importorskip("papermill")
 

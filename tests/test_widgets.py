@@ -244,3 +244,14 @@ def test_every_widget_survives_huge_values_without_nan(name):
         if isinstance(a, np.ndarray) and a.dtype.kind == "f":
             assert not np.isnan(a).any()
     assert view.error is None
+
+
+def test_a_widget_must_implement_compute_and_render():
+    from ruvattn.widgets import AttentionWidget
+
+    class Half(AttentionWidget):
+        def compute(self):
+            return None
+
+    with pytest.raises(TypeError, match="abstract"):
+        Half()

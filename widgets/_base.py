@@ -19,6 +19,7 @@ import html
 import importlib.util
 import json
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,7 @@ def plane_layout(height: int, legend_title: str, top: int = 60) -> dict[str, Any
     }
 
 
-class AttentionWidget:
+class AttentionWidget(ABC):
     """Base class: ``controls`` + ``figure`` + ``status`` laid out in :attr:`box`.
 
     Subclasses set the controls and ``self.figure`` (a ``go.FigureWidget``; create exactly one,
@@ -145,13 +146,13 @@ class AttentionWidget:
         self.figure._widget_layout = current["layout"]
 
     # -- to implement -------------------------------------------------------------------
+    @abstractmethod
     def compute(self) -> Any:
         """The numbers for the current control values (never touches the figure)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def render(self, state: Any) -> None:
         """Write ``state`` into ``self.figure`` (called inside ``batch_update``)."""
-        raise NotImplementedError
 
     def describe(self) -> str:
         """One line about the current state for the status line and the HTML export."""

@@ -40,7 +40,6 @@ from ruvattn.mechanisms import (
     available,
     build,
 )
-from ruvattn.record import record
 from ruvattn.sparse import SparsityPattern
 
 __version__ = "0.1.0"
@@ -73,7 +72,6 @@ __all__ = [
     "available",
     "backend_info",
     "build",
-    "record",
     "threads",
     "warmup",
 ]

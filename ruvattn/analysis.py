@@ -118,7 +118,7 @@ def head_diversity(head_weights: Any) -> float:
 
 
 def routing_balance(record: Any) -> dict[str, Any]:
-    """Balance of a :class:`~ruvattn.moe.RoutingRecord` as plain numbers (JSON-ready).
+    """Balance of a :class:`~ruvattn.routing.RoutingRecord` as plain numbers (JSON-ready).
 
     ``max_load_ratio`` is the busiest expert's load over the ideal ``m·k/E`` (1 = perfectly even);
     ``load_cv`` is the coefficient of variation of the loads (0 = even).

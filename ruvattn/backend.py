@@ -137,7 +137,7 @@ def warmup(verbose: bool = False) -> dict[str, float]:
             conv.forward_with_edges(q[0], k, k, k[:, :2].copy())
         _warm_geometry(q * dt(0.1), k * dt(0.1))
         from ruvattn.mechanisms.local_global import LocalGlobalAttention
-        from ruvattn.moe import Router
+        from ruvattn.routing import Router
 
         Router(8, 3, top_k=2).choose(q[0])  # the MoE per-query routing kernel
         lg = LocalGlobalAttention(8, local_window=2, global_nodes=1)

@@ -14,7 +14,7 @@ from scipy.stats import entropy as scipy_entropy
 
 from ruvattn import analysis
 from ruvattn.errors import EmptyInput, InvalidConfig, NumericalInstability
-from ruvattn.moe import Router, RoutingRecord
+from ruvattn.routing import Router, RoutingRecord
 
 LN2 = math.log(2.0)
 

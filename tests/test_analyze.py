@@ -14,9 +14,9 @@ from scipy.spatial.distance import jensenshannon
 from scipy.special import softmax
 
 from ruvattn import MoEAttention, MultiHeadAttention, ScaledDotProductAttention, analysis
-from ruvattn.cli import main
 from ruvattn.datasets import clustered_graph
 from ruvattn.geometry import PoincareBall
+from ruvattn.lab.cli import main
 from ruvattn.mechanisms import LocalGlobalAttention
 
 NODES, DIM, K, M, SEED = 120, 16, 8, 20, 3
@@ -214,7 +214,7 @@ def test_bad_flags_exit_2_naming_the_flag(capsys, tmp_path):
 
 
 def test_bad_flag_from_the_console_exits_2():
-    proc = subprocess.run([sys.executable, "-m", "ruvattn.cli", "analyze", "--mechanism", "attention_please"],
+    proc = subprocess.run([sys.executable, "-m", "ruvattn.lab.cli", "analyze", "--mechanism", "attention_please"],
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 2 and proc.stdout == ""
     assert "--mechanism: unknown mechanism 'attention_please'; choose from" in proc.stderr

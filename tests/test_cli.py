@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from ruvattn.cli import main
+from ruvattn.lab.cli import main
 
 
 def test_demo_json_rows_agree_with_exact_attention(capsys):
@@ -44,7 +44,7 @@ def test_demo_table_on_stdout(capsys):
     ],
 )
 def test_bad_flags_exit_nonzero_with_message(argv, message):
-    proc = subprocess.run([sys.executable, "-m", "ruvattn.cli", *argv], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "ruvattn.lab.cli", *argv], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2
     assert message in proc.stderr and proc.stdout == ""
 

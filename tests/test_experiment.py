@@ -14,13 +14,13 @@ pytestmark = pytest.mark.kernels  # deselected in CI's NUMBA_DISABLE_JIT pass: t
 nbformat = pytest.importorskip("nbformat")
 pytest.importorskip("papermill")
 
-from ruvattn.cli import main  # noqa: E402
 from ruvattn.errors import InvalidConfig  # noqa: E402
-from ruvattn.experiment import compare, load_experiment, read_results, run_experiment  # noqa: E402
+from ruvattn.lab.cli import main  # noqa: E402
+from ruvattn.lab.experiments import load_experiment, median_table, read_results, run_experiment  # noqa: E402
 
 TOY = """\
 import os
-from ruvattn.record import record
+from ruvattn.lab import record
 assert x >= 0, "x must be >= 0"
 record("double", 2 * x)
 record("seeded", (seed * 7919 + x) % 1000)
@@ -83,7 +83,7 @@ def test_grid_runs_caches_and_reports_failures(tmp_path):
     assert (grown.executed, grown.cached) == (4, 4)
     assert _by_x(grown.rows)[(5, 1)]["double"] == 10
 
-    header, body = compare(exp)
+    header, body = median_table(exp)
     assert header[:2] == ["x", "ok runs"] and "double" in header
     table = {row[0]: row for row in body}
     assert table[2][1] == "2/2" and table[2][header.index("double")] == 4 and table[-1][1] == "0/2"
@@ -134,16 +134,16 @@ def test_dask_cluster_runs_the_same_points(tmp_path, capsys):
     assert "cannot reach a Dask scheduler" in capsys.readouterr().err
 
 
-def test_cli_run_compare_list(tmp_path, capsys):
+def test_cli_run_medians_list(tmp_path, capsys):
     spec = _toy(tmp_path)
     assert main(["experiment", "run", str(spec), "--workers", "2", "--quiet"]) == 1  # a point failed
     out = capsys.readouterr().out
     assert "6 run(s) executed, 0 from the cache, 2 failed" in out and "FAILED {'x': -1" in out
-    assert main(["experiment", "compare", str(spec), "--json"]) == 0
+    assert main(["experiment", "medians", str(spec), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["x"]: r["double"] for r in rows} == {1: 2, 2: 4, -1: None}
     assert main(["experiment", "list", "--dir", str(tmp_path)]) == 0
     assert "toy" in capsys.readouterr().out
     assert main(["experiment", "run", "nope", "--dir", str(tmp_path)]) == 2
     assert "experiment 'nope' not found" in capsys.readouterr().err
-    assert main(["experiment", "compare", str(spec), "--metric", "nope"]) == 2
+    assert main(["experiment", "medians", str(spec), "--metric", "nope"]) == 2

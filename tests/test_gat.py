@@ -21,8 +21,8 @@ from ruvattn import (
     NumericalInstability,
     OutOfBounds,
 )
-from ruvattn.kernels import graph as G
-from ruvattn.reference import graph as ref
+from ruvattn.kernels import gat as G
+from ruvattn.reference import gat as ref
 from tests.golden_harness import assert_close, cases, load
 
 GOLDEN = cases(("gatconv_", "gatv2conv_"))
@@ -64,7 +64,7 @@ def _graph(rng, n=20, e=70, edge_dim=None, dtype=np.float64, self_loops=4, dupli
 
 
 def _ref_layer(conv, x, ei, ea):
-    """The layer by :mod:`ruvattn.reference.graph` (edge by edge, PyG's definition), in float64."""
+    """The layer by :mod:`ruvattn.reference.gat` (edge by edge, PyG's definition), in float64."""
     p = conv.get_params()
     fn = ref.gatv2_conv if isinstance(conv, GATv2Conv) else ref.gat_conv
     state = conv.state_dict()

@@ -12,7 +12,7 @@ from scipy.special import logsumexp, softmax
 from scipy.stats import entropy
 
 from ruvattn.errors import DimensionMismatch, InvalidConfig, NumericalInstability
-from ruvattn.moe import Router, Routing, fit_router
+from ruvattn.routing import Router, Routing, fit_router
 
 
 def _router_with_bias(bias, dim=3, **kw):

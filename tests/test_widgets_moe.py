@@ -12,10 +12,10 @@ from scipy.stats import entropy as scipy_entropy
 
 from ruvattn import MoEAttention, analysis
 from ruvattn.errors import InvalidConfig
-from ruvattn.moe import Router
+from ruvattn.routing import Router
 
 # the widgets extra (ipywidgets, plotly) may be missing: skip this module then
-MoERoutingView = pytest.importorskip("ruvattn.widgets.moe", exc_type=ImportError).MoERoutingView
+MoERoutingView = pytest.importorskip("ruvattn.widgets.routing", exc_type=ImportError).MoERoutingView
 
 D, E, M = 8, 4, 48
 

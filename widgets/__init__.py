@@ -21,9 +21,9 @@ try:
     from ._base import AttentionWidget
     from .heads import HeadView
     from .heatmap import AttentionHeatmap
-    from .moe import MoERoutingView
     from .neighbourhood import NeighbourhoodView
     from .poincare import PoincareDiskView
+    from .routing import MoERoutingView
 except ImportError as exc:  # pragma: no cover - only without the extra
     raise ImportError(
         f"ruvattn.widgets needs the widgets extra ({exc.name} is missing): pip install 'ruvattn[widgets]'"

@@ -78,7 +78,7 @@ from ruvattn import _validation as V
 from ruvattn.errors import DimensionMismatch, InvalidConfig, NumericalInstability, OutOfBounds
 from ruvattn.graph import NeighbourList, as_neighbours
 from ruvattn.kernels import attention as K
-from ruvattn.kernels import graph as G
+from ruvattn.kernels import gat as G
 from ruvattn.mechanisms.base import Attention, AttentionConfig, register
 from ruvattn.mechanisms.scaled_dot import DropoutMixin
 

@@ -62,7 +62,7 @@ from ruvattn.mechanisms.linear import LinearAttention
 from ruvattn.mechanisms.local_global import LocalGlobalAttention
 from ruvattn.mechanisms.multi_head import MultiHeadAttention
 from ruvattn.mechanisms.scaled_dot import ScaledDotProductAttention
-from ruvattn.moe.router import Router, Routing, RoutingRecord, fit_router
+from ruvattn.routing.router import Router, Routing, RoutingRecord, fit_router
 
 __all__ = ["MoEAttention", "MoEBuilder", "MoEConfig", "PreparedKeys"]
 

@@ -1,5 +1,5 @@
 """Mixture-of-experts building blocks: the router (noisy top-k gating with capacity) and its trainer."""
 
-from ruvattn.moe.router import Router, Routing, RoutingRecord, fit_router
+from ruvattn.routing.router import Router, Routing, RoutingRecord, fit_router
 
 __all__ = ["Router", "Routing", "RoutingRecord", "fit_router"]

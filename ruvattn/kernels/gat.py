@@ -1,7 +1,7 @@
 """Numba kernels for graph attention layers over an edge list (GAT and GATv2).
 
 Every kernel here has a plain-numpy twin of the same name in
-:mod:`ruvattn.reference.graph`; ``tests/test_gat.py`` holds them to each other.
+:mod:`ruvattn.reference.gat`; ``tests/test_gat.py`` holds them to each other.
 The exponential is the shared vectorised primitive ``exp_sum`` of
 :mod:`ruvattn.kernels.attention` (imported, not re-written).  The softmax is
 that primitive with each head's maximum taken in the score loop, which needs no

@@ -58,7 +58,7 @@ from scipy.special import entr, expit
 from ruvattn import _validation as V
 from ruvattn.errors import DimensionMismatch, InvalidConfig
 from ruvattn.kernels.attention import OK
-from ruvattn.kernels.moe import route_one
+from ruvattn.kernels.routing import route_one
 
 __all__ = ["Router", "Routing", "RoutingRecord", "fit_router"]
 

@@ -1,7 +1,7 @@
 """Numba kernel for routing one query in a mixture of experts (the per-query hot path).
 
-Its plain-numpy twin is :meth:`ruvattn.moe.Router.route` (the batch decision); ``tests/test_router.py``
-holds :meth:`~ruvattn.moe.Router.choose`, which calls this kernel, equal to it.
+Its plain-numpy twin is :meth:`ruvattn.routing.Router.route` (the batch decision); ``tests/test_router.py``
+holds :meth:`~ruvattn.routing.Router.choose`, which calls this kernel, equal to it.
 """
 
 from __future__ import annotations

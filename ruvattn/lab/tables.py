@@ -1,6 +1,6 @@
 """Tables for ``ruvattn benchmark`` (the specification's latency targets) and ``ruvattn compare`` (peers).
 
-Both read the rows of an experiment's ``results.csv`` (:func:`ruvattn.experiment.read_results` or
+Both read the rows of an experiment's ``results.csv`` (:func:`ruvattn.lab.experiments.read_results` or
 :attr:`RunReport.rows`): ``spec_targets`` rows carry ``mechanism``, ``neighbours`` and the recorded
 ``latency_us.p50/p95/p99``, ``ops_per_s`` and ``peak_kib``; ``peers`` rows carry ``workload`` and
 one ``time_us.<peer>`` per peer measured in the same run.

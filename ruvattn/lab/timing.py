@@ -21,7 +21,7 @@ import numpy as np
 
 from ruvattn._config import threads
 
-__all__ = ["load_peer", "peak_bytes", "pinned_threads", "targets_table", "timeit", "verdict"]
+__all__ = ["load_peer", "peak_bytes", "pinned_threads", "timeit", "verdict", "verdict_table"]
 
 
 @contextlib.contextmanager
@@ -98,10 +98,10 @@ def load_peer(name: str, module: str, wanted: Sequence[str]) -> ModuleType | Non
         return None
 
 
-def targets_table(targets: Sequence[tuple[str, str, str, bool | None]]) -> str:
+def verdict_table(targets: Sequence[tuple[str, str, str, bool | None]]) -> str:
     """A plain-text table of ``(name, measured, goal, met)`` rows.
 
-    >>> print(targets_table([("latency", "12.0 µs", "<= 20 µs", True)]))
+    >>> print(verdict_table([("latency", "12.0 µs", "<= 20 µs", True)]))
     target   measured  goal      result
     -------  --------  --------  ------
     latency  12.0 µs   <= 20 µs  met

@@ -8,10 +8,10 @@ the uniform baseline ``log E``. The title sums it up with
 :func:`ruvattn.analysis.routing_balance`: dead experts, dropped queries, overflowed slots, the
 load-balancing loss and the z-loss.
 
-The controls re-route through the library's :class:`~ruvattn.moe.Router` on every move. The
+The controls re-route through the library's :class:`~ruvattn.routing.Router` on every move. The
 router's settings (top-k, temperature, noise, capacity) are not learned, so the widget routes
 through a *copy* of the router with the new settings and the trained parameters
-(:meth:`~ruvattn.moe.Router.state_dict` loaded into it, :func:`configured_router`); the layer's
+(:meth:`~ruvattn.routing.Router.state_dict` loaded into it, :func:`configured_router`); the layer's
 own router is never changed or re-initialised. ``noise = 0`` is plain softmax gating (eval
 mode); ``noise > 0`` is noisy top-k gating (training mode) with that noise scale and a noise
 stream seeded by ``seed`` afresh on every redraw, so a setting always shows the same routing.
@@ -31,7 +31,7 @@ from plotly.subplots import make_subplots
 from ruvattn import analysis
 from ruvattn.errors import InvalidConfig
 from ruvattn.mechanisms.moe import MoEAttention
-from ruvattn.moe import Router, RoutingRecord
+from ruvattn.routing import Router, RoutingRecord
 
 from ._base import AttentionWidget, as_matrix, weight_colorscale
 
@@ -49,7 +49,7 @@ def configured_router(
     capacity_factor: float | None = None,
     seed: int = 0,
 ) -> Router:
-    """A new :class:`~ruvattn.moe.Router` with ``router``'s trained parameters and these settings.
+    """A new :class:`~ruvattn.routing.Router` with ``router``'s trained parameters and these settings.
 
     Parameters
     ----------

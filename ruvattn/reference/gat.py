@@ -1,4 +1,4 @@
-r"""Plain-numpy twins of :mod:`ruvattn.kernels.graph`, and whole GAT/GATv2 layers in numpy.
+r"""Plain-numpy twins of :mod:`ruvattn.kernels.gat`, and whole GAT/GATv2 layers in numpy.
 
 The kernel twins (:func:`group_by_target`, :func:`gat_attend`,
 :func:`gatv2_attend`; the latter two also cover the per-chunk kernels) take
@@ -21,7 +21,7 @@ with ``m = W x`` (GAT) or ``W_l x + b_l`` (GATv2), heads concatenated or
 averaged, plus the bias.
 
 >>> import numpy as np
->>> from ruvattn.reference.graph import add_self_loops
+>>> from ruvattn.reference.gat import add_self_loops
 >>> ei, ea = add_self_loops(np.array([[0, 1, 1], [1, 1, 0]]), np.array([[2.0], [9.0], [4.0]]), 2, "mean")
 >>> ei.tolist(), ea.ravel().tolist()
 ([[0, 1, 0, 1], [1, 0, 0, 1]], [2.0, 4.0, 4.0, 2.0])
@@ -34,7 +34,7 @@ from collections.abc import Callable
 import numpy as np
 from numpy.typing import NDArray
 
-from ruvattn.kernels.graph import FILL_ADD, FILL_CONST, FILL_MAX, FILL_MEAN, FILL_MIN
+from ruvattn.kernels.gat import FILL_ADD, FILL_CONST, FILL_MAX, FILL_MEAN, FILL_MIN
 from ruvattn.reference import softmax
 
 __all__ = ["add_self_loops", "gat_attend", "gat_conv", "gatv2_attend", "gatv2_conv", "group_by_target"]
@@ -180,7 +180,7 @@ def gat_attend(
     use_bias: bool,
     concat: bool,
 ) -> tuple[Array, Array, NDArray[np.int8]]:
-    """Twin of :func:`ruvattn.kernels.graph.gat_attend`: ``(out, alpha, status)``.
+    """Twin of :func:`ruvattn.kernels.gat.gat_attend`: ``(out, alpha, status)``.
 
     ``a_edge`` is in slot order, as for the kernel.  ``alpha`` has ``num_edges + N`` rows
     (self-loop ids included); rows of edges with no slot are NaN.
@@ -229,7 +229,7 @@ def gatv2_attend(
     use_bias: bool,
     concat: bool,
 ) -> tuple[Array, Array, NDArray[np.int8]]:
-    """Twin of :func:`ruvattn.kernels.graph.gatv2_attend`: ``(out, alpha, status)`` (``alpha`` as in
+    """Twin of :func:`ruvattn.kernels.gat.gatv2_attend`: ``(out, alpha, status)`` (``alpha`` as in
     :func:`gat_attend`)."""
     heads, ch = att.shape
 

@@ -18,7 +18,7 @@ An experiment is a small YAML file next to its notebook, ``experiments/<name>.ex
       parameters: {repeats: 20}
 
 Each run of a point executes the notebook once with papermill. Its results are the values the
-notebook recorded with :func:`ruvattn.record` (read back from the executed copy). Everything
+notebook recorded with :func:`ruvattn.lab.record` (read back from the executed copy). Everything
 lands under ``experiments/runs/<name>/``:
 
 - ``points/<key>.ipynb`` (the executed notebook), ``<key>.log`` (its output) and ``<key>.json``
@@ -57,10 +57,10 @@ __all__ = [
     "Experiment",
     "RunReport",
     "code_version",
-    "compare",
     "find_experiment",
     "list_experiments",
     "load_experiment",
+    "median_table",
     "read_results",
     "run_experiment",
 ]
@@ -207,7 +207,7 @@ def run_point(task: dict[str, Any]) -> dict[str, Any]:
     """Execute one run (in a worker process or a Dask task) and write its ``.json`` record."""
     import papermill
 
-    from ruvattn.record import read_records
+    from ruvattn.lab.record import read_records
 
     out_nb, log_path, json_path = (Path(task[k]) for k in ("out_nb", "log", "json"))
     out_nb.parent.mkdir(parents=True, exist_ok=True)
@@ -400,7 +400,7 @@ def _parse(text: str) -> Any:
     return {"True": True, "False": False}.get(text, text)
 
 
-def compare(
+def median_table(
     experiment: str | Path | Experiment, *, metrics: list[str] | None = None
 ) -> tuple[list[str], list[list[Any]]]:
     """A table with one row per parameter set: the parameters, ``ok/total`` runs, and the median of each
@@ -410,7 +410,7 @@ def compare(
     exp = experiment if isinstance(experiment, Experiment) else load_experiment(experiment)
     rows = read_results(exp)
     if not rows:
-        raise InvalidConfig(f"compare: experiment {exp.name!r} has an empty results table.")
+        raise InvalidConfig(f"median_table: experiment {exp.name!r} has an empty results table.")
     columns = list(rows[0])
     params = columns[: columns.index("repeat")]
     recorded = columns[columns.index("key") + 1 :]
@@ -418,7 +418,7 @@ def compare(
         metrics = [c for c in recorded if all(r[c] is None or isinstance(r[c], (int, float)) for r in rows)]
     unknown = [m for m in metrics if m not in recorded]
     if unknown:
-        raise InvalidConfig(f"compare: unknown metric(s) {unknown}; recorded: {recorded}.")
+        raise InvalidConfig(f"median_table: unknown metric(s) {unknown}; recorded: {recorded}.")
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault(tuple(r[p] for p in params), []).append(r)

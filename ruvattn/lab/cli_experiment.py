@@ -1,10 +1,10 @@
-"""The ``experiment``, ``benchmark`` and ``compare`` commands of ``ruvattn`` (see :mod:`ruvattn.experiment`).
+"""The ``experiment``, ``benchmark`` and ``compare`` commands of ``ruvattn`` (see :mod:`ruvattn.lab.experiments`).
 
 - ``ruvattn experiment list`` — the experiment files in ``experiments/``;
 - ``ruvattn experiment run NAME [--workers N | --scheduler ADDRESS] [--ci] [--force]`` — run the
   points not in the cache, print what ran, what came from the cache and what failed (exit status
   1 if any run failed; the others' results are kept);
-- ``ruvattn experiment compare NAME [--metric M ...] [--json] [--plot FILE.html]`` — the median of
+- ``ruvattn experiment medians NAME [--metric M ...] [--json] [--plot FILE.html]`` — the median of
   each recorded metric per parameter set;
 - ``ruvattn benchmark`` — runs the ``spec_targets`` experiment and prints the specification's
   latency table with each row met or missed;
@@ -35,19 +35,19 @@ def _run_options(p: argparse.ArgumentParser) -> None:
 
 def add_parsers(sub: Any) -> None:
     """Add ``experiment``, ``benchmark`` and ``compare`` to the ``ruvattn`` parser."""
-    exp = sub.add_parser("experiment", help="parameter grids over papermill notebooks, cached (list/run/compare)")
+    exp = sub.add_parser("experiment", help="parameter grids over papermill notebooks, cached (list/run/medians)")
     esub = exp.add_subparsers(dest="action", required=True)
     ls = esub.add_parser("list", help="the experiment files")
     ls.add_argument("--dir", default="experiments")
     run = esub.add_parser("run", help="run an experiment's points (cached points are skipped)")
     run.add_argument("name", help="experiment name (experiments/NAME.experiment.yaml) or a file")
     _run_options(run)
-    cmp = esub.add_parser("compare", help="median of each recorded metric per parameter set")
-    cmp.add_argument("name")
-    cmp.add_argument("--dir", default="experiments")
-    cmp.add_argument("--metric", action="append", default=None, metavar="M", help="a recorded column (repeatable)")
-    cmp.add_argument("--json", action="store_true", help="print the table as JSON")
-    cmp.add_argument("--plot", default=None, metavar="FILE.html", help="also write a plotly bar chart (offline HTML)")
+    med = esub.add_parser("medians", help="median of each recorded metric per parameter set")
+    med.add_argument("name")
+    med.add_argument("--dir", default="experiments")
+    med.add_argument("--metric", action="append", default=None, metavar="M", help="a recorded column (repeatable)")
+    med.add_argument("--json", action="store_true", help="print the table as JSON")
+    med.add_argument("--plot", default=None, metavar="FILE.html", help="also write a plotly bar chart (offline HTML)")
     bench = sub.add_parser("benchmark", help="the specification's latency table (the spec_targets experiment)")
     _run_options(bench)
     bench.add_argument("--json", action="store_true")
@@ -72,7 +72,7 @@ def print_table(header: list[str], body: list[list[Any]]) -> None:
 
 
 def _execute(name: str, args: argparse.Namespace) -> Any:
-    from ruvattn.experiment import find_experiment, load_experiment, run_experiment
+    from ruvattn.lab.experiments import find_experiment, load_experiment, run_experiment
 
     if args.workers is not None and args.workers < 1:
         raise InvalidConfig(f"--workers must be at least 1; got {args.workers}")
@@ -99,16 +99,16 @@ def _plot(header: list[str], body: list[list[Any]], metrics: list[str], path: st
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch one of the commands; returns the exit status."""
-    from ruvattn.experiment import compare, find_experiment, list_experiments, load_experiment
+    from ruvattn.lab.experiments import find_experiment, list_experiments, load_experiment, median_table
 
     if args.command == "experiment" and args.action == "list":
         for path in list_experiments(args.dir):
             exp = load_experiment(path)
             print(f"{exp.name:24} {len(exp.runs()):4} runs  {exp.notebook.name:28} {exp.description}")
         return 0
-    if args.command == "experiment" and args.action == "compare":
+    if args.command == "experiment" and args.action == "medians":
         exp = load_experiment(find_experiment(args.name, args.dir))
-        header, body = compare(exp, metrics=args.metric)
+        header, body = median_table(exp, metrics=args.metric)
         if args.json:
             print(json.dumps([dict(zip(header, row, strict=True)) for row in body], indent=2))
         else:
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "experiment":
         print(report.summary())
     else:
-        from ruvattn.experiment_tables import peer_table, targets_table
+        from ruvattn.lab.tables import peer_table, targets_table
 
         header, body = (targets_table if args.command == "benchmark" else peer_table)(report.rows)
         if args.json:

@@ -153,7 +153,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="seed of the demo graph and of the layers' parameters")  # fmt: skip
     sub.add_parser("info", help="print the kernel backend (JSON)")
     sub.add_parser("warmup", help="compile every kernel once (fills NUMBA_CACHE_DIR)")
-    from ruvattn import cli_experiment
+    from ruvattn.lab import cli_experiment
 
     cli_experiment.add_parsers(sub)
     return p
@@ -187,7 +187,7 @@ def _demo(args: argparse.Namespace) -> list[dict[str, Any]]:
     from ruvattn.datasets import clustered_graph
     from ruvattn.errors import InvalidConfig
     from ruvattn.geometry import PoincareBall
-    from ruvattn.reference import graph as gref
+    from ruvattn.reference import gat as gref
     from ruvattn.reference import hyperbolic as href
     from ruvattn.reference import linear as lref
 
@@ -500,7 +500,7 @@ def _figures_for(kind: str, mech: Any, x: np.ndarray, nb: np.ndarray, m: int, di
     try:
         directory.mkdir(parents=True, exist_ok=True)
         if kind == "moe":
-            from ruvattn.widgets.moe import MoERoutingView
+            from ruvattn.widgets.routing import MoERoutingView
 
             widget: Any = MoERoutingView(mech, x[:m])
         elif kind in _HEADED:  # per-head panels of the first node over its own neighbours
@@ -587,7 +587,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(json.dumps(warmup()))
         elif args.command in ("experiment", "benchmark", "compare"):
-            from ruvattn import cli_experiment
+            from ruvattn.lab import cli_experiment
 
             return cli_experiment.run(args)
     except AttentionError as exc:

@@ -225,3 +225,212 @@ def raise_for_status(
             f"{op}: nothing to attend over{where}: the key set is empty or every key is masked out. "
             "Pass at least one key with mask=True."
         )
+
+
+# -- parameter constraints (declared once, used by every Param in the package) ----------------
+
+
+def _message(owner: str, name: str, text: str, value: Any, none: bool, hint: str = "") -> InvalidConfig:
+    alt = " or None" if none else ""
+    return InvalidConfig(f"{owner}: '{name}' must be {text}{alt}; got {value!r}.{hint}")
+
+
+class Constraint:
+    """What a parameter's value must be.  :meth:`check` returns the normalised value or raises
+    :class:`InvalidConfig` as ``"<owner>: '<name>' must be <describe()>; got <value>."``.
+
+    ``control`` names the widget that edits it (``"int"``, ``"float"``, ``"bool"``, ``"choice"``
+    or ``""`` for none); ``low``/``high``/``choices`` bound it.
+    """
+
+    control: str = ""
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[Any, ...] = ()
+    hint: str = ""
+
+    def check(self, owner: str, name: str, value: Any, none: bool = False) -> Any:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+def _is_int(value: Any) -> bool:
+    return not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, np.integer))
+
+
+def _is_real(value: Any) -> bool:
+    return not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, float, np.integer, np.floating))
+
+
+class Integer(Constraint):
+    """An integer in ``[low, high]`` (either bound may be open-ended)."""
+
+    control = "int"
+
+    def __init__(self, low: int | None = None, high: int | None = None, hint: str = "") -> None:
+        self.low, self.high, self.hint = low, high, hint
+
+    def check(self, owner: str, name: str, value: Any, none: bool = False) -> int:
+        if (
+            not _is_int(value)
+            or (self.low is not None and value < self.low)
+            or (self.high is not None and value > self.high)
+        ):
+            raise _message(owner, name, self.describe(), value, none, self.hint)
+        return int(value)
+
+    def describe(self) -> str:
+        if self.low == 1 and self.high is None:
+            return "a positive integer"
+        if self.low == 0 and self.high is None:
+            return "a non-negative integer"
+        lo = "-inf" if self.low is None else str(self.low)
+        hi = "inf" if self.high is None else str(self.high)
+        return f"an integer in [{lo}, {hi}]"
+
+
+class Real(Constraint):
+    """A finite real number in an interval; ``closed`` is ``"both"``, ``"left"``, ``"right"`` or ``"neither"``."""
+
+    control = "float"
+
+    def __init__(
+        self, low: float | None = None, high: float | None = None, closed: str = "both", hint: str = ""
+    ) -> None:
+        self.low, self.high, self.closed, self.hint = low, high, closed, hint
+
+    def check(self, owner: str, name: str, value: Any, none: bool = False) -> float:
+        ok = _is_real(value) and bool(np.isfinite(value))
+        if ok:
+            f = float(value)
+            left = self.closed in ("both", "left")
+            right = self.closed in ("both", "right")
+            if self.low is not None and (f < self.low or (f == self.low and not left)):
+                ok = False
+            if self.high is not None and (f > self.high or (f == self.high and not right)):
+                ok = False
+        if not ok:
+            raise _message(owner, name, self.describe(), value, none, self.hint)
+        return float(value)
+
+    def describe(self) -> str:
+        if self.low is None and self.high is None:
+            return "a finite number"
+        lo = "-inf" if self.low is None else f"{self.low:g}"
+        hi = "inf" if self.high is None else f"{self.high:g}"
+        left = "[" if self.closed in ("both", "left") and self.low is not None else "("
+        right = "]" if self.closed in ("both", "right") and self.high is not None else ")"
+        return f"a number in {left}{lo}, {hi}{right}"
+
+
+class Options(Constraint):
+    """One of a fixed set of values (strings)."""
+
+    control = "choice"
+
+    def __init__(self, *choices: Any, hint: str = "") -> None:
+        self.choices, self.hint = tuple(choices), hint
+
+    def check(self, owner: str, name: str, value: Any, none: bool = False) -> Any:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool) or value not in self.choices:
+            raise _message(owner, name, self.describe(), value, none, self.hint)
+        return value
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(repr(c) for c in self.choices)
+
+
+class Boolean(Constraint):
+    """``True`` or ``False`` (numpy booleans accepted; 0/1 are not)."""
+
+    control = "bool"
+
+    def check(self, owner: str, name: str, value: Any, none: bool = False) -> bool:
+        if not isinstance(value, (bool, np.bool_)):
+            raise _message(owner, name, self.describe(), value, none)
+        return bool(value)
+
+    def describe(self) -> str:
+        return "True or False"
+
+
+class Either(Constraint):
+    """The first of several constraints that accepts the value (e.g. a mode name or a number)."""
+
+    def __init__(self, *options: Constraint) -> None:
+        self.options = options
+        self.control = options[0].control
+        self.choices = tuple(c for o in options for c in o.choices)
+
+    def check(self, owner: str, name: str, value: Any, none: bool = False) -> Any:
+        for o in self.options:
+            try:
+                return o.check(owner, name, value)
+            except InvalidConfig:
+                continue
+        raise _message(owner, name, self.describe(), value, none)
+
+    def describe(self) -> str:
+        return " or ".join(o.describe() for o in self.options)
+
+
+class Custom(Constraint):
+    """A check written as a function ``(owner, name, value) -> normalised value`` that raises
+    :class:`InvalidConfig` itself (lists of experts, manifold factors)."""
+
+    def __init__(self, check: Any, text: str) -> None:
+        self._check, self._text = check, text
+
+    def check(self, owner: str, name: str, value: Any, none: bool = False) -> Any:
+        return self._check(owner, name, value)
+
+    def describe(self) -> str:
+        return self._text
+
+
+#: Shared constraints: declared here once, named by every mechanism that has the parameter.
+POSITIVE_INT = Integer(1)
+NON_NEGATIVE_INT = Integer(0)
+SEED = Integer(0, 2**63 - 1)
+PROBABILITY = Real(0.0, 1.0, closed="left")
+POSITIVE = Real(0.0, None, closed="neither")
+NON_NEGATIVE = Real(0.0, None, closed="left")
+FLAG = Boolean()
+
+
+class Curvature(Real):
+    """A signed curvature: negative for hyperbolic spaces (``-1.0`` is the unit ball)."""
+
+    def __init__(self, sign: int = -1, hint: str = "") -> None:
+        if sign < 0:
+            super().__init__(None, 0.0, closed="neither", hint=hint)
+        else:
+            super().__init__(0.0, None, closed="neither", hint=hint)
+        self.sign = sign
+
+    def describe(self) -> str:
+        return "negative (e.g. -1.0 for the unit ball)" if self.sign < 0 else "positive (e.g. 1.0 for the unit sphere)"
+
+
+NEGATIVE_CURVATURE = Curvature(-1)
+
+
+def float_list(owner: str, name: str, value: Any, length: int | None = None, low: float = 0.0) -> list[float]:
+    """A list of finite numbers ``>= low`` (of ``length`` entries when given)."""
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        arr = None
+    if (
+        arr is None
+        or arr.ndim != 1
+        or (length is not None and arr.size != length)
+        or not np.all(np.isfinite(arr))
+        or np.any(arr < low)
+        or any(isinstance(v, (bool, np.bool_)) for v in np.ravel(np.asarray(value, dtype=object)))
+    ):
+        size = f"{length} " if length is not None else ""
+        raise InvalidConfig(f"{owner}: '{name}' must be a list of {size}finite numbers >= {low:g}; got {value!r}.")
+    return [float(x) for x in arr]

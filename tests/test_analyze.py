@@ -13,11 +13,9 @@ import pytest
 from scipy.spatial.distance import jensenshannon
 from scipy.special import softmax
 
-from ruvattn import MoEAttention, MultiHeadAttention, ScaledDotProductAttention, analysis
+from ruvattn import MoEAttention, MultiHeadAttention, ScaledDotProductAttention, analysis, build
 from ruvattn.datasets import clustered_graph
-from ruvattn.geometry import PoincareBall
 from ruvattn.lab.cli import main
-from ruvattn.mechanisms import LocalGlobalAttention
 
 NODES, DIM, K, M, SEED = 120, 16, 8, 20, 3
 SMALL = ["--nodes", str(NODES), "--dim", str(DIM), "--neighbours", str(K), "--queries", str(M), "--seed", str(SEED)]
@@ -66,33 +64,38 @@ def test_scaled_dot_product_numbers_are_analysis_of_the_same_weights(capsys, gra
 def test_multi_head_reports_head_diversity_of_the_per_head_weights(capsys, graph):
     (row,) = _run(capsys, "--mechanism", "multi_head", "--heads", "4")["results"]
     mha = MultiHeadAttention(DIM, 4, seed=SEED)
-    heads = _per_node(mha.head_attention_weights, graph.embeddings, graph.neighbours)  # (h, M, K)
+    heads = _per_node(mha.weights, graph.embeddings, graph.neighbours)  # (h, M, K), one node at a time
     assert heads.shape == (4, M, K) and row["heads"] == 4
-    assert row["head_diversity"] == pytest.approx(analysis.head_diversity(heads), rel=1e-12)
+    # the tool reads the neighbour-list form of weights(): the same numbers up to float32 rounding
+    assert row["head_diversity"] == pytest.approx(analysis.head_diversity(heads), rel=1e-4)
     by_scipy = np.mean([jensenshannon(heads[a, q], heads[b, q]) ** 2
                         for a in range(4) for b in range(a + 1, 4) for q in range(M)])  # fmt: skip
-    assert row["head_diversity"] == pytest.approx(by_scipy, rel=1e-8)
-    np.testing.assert_allclose(row["head_entropy"], [analysis.entropy(h).mean() for h in heads], rtol=1e-12)
+    assert row["head_diversity"] == pytest.approx(by_scipy, rel=1e-4)
+    np.testing.assert_allclose(row["head_entropy"], [analysis.entropy(h).mean() for h in heads], rtol=1e-6)
     # the (M, K) statistics are of the head-averaged weights, torch's average_attn_weights
-    assert row["entropy"] == pytest.approx(analysis.entropy(heads.mean(axis=0)).mean(), rel=1e-12)
-    assert row["top_k_mass"] == pytest.approx(analysis.top_k_mass(heads.mean(axis=0), 8).mean(), rel=1e-12)
+    assert row["entropy"] == pytest.approx(analysis.entropy(heads.mean(axis=0)).mean(), rel=1e-6)
+    assert row["top_k_mass"] == pytest.approx(analysis.top_k_mass(heads.mean(axis=0), 8).mean(), rel=1e-6)
 
 
-def test_moe_reports_routing_balance_of_the_builder_layer(capsys, graph):
+def test_moe_reports_routing_balance_of_its_example_layer(capsys, graph):
     (row,) = _run(capsys, "--mechanism", "moe", "--top-k", "1")["results"]
     x = graph.embeddings
-    ball = PoincareBall(-1.0).expmap0(x / np.float32(np.linalg.norm(x, axis=1).mean()))
-    moe = (MoEAttention.builder().add_local_expert(DIM).add_hyperbolic_expert(DIM, -1.0)
-           .add_expert(LocalGlobalAttention(DIM, local_window=K // 2, global_nodes=K // 8))
-           .add_linear_expert(64, seed=SEED).top_k(1).seed(SEED).build())  # fmt: skip
-    rec = moe.routing_record(ball[:M])
+    params = MoEAttention.example_params(DIM)
+    moe = build({"type": "moe", **params, "top_k": 1, "seed": SEED})
+    rec = moe.routing_record(x[:M])
+    routing = row["routing"]
     expect = analysis.routing_balance(rec)
     for name, value in expect.items():
-        assert row[name] == (pytest.approx(value, rel=1e-12) if isinstance(value, float) else value), name
-    assert row["load"] == rec.load.tolist() and sum(row["load"]) == M * 1
-    assert (row["experts"], row["queries"], row["top_k"]) == (4, M, 1)
-    assert row["uniform_entropy"] == pytest.approx(math.log(4))
-    assert row["normalized_router_entropy"] == pytest.approx(expect["router_entropy"] / math.log(4), rel=1e-12)
+        assert routing[name] == (pytest.approx(value, rel=1e-12) if isinstance(value, float) else value), name
+    assert routing["load"] == rec.load.tolist() and sum(routing["load"]) == M * 1
+    assert routing["expert_kinds"] == [e["type"] for e in params["experts"]]
+    e = len(params["experts"])
+    assert (routing["experts"], routing["queries"], routing["top_k"]) == (e, M, 1)
+    assert routing["uniform_entropy"] == pytest.approx(math.log(e))
+    assert routing["normalized_router_entropy"] == pytest.approx(expect["router_entropy"] / math.log(e), rel=1e-12)
+    # its weights are the routing-weighted mixture of the chosen experts' weights
+    w = np.stack([moe.attention_weights(x[i], x[graph.neighbours[i]]) for i in range(M)])
+    assert row["entropy"] == pytest.approx(analysis.entropy(w).mean(), rel=1e-5)
 
 
 def test_npy_data_uses_exact_cosine_knn(capsys, tmp_path):
@@ -124,9 +127,10 @@ def test_table_on_stdout_with_both_sections(capsys):
     assert set(lines[1]) == {"-"}
     assert lines[2].split()[:3] == ["scaled_dot_product", str(M), str(K)] and lines[2].split()[-1] == "-"
     assert lines[3].split()[0] == "gat" and float(lines[3].split()[-1]) >= 0
-    assert lines[4] == ""
-    assert lines[5].split()[:4] == ["mechanism", "queries", "experts", "top-k"]
-    assert lines[7].split()[:4] == ["moe", str(M), "4", "2"]
+    assert lines[4].split()[:3] == ["moe", str(M), str(K)] and lines[4].split()[-1] == "-"
+    assert lines[5] == ""
+    assert lines[6].split()[:3] == ["mechanism", "experts", "top-k"]
+    assert lines[8].split()[:3] == ["moe", "3", "2"]
     assert lines[-1].startswith("data: demo")
     assert "ruvattn analyze" in err  # progress on stderr
 
@@ -140,15 +144,14 @@ def test_figures_writes_offline_html_and_svg(capsys, tmp_path):
     names = sorted(p.name for p in out_dir.iterdir())
     assert names == sorted(
         f"{stem}.{ext}"
-        for stem in ("moe", "scaled_dot_product", "multi_head", "multi_head-heads")
+        for stem in ("moe", "moe-routing", "scaled_dot_product", "multi_head", "multi_head-heads")
         for ext in ("html", "svg")
     )
     assert sorted(out["figures"]) == sorted(str(out_dir / n) for n in names)
     # the heatmaps draw each node over its own neighbours: their titles carry the table's numbers
     for row in out["results"]:
-        if row["mechanism"] != "moe":
-            page = (out_dir / f"{row['mechanism']}.html").read_text(encoding="utf-8")
-            assert f"entropy {row['entropy']:.3f} nats" in page, row["mechanism"]
+        page = (out_dir / f"{row['mechanism']}.html").read_text(encoding="utf-8")
+        assert f"entropy {row['entropy']:.3f} nats" in page, row["mechanism"]
     for stem in ("moe", "scaled_dot_product"):
         page = (out_dir / f"{stem}.html").read_text(encoding="utf-8")
         assert '<script src="http' not in page and "<!DOCTYPE html>" in page
@@ -187,10 +190,10 @@ def _bad(tmp_path) -> list[tuple[list[str], str]]:
         (["--mechanism", "scaled_dot_product", "--nodes", "10", "--neighbours", "10"],
          "--neighbours (10) must be < --nodes (10)"),
         (["--mechanism", "multi_head", "--dim", "10", "--heads", "3", "--nodes", "30", "--neighbours", "4"],
-         "--heads must divide the embedding width 10"),
+         "MultiHeadAttention: 'num_heads' must divide hidden_dim=10; got 3"),
         (["--mechanism", "gat", "--heads", "17", "--nodes", "30", "--neighbours", "4"], "--heads must be in [1, 16]"),
         (["--mechanism", "moe", "--top-k", "5", "--nodes", "30", "--neighbours", "4"],
-         "--top-k must be at most 4 (the experts) for moe"),
+         "MoEAttention: 'top_k' must be an integer in [1, 3]"),
         (["--mechanism", "scaled_dot_product", "--data", str(tmp_path / "missing.npy")], "--data: cannot read"),
         (["--mechanism", "scaled_dot_product", "--data", str(text)], "--data: cannot read"),
         (["--mechanism", "scaled_dot_product", "--data", "emb.csv"], "--data must be 'demo' or a path to a .npy"),

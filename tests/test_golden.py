@@ -42,7 +42,7 @@ def test_scaled_dot_product_golden(path):
         w = attn.attention_weights(q, k, mask=mask)
     else:
         out = attn.forward_batch(q, k, v, mask=mask)
-        w = attn.attention_weights_batch(q, k, mask=mask)
+        w = attn.weights(q, k, mask=mask)[0]
         lse = FlashAttention(q.shape[-1], temperature=T).forward_with_lse(q, k, v, mask=mask)[1]
     assert out.dtype == np.float32
     assert_close(case, "output", out)
@@ -90,7 +90,7 @@ def test_multi_head_golden(path):
     x, key, value = (case["inputs"][n] for n in ("query", "key", "value"))
     x = np.atleast_2d(x)  # [m, d] (the public corpus has m = 1)
     assert_close(case, "output", np.stack([mha.forward(row, key, value) for row in x]))
-    heads = np.stack([mha.head_attention_weights(row, key) for row in x], axis=1)  # [h, m, n]
+    heads = np.stack([mha.weights(row, key) for row in x], axis=1)  # [h, m, n]
     assert_close(case, "attn_weights", heads)
     assert_close(case, "attn_weights_avg", np.stack([mha.attention_weights(row, key) for row in x]))
     # projected once and reused; the batch and neighbour forms agree with the golden output too

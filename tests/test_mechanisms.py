@@ -94,7 +94,7 @@ def test_batch_forms_equal_single_query():
         for i in range(6):
             np.testing.assert_allclose(got[i], attn.forward(qs[i], K, Vv, mask=mask[i]), atol=2e-6)
     sd = ScaledDotProductAttention(16)
-    w = sd.attention_weights_batch(qs, K, mask=mask[0])
+    w = sd.weights(qs, K, mask=mask[0])[0]
     np.testing.assert_allclose(w[3], sd.attention_weights(qs[3], K, mask=mask[0]), atol=1e-7)
 
 
@@ -117,7 +117,7 @@ def test_neighbour_lists_csr_padded_and_empty_node():
         assert empty.indptr.tolist() == [0] * (shape[0] + 1) and empty.nnz == 0
     full = NeighbourList.from_padded(np.array([[3, 1], [0, 2], [2, 2]]), 30)
     assert full.indptr.tolist() == [0, 2, 4, 6] and full.indices.tolist() == [3, 1, 0, 2, 2, 2]
-    w = attn.attention_weights_neighbours(qs, table, nl)
+    w = attn.weights(qs, table, neighbours=nl)[0]
     np.testing.assert_allclose(w[:3], attn.attention_weights(qs[0], table[[1, 2, 3]]), atol=1e-7)
     np.testing.assert_allclose(FlashAttention(16).forward_neighbours(qs, table, vals, nl), out, atol=1e-7)
     with pytest.raises(OutOfBounds, match=r"NeighbourList: neighbour ids must be in \[0, 30\); got 30"):
@@ -141,11 +141,11 @@ def test_mha_projected_batch_and_neighbours_agree():
     ids = np.tile(np.arange(20), (3, 1))
     np.testing.assert_allclose(mha.forward_neighbours(x, table, table, ids), single, atol=1e-5)
     ragged = NeighbourList.from_lists([[3, 1, 4], [], [15, 9, 2, 6, 5]], 20)
-    ew = mha.head_attention_weights_neighbours(x, table, ragged)
+    ew = mha.weights(x, table, neighbours=ragged)
     assert ew.shape == (4, 8)
-    np.testing.assert_allclose(ew[:, :3], mha.head_attention_weights(x[0], table, ids=[3, 1, 4]), atol=1e-7)
-    np.testing.assert_allclose(ew[:, 3:], mha.head_attention_weights(x[2], table[[15, 9, 2, 6, 5]]), atol=1e-7)
-    hw = mha.head_attention_weights(x[0], table)
+    np.testing.assert_allclose(ew[:, :3], mha.weights(x[0], table, ids=[3, 1, 4]), atol=1e-7)
+    np.testing.assert_allclose(ew[:, 3:], mha.weights(x[2], table[[15, 9, 2, 6, 5]]), atol=1e-7)
+    hw = mha.weights(x[0], table)
     assert hw.shape == (4, 20) and np.allclose(hw.sum(axis=1), 1, atol=1e-6)
     np.testing.assert_allclose(mha.attention_weights(x[0], table), hw.mean(0), atol=1e-7)
     # head_output -> out_proj is forward
@@ -164,7 +164,7 @@ def test_mha_reference_and_seeded_init():
     x = RNG.standard_normal((11, 32)).astype(np.float32)
     out, w, _ = ref.multi_head_attention(x[0].astype(np.float64), x, x, *(t.astype(np.float64) for t in a._arrays()), 2)
     np.testing.assert_allclose(a.forward(x[0], x, x), out, atol=2e-6)
-    np.testing.assert_allclose(a.head_attention_weights(x[0], x), w, atol=1e-6)
+    np.testing.assert_allclose(a.weights(x[0], x), w, atol=1e-6)
 
 
 def test_dropout_only_in_training_and_seeded():
@@ -271,7 +271,7 @@ def test_registry_params_and_json_round_trip():
         np.testing.assert_array_equal(again.forward(x[0], x, x), mech.forward(x[0], x, x))
     m = MultiHeadAttention(8, 2)
     m.set_params(num_heads=4)
-    assert m.num_heads == 4 and m.head_attention_weights(np.ones(8), np.ones((3, 8))).shape == (4, 3)
+    assert m.num_heads == 4 and m.weights(np.ones(8), np.ones((3, 8))).shape == (4, 3)
     with pytest.raises(InvalidConfig, match="num_heads' must divide hidden_dim=8; got 3"):
         m.set_params(num_heads=3)
     assert m.num_heads == 4  # a failed set_params changes nothing

@@ -81,5 +81,5 @@ def test_multi_head_weights_sum_to_one(p, heads):
     d = q.shape[0]
     if d % heads:
         heads = 1
-    w = MultiHeadAttention(d, heads).head_attention_weights(q, k)
+    w = MultiHeadAttention(d, heads).weights(q, k)
     np.testing.assert_allclose(w.astype(np.float64).sum(axis=1), 1, atol=1e-5)

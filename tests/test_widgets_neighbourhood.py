@@ -107,7 +107,7 @@ def test_multi_head_and_gat_show_the_mean_over_heads(small, kind):
         if kind == "gat":
             expect = np.asarray(mech.attention_weights(f[u], f[nl.indices[rows]], ef[rows])).mean(axis=0)
         else:
-            expect = np.asarray(mech.head_attention_weights(f[u], f[nl.indices[rows]])).mean(axis=0)
+            expect = np.asarray(mech.weights(f[u], f[nl.indices[rows]])).mean(axis=0)
         mine = s.edge_target == u
         assert s.edge_source[mine].tolist() == nl.indices[rows].tolist()
         np.testing.assert_allclose(s.edge_weight[mine], expect, rtol=1e-5)

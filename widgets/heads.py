@@ -21,7 +21,7 @@ from plotly.subplots import make_subplots
 
 from ruvattn import analysis
 from ruvattn.errors import InvalidConfig
-from ruvattn.mechanisms import Attention, GATConv, GATv2Conv
+from ruvattn.mechanisms import Attention
 
 from ._base import AttentionWidget, as_matrix, weight_colorscale
 
@@ -33,16 +33,13 @@ COLUMNS = 4
 
 def head_weights(mech: Attention, queries: np.ndarray, keys: np.ndarray, edge_features: Any = None) -> np.ndarray:
     """``(heads, m, n)`` weights of each query row over ``keys``, per head, asked of the mechanism."""
-    if isinstance(mech, (GATConv, GATv2Conv)):
-        per_query = [mech.attention_weights(q, keys, edge_features) for q in queries]
-    elif hasattr(mech, "head_attention_weights"):
-        per_query = [mech.head_attention_weights(q, keys) for q in queries]
-    else:
+    if mech.num_weight_heads < 2:
         raise InvalidConfig(
-            f"HeadView: {type(mech).__name__} has no heads; use MultiHeadAttention, DynamicHeadAttention, "
-            "GATConv or GATv2Conv (or AttentionHeatmap for a single-head mechanism)."
+            f"HeadView: {type(mech).__name__} has no heads (num_weight_heads = 1); use a mechanism with heads "
+            "(multi-head, dynamic heads, GAT, GATv2) or AttentionHeatmap for a single-head mechanism."
         )
-    return np.stack([np.asarray(w, dtype=np.float64) for w in per_query], axis=1)
+    options = {"edge_features": edge_features} if edge_features is not None else {}
+    return np.asarray(mech.weights(np.atleast_2d(queries), keys, **options), dtype=np.float64)
 
 
 @dataclass(frozen=True)

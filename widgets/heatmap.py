@@ -89,27 +89,10 @@ def mechanism_controls(mech: Attention, num_keys: int) -> dict[str, ipw.ValueWid
 
 
 def mechanism_weights(mech: Attention, queries: np.ndarray, keys: np.ndarray, edge_features: Any = None) -> np.ndarray:
-    """``(m, n)`` weights of each query row over ``keys``, asked of the mechanism itself.
-
-    Multi-head mechanisms give the mean over heads (PyTorch's ``average_attn_weights``); GAT the
-    mean over its heads too. A mechanism without weights (mixture of experts) raises
-    :class:`~ruvattn.errors.Unsupported`-style :class:`InvalidConfig` naming it.
-    """
-    batch = getattr(mech, "attention_weights_batch", None)
-    if batch is not None and edge_features is None:
-        return np.asarray(batch(queries, keys), dtype=np.float64)
-    single = getattr(mech, "attention_weights", None)
-    if single is None:
-        raise InvalidConfig(
-            f"AttentionHeatmap: {type(mech).__name__} has no attention weights to show "
-            "(a mixture of experts mixes outputs, not weights; use MoERoutingView)."
-        )
-    rows = []
-    for q in queries:
-        w = single(q, keys) if edge_features is None else single(q, keys, edge_features)
-        w = np.asarray(w, dtype=np.float64)
-        rows.append(w.mean(axis=0) if w.ndim == 2 else w)
-    return np.vstack(rows)
+    """``(m, n)`` weights of each query row over ``keys``, asked of the mechanism itself: the head mean of
+    :meth:`~ruvattn.mechanisms.Attention.weights` (PyTorch's ``average_attn_weights``)."""
+    options = {"edge_features": edge_features} if edge_features is not None else {}
+    return np.asarray(mech.weights(np.atleast_2d(queries), keys, **options), dtype=np.float64).mean(axis=0)
 
 
 @dataclass(frozen=True)
@@ -204,7 +187,7 @@ class AttentionHeatmap(AttentionWidget):
         if self.neighbours is None:
             columns = np.arange(self.keys.shape[0])
             weights = mechanism_weights(self.mechanism, q, self.keys, self.edge_features)
-            exact = None if mode == "weights" else np.asarray(ref.attention_weights_batch(q, self.keys), np.float64)
+            exact = None if mode == "weights" else np.asarray(ref.weights(q, self.keys)[0], np.float64)
             stats = analysis.summarize(weights, k=8)
         else:
             columns, weights, exact, stats = self._neighbour_weights(rows, ref, mode != "weights")

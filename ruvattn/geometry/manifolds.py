@@ -116,6 +116,25 @@ class Manifold(ABC):
         """The base point where ``expmap0``/``logmap0`` are taken (``dim`` coordinates)."""
         return np.zeros(dim, dtype)
 
+    def embed(self, x: Any) -> Array:
+        """Euclidean rows ``(n, d)`` mapped onto the manifold: the one "data into the space" map.
+
+        Rows are scaled so the longest has norm ``0.5/sqrt(c)`` (0.5 when flat), read as tangent
+        vectors at :meth:`origin` and mapped by :meth:`expmap0`, so any finite data set gives
+        valid points well inside the chart.  The dtype is kept (float32/float64).
+        """
+        arr = np.asarray(x)
+        dt = arr.dtype if arr.dtype in (np.float32, np.float64) else np.dtype(np.float64)
+        u = self._tangent_at_origin(np.asarray(arr, np.float64))
+        top = float(np.max(np.linalg.norm(u, axis=-1))) if u.size else 0.0
+        if top > 0:
+            u = u * (0.5 / (top * (math.sqrt(self.c) if self.c > 0 else 1.0)))
+        return np.asarray(self.expmap0(u), dtype=dt)
+
+    def _tangent_at_origin(self, u: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Euclidean rows as tangent vectors at :meth:`origin` (they already are, except on the hyperboloid)."""
+        return u
+
     @abstractmethod
     def proj(self, x: Any) -> Array:
         """Map ``x`` onto the manifold (or inside its chart)."""
@@ -184,6 +203,11 @@ class Euclidean(Manifold):
         (a, b), single = _rows("euclidean.dist", x=x, y=y)
         d = np.sqrt(np.sum((a.astype(np.float64) - b) ** 2, axis=1)).astype(a.dtype)
         return d[0] if single else d
+
+    def embed(self, x: Any) -> Array:
+        """Euclidean data is already in the space: returned as a float array, unscaled."""
+        arr = np.asarray(x)
+        return arr if arr.dtype in (np.float32, np.float64) else arr.astype(np.float64)
 
     def expmap0(self, u: Any) -> Array:
         return self.proj(u)
@@ -398,6 +422,11 @@ class Lorentz(Manifold):
         out = np.empty_like(a)
         H.lorentz_logmap(a, b, self.c, out)
         return _out(out, single)
+
+    def _tangent_at_origin(self, u: NDArray[np.float64]) -> NDArray[np.float64]:
+        t = u.copy()
+        t[..., 0] = 0.0  # the tangent space at the origin (1/sqrt(c), 0, ...) has no time component
+        return t
 
     def expmap0(self, u: Any) -> Array:
         u2 = np.asarray(u)

@@ -301,12 +301,7 @@ def _print_table(table: list[dict[str, Any]]) -> None:
 
 # -- analyze ------------------------------------------------------------------------------
 
-#: kinds whose weights come per head (head diversity is reported for them)
-_HEADED = ("multi_head", "dynamic_heads", "gat", "gatv2")
-#: kinds that need points of the Poincaré ball (the data is mapped there first, see _to_ball)
-_BALL = ("hyperbolic", "manifold", "mixed_curvature", "moe")
 _MASS = 0.9
-_MOE_EXPERTS = ("local (scaled dot-product)", "hyperbolic (c = -1)", "sparse (local + global)", "linear (FAVOR+)")
 
 
 def _load_embeddings(text: str) -> np.ndarray:
@@ -330,57 +325,19 @@ def _load_embeddings(text: str) -> np.ndarray:
     return x
 
 
-def _to_ball(x: np.ndarray) -> np.ndarray:
-    """The rows mapped into the unit Poincaré ball: ``expmap0(x / mean |x|)`` (as ``ruvattn demo`` does).
+def _analysis_mechanism(kind: str, dim: int, args: argparse.Namespace, k: int) -> Any:
+    """The mechanism of ``kind`` at width ``dim``: its :meth:`~ruvattn.mechanisms.Attention.example_params`
+    with the flags applied to the parameters of those names (``--heads``, ``--seed``, ``--top-k`` as the
+    router's ``top_k``; a local window of ``k/2`` and ``k/8`` landmarks)."""
+    from ruvattn.mechanisms import build, mechanism_class
 
-    Rescaling by the mean row norm puts a typical row at radius ``tanh(1) ≈ 0.76`` whatever the
-    data's scale, and ``expmap0`` keeps directions, so the neighbour structure is the same.
-    """
-    from ruvattn.geometry import PoincareBall
-
-    scale = float(np.linalg.norm(x, axis=1).mean()) or 1.0
-    return PoincareBall(-1.0).expmap0(x / x.dtype.type(scale))
-
-
-def _analysis_mechanism(kind: str, dim: int, args: argparse.Namespace, k: int, top_k: int) -> Any:
-    """The mechanism of ``kind`` for width ``dim`` with the flags' heads/seed (documented in ``analyze``)."""
-    from ruvattn import GATConv, GATv2Conv, LocalGlobalAttention, MoEAttention, build
-
-    window, landmarks = max(1, k // 2), k // 8
-    if kind in ("multi_head", "dynamic_heads"):
-        return build({"type": kind, "dim": dim, "num_heads": args.heads, "seed": args.seed})
-    if kind in ("gat", "gatv2"):
-        cls = GATConv if kind == "gat" else GATv2Conv
-        return cls(dim, max(1, dim // args.heads), heads=args.heads, seed=args.seed)
-    if kind in ("local_global", "sparse_graph"):
-        return build({"type": kind, "dim": dim, "local_window": window, "global_nodes": landmarks})
-    if kind == "linear":
-        return build({"type": kind, "dim": dim, "seed": args.seed})
-    if kind == "moe":
-        moe = (MoEAttention.builder().add_local_expert(dim).add_hyperbolic_expert(dim, -1.0)
-               .add_expert(LocalGlobalAttention(dim, local_window=window, global_nodes=landmarks))
-               .add_linear_expert(64, seed=args.seed).top_k(top_k).seed(args.seed).build())  # fmt: skip
-        return moe
-    return build({"type": kind, "dim": dim})
-
-
-def _graph_weights(mech: Any, kind: str, x: np.ndarray, nb: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Weights ``(m, K)`` of node ``i`` over its own neighbour rows ``x[nb[i]]`` and, for headed kinds,
-    the per-head weights ``(h, m, K)`` (the ``(m, K)`` matrix is then their mean, as torch averages)."""
-    rows, heads = [], []
-    for i in range(m):
-        keys = x[nb[i]]
-        if kind in ("gat", "gatv2"):
-            hw = np.asarray(mech.attention_weights(x[i], keys), np.float64)
-        elif kind in _HEADED:
-            hw = np.asarray(mech.head_attention_weights(x[i], keys), np.float64)
-        else:
-            rows.append(np.asarray(mech.attention_weights(x[i], keys), np.float64))
-            continue
-        heads.append(hw)
-        rows.append(hw.mean(axis=0))
-    per_head = np.stack(heads, axis=1) if heads else None
-    return np.vstack(rows), per_head
+    cls = mechanism_class(kind)
+    params = cls.example_params(dim, heads=args.heads)
+    overrides = {"seed": args.seed, "local_window": max(1, k // 2), "global_nodes": k // 8}
+    if args.top_k is not None:
+        overrides["top_k"] = args.top_k
+    params.update({name: value for name, value in overrides.items() if name in cls._param_index})
+    return build({"type": kind, **params})
 
 
 def _widgets_missing() -> str | None:
@@ -441,49 +398,41 @@ def _analyze(args: argparse.Namespace) -> dict[str, Any]:
     k, m = args.neighbours, (min(64, n) if args.queries is None else args.queries)
     if m > n:
         raise InvalidConfig(f"--queries ({m}) must be at most the number of nodes ({n}).")
-    headed = [kind for kind in kinds if kind in _HEADED]
-    if headed and not 1 <= args.heads <= 16:
-        raise InvalidConfig(f"--heads must be in [1, 16] for {', '.join(headed)}; got {args.heads}.")
-    if any(kind in ("multi_head", "dynamic_heads") for kind in kinds) and d % args.heads:
-        raise InvalidConfig(f"--heads must divide the embedding width {d} for multi_head/dynamic_heads; "
-                            f"got {args.heads}.")  # fmt: skip
-    moe_k = 2 if args.top_k is None else args.top_k
-    if "moe" in kinds and moe_k > len(_MOE_EXPERTS):
-        raise InvalidConfig(f"--top-k must be at most {len(_MOE_EXPERTS)} (the experts) for moe; got {moe_k}.")
+    if not 1 <= args.heads <= 16:
+        raise InvalidConfig(f"--heads must be in [1, 16]; got {args.heads}.")
     mass_k = 8 if args.top_k is None else args.top_k
     mode = f"each of the first {m} nodes over its own {k} nearest neighbours (cosine kNN)"
     data.update(nodes=n, dim=d, neighbours=k, queries=m, seed=args.seed, mode=mode)
-    ball = _to_ball(x) if any(kind in _BALL for kind in kinds) else x
 
     results: list[dict[str, Any]] = []
     written: list[str] = []
     for kind in tqdm(kinds, desc="ruvattn analyze", file=sys.stderr, unit="mechanism"):
-        xs = ball if kind in _BALL else x
-        mech = _analysis_mechanism(kind, d, args, k, moe_k)
-        if kind == "moe":
-            record = mech.routing_record(xs[:m])
-            num_e = record.probs.shape[1]
-            row: dict[str, Any] = {"mechanism": kind, "expert_kinds": list(_MOE_EXPERTS)}
-            row.update(analysis.routing_balance(record))
-            row.update(
-                uniform_entropy=math.log(num_e),
-                normalized_router_entropy=float(analysis.normalized_entropy(record.probs).mean()),
-                load=record.load.tolist(), utilisation=record.utilisation.tolist(),
-            )  # fmt: skip
-        else:
-            weights, per_head = _graph_weights(mech, kind, xs, nb, m)
-            stats = analysis.summarize(weights, k=mass_k, mass=_MASS)
-            row = {
-                "mechanism": kind, "queries": m, "keys": k,
-                "entropy": stats["entropy"], "uniform_entropy": stats["uniform_entropy"],
-                "normalized_entropy": stats["normalized_entropy"], "effective_support": stats["effective_support"],
-                "top_k": mass_k, "top_k_mass": stats[f"top{mass_k}_mass"],
-                "sparsity_mass": _MASS, "sparsity": stats[f"sparsity@{_MASS:g}"],
+        mech = _analysis_mechanism(kind, d, args, k)
+        xs = mech.embed(x)  # into the mechanism's input space (identity for Euclidean ones)
+        per_head = mech.weights(xs[:m], xs, neighbours=nb[:m]).astype(np.float64).reshape(-1, m, k)
+        weights = per_head.mean(axis=0)
+        stats = analysis.summarize(weights, k=mass_k, mass=_MASS)
+        row: dict[str, Any] = {
+            "mechanism": kind, "queries": m, "keys": k, "input_space": mech.input_space,
+            "entropy": stats["entropy"], "uniform_entropy": stats["uniform_entropy"],
+            "normalized_entropy": stats["normalized_entropy"], "effective_support": stats["effective_support"],
+            "top_k": mass_k, "top_k_mass": stats[f"top{mass_k}_mass"],
+            "sparsity_mass": _MASS, "sparsity": stats[f"sparsity@{_MASS:g}"],
+        }  # fmt: skip
+        if per_head.shape[0] > 1:
+            row["heads"] = int(per_head.shape[0])
+            row["head_entropy"] = [float(analysis.entropy(w).mean()) for w in per_head]
+            row["head_diversity"] = analysis.head_diversity(per_head)
+        routing_record = getattr(mech, "routing_record", None)  # mechanisms that route (a mixture) say how
+        if routing_record is not None:
+            record = routing_record(xs[:m])
+            row["routing"] = {
+                "experts": record.probs.shape[1], "expert_kinds": [e.kind for e in mech.experts],
+                "uniform_entropy": math.log(record.probs.shape[1]),
+                "normalized_router_entropy": float(analysis.normalized_entropy(record.probs).mean()),
+                "load": record.load.tolist(), "utilisation": record.utilisation.tolist(),
+                **analysis.routing_balance(record),
             }  # fmt: skip
-            if per_head is not None:
-                row["heads"] = int(per_head.shape[0])
-                row["head_entropy"] = [float(analysis.entropy(w).mean()) for w in per_head]
-                row["head_diversity"] = analysis.head_diversity(per_head)
         results.append(row)
         if figures is not None:
             written += _figures_for(kind, mech, xs, nb, m, figures)
@@ -494,63 +443,56 @@ def _analyze(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _figures_for(kind: str, mech: Any, x: np.ndarray, nb: np.ndarray, m: int, directory: Path) -> list[str]:
-    """The matching widget of ``kind`` written as ``DIR/<kind>.html`` and ``DIR/<kind>.svg``."""
+    """The widgets of one mechanism as ``DIR/<kind>.html``/``.svg``: the heatmap, the per-head panels where
+    it has heads, the routing view where it routes."""
     from ruvattn.errors import InvalidConfig
 
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        if kind == "moe":
-            from ruvattn.widgets.routing import MoERoutingView
+        from ruvattn.widgets.heads import HeadView
+        from ruvattn.widgets.heatmap import AttentionHeatmap
+        from ruvattn.widgets.routing import MoERoutingView
 
-            widget: Any = MoERoutingView(mech, x[:m])
-        elif kind in _HEADED:  # per-head panels of the first node over its own neighbours
-            from ruvattn.widgets.heads import HeadView
-
-            written = _write_figures(HeadView(mech, x[:1], x[nb[0]]), directory, f"{kind}-heads")
-            from ruvattn.widgets.heatmap import AttentionHeatmap
-
-            widget = AttentionHeatmap(mech, x[:m], x, neighbours=nb[:m], max_queries=m)
-            return written + _write_figures(widget, directory, kind)
-        else:
-            from ruvattn.widgets.heatmap import AttentionHeatmap
-
-            widget = AttentionHeatmap(mech, x[:m], x, neighbours=nb[:m], max_queries=m)
+        widget = AttentionHeatmap(mech, x[:m], x, neighbours=nb[:m], max_queries=m)
+        written = _write_figures(widget, directory, kind)
+        if mech.num_weight_heads > 1:  # per-head panels of the first node over its own neighbours
+            written += _write_figures(HeadView(mech, x[:1], x[nb[0]]), directory, f"{kind}-heads")
+        if getattr(mech, "routing_record", None) is not None:
+            written += _write_figures(MoERoutingView(mech, x[:m]), directory, f"{kind}-routing")
     except ImportError as exc:
         raise InvalidConfig(f"--figures needs the widgets extra ({exc}): pip install 'ruvattn[widgets]'") from None
     except OSError as exc:
         raise InvalidConfig(f"--figures: cannot create {str(directory)!r} ({exc}).") from None
-    return _write_figures(widget, directory, kind)
+    return written
 
 
 def _print_analysis(report: dict[str, Any]) -> None:
-    weights = [r for r in report["results"] if r["mechanism"] != "moe"]
-    routing = [r for r in report["results"] if r["mechanism"] == "moe"]
-    if weights:
-        k = weights[0]["top_k"]
-        head = (
-            f"{'mechanism':<19} {'queries':>7} {'keys':>5} {'entropy':>8} {'log K':>7} {'norm. H':>8} "
-            f"{'eff. support':>12} {f'top-{k} mass':>11} {f'sparsity@{_MASS:g}':>12} {'head div. (JS)':>14}"
-        )
-        print(head)
-        print("-" * len(head))
-        for r in weights:
-            div = f"{r['head_diversity']:>14.4f}" if "head_diversity" in r else f"{'-':>14}"
-            print(f"{r['mechanism']:<19} {r['queries']:>7d} {r['keys']:>5d} {r['entropy']:>8.4f} "
-                  f"{r['uniform_entropy']:>7.4f} {r['normalized_entropy']:>8.4f} {r['effective_support']:>12.3f} "
-                  f"{r['top_k_mass']:>11.4f} {r['sparsity']:>12.4f} {div}")  # fmt: skip
+    rows = report["results"]
+    k = rows[0]["top_k"] if rows else 8
+    head = (
+        f"{'mechanism':<19} {'queries':>7} {'keys':>5} {'entropy':>8} {'log K':>7} {'norm. H':>8} "
+        f"{'eff. support':>12} {f'top-{k} mass':>11} {f'sparsity@{_MASS:g}':>12} {'head div. (JS)':>14}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        div = f"{r['head_diversity']:>14.4f}" if "head_diversity" in r else f"{'-':>14}"
+        print(f"{r['mechanism']:<19} {r['queries']:>7d} {r['keys']:>5d} {r['entropy']:>8.4f} "
+              f"{r['uniform_entropy']:>7.4f} {r['normalized_entropy']:>8.4f} {r['effective_support']:>12.3f} "
+              f"{r['top_k_mass']:>11.4f} {r['sparsity']:>12.4f} {div}")  # fmt: skip
+    routing = [(r["mechanism"], r["routing"]) for r in rows if "routing" in r]
     if routing:
-        if weights:
-            print()
+        print()
         head = (
-            f"{'mechanism':<19} {'queries':>7} {'experts':>7} {'top-k':>5} {'router H':>8} {'log E':>7} "
+            f"{'mechanism':<19} {'experts':>7} {'top-k':>5} {'router H':>8} {'log E':>7} "
             f"{'max load/ideal':>14} {'load CV':>8} {'dead':>6} {'dropped':>7} {'overflowed':>10} "
             f"{'LB loss':>8} {'z-loss':>8}"
         )
         print(head)
         print("-" * len(head))
-        for r in routing:
+        for name, r in routing:
             dead = ",".join(map(str, r["dead_experts"])) or "-"
-            print(f"{r['mechanism']:<19} {r['queries']:>7d} {r['experts']:>7d} {r['top_k']:>5d} "
+            print(f"{name:<19} {r['experts']:>7d} {r['top_k']:>5d} "
                   f"{r['router_entropy']:>8.4f} {r['uniform_entropy']:>7.4f} {r['max_load_ratio']:>14.3f} "
                   f"{r['load_cv']:>8.3f} {dead:>6} {r['dropped']:>7d} {r['overflowed']:>10d} "
                   f"{r['load_balancing_loss']:>8.4f} {r['z_loss']:>8.4f}")  # fmt: skip
@@ -586,7 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ruvattn import warmup
 
             print(json.dumps(warmup()))
-        elif args.command in ("experiment", "benchmark", "compare"):
+        elif args.command in ("experiment", "benchmark", "compare", "report"):
             from ruvattn.lab import cli_experiment
 
             return cli_experiment.run(args)

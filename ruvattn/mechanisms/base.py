@@ -1,60 +1,70 @@
-"""The :class:`Attention` base class, mechanism configs and the registry.
+"""The mechanism contract: the :class:`Attention` base class, its shared parameters and the registry.
 
-Every mechanism has the specification's methods -- ``forward(query, keys,
-values)``, ``attention_weights(query, keys)``, ``hidden_dim``,
-``supports_variable_length``, ``complexity`` -- and three batched forms:
+Every registered mechanism implements the same methods with the same shapes:
 
-* ``forward_batch(queries, keys, values)``: many queries over one key set,
-  ``(m, d)`` -> ``(m, dv)``, parallel over queries;
-* ``forward_neighbours(queries, keys, values, neighbours)``: each node over its
-  own neighbour list (CSR or padded ids) into shared key/value tables,
-  parallel over nodes; a node with no neighbours gets a zero row;
-* ``forward(query, keys, values, ids=...)``: one query over rows ``ids`` of an
-  embedding table (no gather copy).
+* ``forward(query, keys, values)`` -> ``(dv,)``; ``forward_batch(queries, keys, values)``
+  -> ``(m, dv)``; ``forward_neighbours(queries, keys, values, neighbours)`` -> ``(N, dv)``
+  (each node over its own rows of key/value tables; a node with no neighbours gets zeros);
+* one weights method, :meth:`Attention.weights`, that always has a head axis: ``(H, n)`` for
+  one query, ``(H, m, n)`` for a batch, ``(H, nnz)`` over neighbour lists (aligned with the
+  ids); ``H = 1`` for single-head mechanisms.  The specification's ``attention_weights`` is
+  its head mean ``(n,)``;
+* ``prepare(keys, values)``: per-key-set work done once; ``forward(query, prepared)`` (values
+  omitted) equals ``forward(query, keys, values)``;
+* ``input_space`` and ``embed(x)``: where inputs live, and the one map of Euclidean rows into it;
+* ``example()``: a tiny valid problem (used by warmup, the demo, the contract tests);
+* parameters declared once (:mod:`ruvattn._params`) and learned state (``state_dict``,
+  ``load_state_dict``, safetensors) for every mechanism holding learned or random arrays;
+* ``backward``: the gradient hook (``supports_backward`` says whether it is implemented).
 
-Parameters live in a dataclass config (validated, to/from dict/JSON);
-``build({"type": "multi_head", "dim": 128, "num_heads": 4})`` makes any
-registered mechanism from a dict.
+Subclasses implement :meth:`Attention.forward` and :meth:`Attention._weights_one`; the batch
+and neighbour forms have correct (looping) defaults that fast mechanisms override.
+``build({"type": "multi_head", "dim": 128, "num_heads": 4})`` makes any registered mechanism.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import json
 import math
-from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ruvattn import _validation as V
-from ruvattn.errors import InvalidConfig
+from ruvattn._params import Param, Parametrized
+from ruvattn.errors import InvalidConfig, Unsupported
+from ruvattn.geometry import Euclidean, Manifold
 from ruvattn.graph import NeighbourList, as_neighbours
 from ruvattn.kernels import attention as K
 
-__all__ = ["Attention", "AttentionConfig", "available", "build", "register"]
+__all__ = [
+    "DIM",
+    "DROPOUT",
+    "SCALE",
+    "SEED",
+    "TEMPERATURE",
+    "Attention",
+    "Example",
+    "Prepared",
+    "available",
+    "build",
+    "register",
+]
 
 Array = NDArray[np.floating]
 _REGISTRY: dict[str, type[Attention]] = {}
+_EUCLIDEAN = Euclidean()
 _A = TypeVar("_A", bound="Attention")
 
-
-@dataclasses.dataclass
-class AttentionConfig:
-    """Base of every mechanism config: a plain dataclass that validates itself.
-
-    ``dim`` is the query/key width every mechanism has (the specification's ``hidden_dim``).
-    """
-
-    dim: int
-
-    def validate(self, owner: str) -> None:
-        """Raise :class:`~ruvattn.errors.InvalidConfig` for out-of-range fields."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+# -- parameters many mechanisms share (declared once) ---------------------------------------
+DIM = Param("dim", V.POSITIVE_INT, doc="query/key width (the specification's hidden_dim)", live=False)
+SCALE = Param("scale", V.POSITIVE, None, "replaces 1/sqrt(dim) as the score scale", none=True)
+TEMPERATURE = Param("temperature", V.POSITIVE, 1.0, "divides the scores (lower: sharper weights)")
+DROPOUT = Param("dropout", V.PROBABILITY, 0.0, "probability of zeroing a weight in training mode")
+SEED = Param("seed", V.SEED, 0, "seed of initialisation and randomness (None: fresh entropy)", none=True, live=False)
 
 
 def register(kind: str) -> Callable[[type[_A]], type[_A]]:
@@ -73,7 +83,15 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build(spec: dict[str, Any] | str) -> Attention:
+def mechanism_class(kind: str) -> type[Attention]:
+    """The class registered under ``kind`` (:class:`InvalidConfig` listing the names otherwise)."""
+    cls = _REGISTRY.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise InvalidConfig(f"build: unknown mechanism type {kind!r}. Available: {', '.join(available())}.")
+    return cls
+
+
+def build(spec: Mapping[str, Any] | str) -> Attention:
     """Build a mechanism from ``{"type": name, **params}`` (or its JSON text).
 
     >>> from ruvattn import build
@@ -81,83 +99,241 @@ def build(spec: dict[str, Any] | str) -> Attention:
     8
     """
     if isinstance(spec, str):
-        spec = json.loads(spec)
-    if not isinstance(spec, dict) or "type" not in spec:
+        try:
+            spec = json.loads(spec)
+        except json.JSONDecodeError as exc:
+            raise InvalidConfig(f"build: the spec is not valid JSON ({exc}).") from None
+    if not isinstance(spec, Mapping) or "type" not in spec:
         raise InvalidConfig(f"build: spec must be a dict with a 'type' key; got {spec!r}.")
-    params = dict(spec)
-    kind = params.pop("type")
-    if kind not in _REGISTRY:
-        raise InvalidConfig(f"build: unknown mechanism type {kind!r}. Available: {', '.join(available())}.")
-    return _REGISTRY[kind].from_dict({"type": kind, **params})
+    return mechanism_class(spec["type"]).from_dict(spec)
 
 
-class Attention:
-    """Base class of every attention mechanism.
+class Prepared(NamedTuple):
+    """Keys and values prepared once by :meth:`Attention.prepare` (the default: validated arrays)."""
 
-    Subclasses set ``Config`` (a dataclass), are decorated with
-    :func:`register`, and may override :meth:`_base_scale` plus, where the mechanism is
-    not plain dot-product attention over the given keys, the ``forward*``
-    methods.  Learned arrays end in ``_``.
-    """
+    keys: Array
+    values: Array
+    owner: Any
+    version: int
+
+
+class Example(NamedTuple):
+    """A tiny valid problem for one mechanism (:meth:`Attention.example`)."""
+
+    mechanism: Attention
+    query: Array  # (d,)
+    queries: Array  # (m, d)
+    keys: Array  # (n, d)
+    values: Array  # (n, dv)
+    neighbours: NeighbourList  # N = m nodes over the n keys
+
+
+class Attention(Parametrized, ABC):
+    """Base class of every attention mechanism (the contract: see the module docstring)."""
 
     kind: ClassVar[str] = "attention"
-    Config: ClassVar[type[AttentionConfig]] = AttentionConfig
+    #: The keyword options :meth:`forward` takes besides query/keys/values (``mask``, ``bias``,
+    #: ``ids``, ``edge_features``, ...): a mixture passes each expert only its own.
+    forward_options: ClassVar[frozenset[str]] = frozenset()
+    #: Whether :meth:`forward` over an empty key set raises :class:`~ruvattn.errors.EmptyInput`
+    #: (False where an empty neighbourhood has a defined output, as GAT's bias for an isolated node).
+    empty_keys_raise: ClassVar[bool] = True
+    #: Whether :meth:`backward` is implemented (the training hook).
+    supports_backward: ClassVar[bool] = False
 
-    def __init__(self, **params: Any) -> None:
-        try:
-            config = self.Config(**params)
-        except TypeError as exc:
-            raise InvalidConfig(f"{type(self).__name__}: {exc}.") from None
-        config.validate(type(self).__name__)
-        self.config = config
-        self.training = False
-        self._init_state()
-
-    # -- parameters -----------------------------------------------------
-    def _init_state(self) -> None:
-        """(Re)create learned arrays and random generators from the config."""
-
-    def get_params(self) -> dict[str, Any]:
-        return self.config.to_dict()
-
-    def set_params(self, **params: Any) -> Attention:
-        """Change parameters (validated); learned arrays are re-initialised from the seed."""
-        unknown = set(params) - set(self.get_params())
-        if unknown:
-            raise InvalidConfig(f"{type(self).__name__}.set_params: unknown parameter(s) {sorted(unknown)}.")
-        new = dataclasses.replace(self.config, **params)
-        new.validate(type(self).__name__)
-        self.config = new
-        self._init_state()
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": self.kind, **self.get_params()}
-
-    @classmethod
-    def from_dict(cls, spec: dict[str, Any]) -> Attention:
-        params = dict(spec)
-        kind = params.pop("type", cls.kind)
-        if kind != cls.kind:
-            raise InvalidConfig(f"{cls.__name__}.from_dict: spec is for {kind!r}, not {cls.kind!r}.")
-        try:
-            inspect.signature(cls).bind(**params)
-        except TypeError as exc:  # an unknown or missing constructor argument
-            raise InvalidConfig(f"{cls.__name__}.from_dict: {exc}.") from None
-        return cls(**params)
-
-    def train(self, mode: bool = True) -> Attention:
-        """Training mode turns on dropout (if configured); returns ``self``."""
+    def train(self: _A, mode: bool = True) -> _A:
+        """Training mode turns on dropout / noise (if configured); returns ``self``."""
         self.training = bool(mode)
         return self
 
-    def eval(self) -> Attention:
+    def eval(self: _A) -> _A:
         """Inference mode: deterministic outputs."""
         return self.train(False)
 
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({args})"
+    # -- the one weights method ------------------------------------------------------
+    def weights(self, query: Any, keys: Any, *, neighbours: Any = None, **kwargs: Any) -> Array:
+        """Attention weights with a head axis (``H = 1`` for single-head mechanisms).
+
+        * ``query (d,)`` -> ``(H, n)``;
+        * ``queries (m, d)`` -> ``(H, m, n)``;
+        * ``queries (N, d)`` with ``neighbours=`` (CSR, padded ids or a
+          :class:`~ruvattn.graph.NeighbourList`) -> ``(H, nnz)``, aligned with the ids.
+
+        Keyword arguments (``mask``, ``bias``, ``ids``, ...) are those of :meth:`forward`.
+        Each row sums to 1 per head (a neighbour-less node has no entries).
+        """
+        if neighbours is not None:
+            return self._weights_neighbours(f"{self.kind}.weights", query, keys, neighbours, **kwargs)
+        if np.ndim(query) == 2:
+            return self._weights_batch(f"{self.kind}.weights", query, keys, **kwargs)
+        return self._weights_one(f"{self.kind}.weights", query, keys, **kwargs)
+
+    def attention_weights(self, query: Any, keys: Any, **kwargs: Any) -> Array:
+        """The specification's weights ``(n,)`` of one query: :meth:`weights` averaged over heads."""
+        w = self._weights_one(f"{self.kind}.attention_weights", query, keys, **kwargs)
+        return w[0] if w.shape[0] == 1 else w.mean(axis=0)
+
+    @abstractmethod
+    def _weights_one(self, op: str, query: Any, keys: Any, **kwargs: Any) -> Array:
+        """``(H, n)`` weights of one query."""
+
+    def _weights_batch(self, op: str, queries: Any, keys: Any, **kwargs: Any) -> Array:
+        """``(H, m, n)``: one :meth:`_weights_one` per query (mechanisms with a batched kernel override)."""
+        qs = V.as_array(queries, op, "queries", 2)
+        k = self._check_keys(op, keys)
+        rows = [self._weights_one(op, q, k, **_row_kwargs(kwargs, i, qs.shape[0])) for i, q in enumerate(qs)]
+        if not rows:
+            return np.empty((self.num_weight_heads, 0, k.shape[0]), qs.dtype)
+        return np.stack(rows, axis=1)
+
+    def _weights_neighbours(self, op: str, queries: Any, keys: Any, neighbours: Any, **kwargs: Any) -> Array:
+        """``(H, nnz)``: node ``i``'s weights over its own rows (looping default)."""
+        qs = V.as_array(queries, op, "queries", 2)
+        k = self._check_keys(op, keys)
+        nl = as_neighbours(op, neighbours, qs.shape[0], k.shape[0])
+        out = np.zeros((self.num_weight_heads, nl.nnz), np.result_type(qs.dtype, k.dtype))
+        for i in range(nl.num_nodes):
+            lo, hi = nl.indptr[i], nl.indptr[i + 1]
+            if hi > lo:
+                out[:, lo:hi] = self._weights_one(op, qs[i], k[nl.indices[lo:hi]], **kwargs)
+        return out
+
+    @property
+    def num_weight_heads(self) -> int:
+        """``H`` of :meth:`weights` (1 unless the mechanism has several heads)."""
+        return 1
+
+    def _check_keys(self, op: str, keys: Any) -> Array:
+        if isinstance(keys, Prepared):
+            return keys.keys
+        return V.as_array(keys, op, "keys", 2)
+
+    # -- forms of the forward pass ---------------------------------------------------
+    @abstractmethod
+    def forward(self, query: Any, keys: Any, values: Any = None, **kwargs: Any) -> Array:
+        """Output ``(dv,)`` of one query over ``keys (n, d)`` / ``values (n, dv)``."""
+
+    def forward_batch(self, queries: Any, keys: Any, values: Any = None, **kwargs: Any) -> Array:
+        """Many queries ``(m, d)`` over one key set -> ``(m, dv)`` (looping default)."""
+        op = f"{self.kind}.forward_batch"
+        qs = V.as_array(queries, op, "queries", 2)
+        prepared = keys if isinstance(keys, Prepared) or values is None else self.prepare(keys, values)
+        rows = [self.forward(q, prepared, **_row_kwargs(kwargs, i, qs.shape[0])) for i, q in enumerate(qs)]
+        if not rows:
+            v = self._unprepare(op, keys, values)[1]
+            return np.empty((0, v.shape[1]), np.result_type(qs.dtype, v.dtype))
+        return np.stack(rows)
+
+    def forward_neighbours(self, queries: Any, keys: Any, values: Any, neighbours: Any) -> Array:
+        """Node ``i`` (query row ``i``) over its own neighbour rows of the key/value tables -> ``(N, dv)``.
+
+        ``neighbours``: a :class:`~ruvattn.graph.NeighbourList`, ``(indptr, indices)``, a scipy
+        CSR matrix, or padded ``(N, k)`` ids with -1 for empty slots.  A node with no neighbours
+        gets a zero output row.  (Looping default; kernels override it.)
+        """
+        op = f"{self.kind}.forward_neighbours"
+        qs = V.as_array(queries, op, "queries", 2)
+        k, v = self._unprepare(op, keys, values)
+        nl = as_neighbours(op, neighbours, qs.shape[0], k.shape[0])
+        dt = np.result_type(qs.dtype, k.dtype, v.dtype)
+        out = np.zeros((nl.num_nodes, v.shape[1]), dt)
+        for i in range(nl.num_nodes):
+            ids = nl.indices[nl.indptr[i] : nl.indptr[i + 1]]
+            if ids.size:
+                out[i] = self.forward(qs[i], k[ids], v[ids])
+        return out
+
+    # -- per-key-set work, spaces, examples ------------------------------------------
+    def prepare(self, keys: Any, values: Any) -> Any:
+        """Do the per-key-set work once; pass the result as ``keys`` (values omitted).
+
+        The default validates and converts the arrays once (:class:`Prepared`); mechanisms with
+        real per-key-set work (projections, summaries) return their own form.
+        """
+        op = f"{self.kind}.prepare"
+        k, v = self._unprepare(op, keys, values)
+        return Prepared(k, v, self, self.state_version)
+
+    def _kv(self, op: str, keys: Any, values: Any) -> tuple[Any, Any]:
+        """``(keys, values)`` as given, unpacked from :class:`Prepared` keys when ``values`` is omitted."""
+        if values is None or isinstance(keys, Prepared):
+            return self._unprepare(op, keys, values)
+        return keys, values
+
+    def _unprepare(self, op: str, keys: Any, values: Any) -> tuple[Array, Array]:
+        """``(keys, values)`` from raw arrays or a :class:`Prepared` of this mechanism."""
+        if isinstance(keys, Prepared):
+            if values is not None:
+                raise InvalidConfig(f"{op}: keys were prepared with their values; pass values=None.")
+            if keys.owner is not self or keys.version != self.state_version:
+                raise InvalidConfig(f"{op}: these keys were prepared by another mechanism or before its state "
+                                    "was loaded; call prepare() again.")  # fmt: skip
+            return keys.keys, keys.values
+        if values is None:
+            raise InvalidConfig(f"{op}: values are required (or pass keys prepared with prepare(keys, values)).")
+        k = V.as_array(keys, op, "keys", 2)
+        v = V.as_array(values, op, "values", 2)
+        dt = V.common_dtype(k, v)
+        k, v = k.astype(dt, copy=False), v.astype(dt, copy=False)
+        V.check_width(op, "keys", k, self.hidden_dim)
+        V.check_keys_values(op, k, v)
+        return k, v
+
+    @property
+    def _space(self) -> Manifold:
+        """The manifold queries, keys and values live on (Euclidean space unless overridden)."""
+        return _EUCLIDEAN
+
+    @property
+    def input_space(self) -> str:
+        """Where inputs live: ``"euclidean"``, ``"poincare"``, ``"sphere"``, ``"lorentz"`` or ``"product"``."""
+        return self._space.name
+
+    def embed(self, x: Any) -> Array:
+        """Map Euclidean rows ``(n, d)`` into :attr:`input_space` (identity for Euclidean mechanisms).
+
+        Non-Euclidean spaces scale the rows and map them through the exponential map at the origin
+        (:meth:`ruvattn.geometry.Manifold.embed`), so any data set becomes a valid input.
+        """
+        return self._space.embed(V.as_array(x, f"{self.kind}.embed", "x", 2))
+
+    @classmethod
+    def example(cls, dtype: Any = np.float64, seed: int = 0, dim: int = 8) -> Example:
+        """A tiny valid problem: the mechanism of :meth:`example_params`, 5 queries over 12 keys (mapped into
+        :attr:`input_space`), 3 neighbours each."""
+        mech = cls(**cls.example_params(dim))
+        return mech._example_data(np.dtype(dtype), seed)
+
+    @classmethod
+    def example_params(cls, dim: int = 8, heads: int | None = None) -> dict[str, Any]:
+        """Constructor arguments of a small working instance of width ``dim`` (``heads`` where there are heads).
+
+        Every tool that needs "one of each mechanism" (warmup, the demo, ``analyze``, the contract tests)
+        starts from these and overrides parameters by name.
+        """
+        return {"dim": dim}
+
+    def _example_data(self, dtype: np.dtype, seed: int) -> Example:
+        rng = np.random.default_rng(seed)
+        d = self.hidden_dim
+        keys = self.embed(rng.standard_normal((12, d))).astype(dtype)
+        queries = self.embed(rng.standard_normal((5, d))).astype(dtype)
+        values = self.embed(rng.standard_normal((12, self._example_value_dim()))).astype(dtype)
+        ids = np.stack([rng.permutation(12)[:3] for _ in range(5)])
+        return Example(self, queries[0].copy(), queries, keys, values, NeighbourList.from_padded(ids, 12))
+
+    def _example_value_dim(self) -> int:
+        return self.hidden_dim
+
+    # -- gradients (the training hook) -----------------------------------------------
+    def backward(self, query: Any, keys: Any, values: Any, grad_output: Any, **kwargs: Any) -> Any:
+        """Gradients of ``sum(grad_output * forward(query, keys, values))`` w.r.t. the inputs.
+
+        Implemented where ``supports_backward`` is true; elsewhere it raises
+        :class:`~ruvattn.errors.Unsupported`.
+        """
+        raise Unsupported(f"{type(self).__name__}.backward: gradients are not implemented for this mechanism yet "
+                          "(supports_backward is False).")  # fmt: skip
 
     # -- the specification's properties -----------------------------------
     @property
@@ -357,3 +533,13 @@ def _mode_array(op: str, name: str, arr: Any, m: int, n: int, dtype: np.dtype | 
     shape = (n,) if shared else (m, n)
     a = V.as_keep(op, arr, shape) if dtype is None else V.as_bias(op, arr, shape, dtype)
     return (a.reshape(1, n), 1) if shared else (a, 2)
+
+
+def _row_kwargs(kwargs: dict[str, Any], i: int, m: int) -> dict[str, Any]:
+    """Keyword arguments of query ``i`` of a batch: ``(m, n)`` masks/biases give their row ``i``."""
+    out = {}
+    for name, value in kwargs.items():
+        if name in ("mask", "bias") and value is not None and np.ndim(value) == 2 and np.shape(value)[0] == m:
+            value = np.asarray(value)[i]
+        out[name] = value
+    return out

@@ -54,14 +54,13 @@ Masks, bias, ids, dropout and ``forward_neighbours`` are supported with every he
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ruvattn import _validation as V
+from ruvattn._params import Param, ParamSet
 from ruvattn.errors import (
     DimensionMismatch,
     EmptyInput,
@@ -71,16 +70,20 @@ from ruvattn.errors import (
     Unsupported,
 )
 from ruvattn.kernels import attention as K
-from ruvattn.mechanisms.base import register
-from ruvattn.mechanisms.multi_head import MultiHeadAttention, MultiHeadConfig, ProjectedKeysValues
+from ruvattn.mechanisms.base import DROPOUT, SEED, register
+from ruvattn.mechanisms.multi_head import MultiHeadAttention, ProjectedKeysValues
 
-__all__ = ["DynamicHeadAttention", "DynamicHeadConfig"]
+__all__ = ["DynamicHeadAttention"]
 
 Array = NDArray[np.floating]
 IntArray = NDArray[np.int64]
 _SELECTION = frozenset({"budget", "threshold", "importance"})
 _CACHE_LIMIT = 64  # gathered weight sets kept per parameter version
 _TOL = 1e-12
+
+
+def _importance_list(owner: str, name: str, value: Any) -> list[float]:
+    return V.float_list(owner, name, value)
 
 
 def _importance(owner: str, value: Any, heads: int) -> NDArray[np.float64]:
@@ -97,75 +100,53 @@ def _importance(owner: str, value: Any, heads: int) -> NDArray[np.float64]:
     return arr
 
 
-@dataclass
-class DynamicHeadConfig(MultiHeadConfig):
-    """:class:`MultiHeadConfig` plus the head-selection rule.
-
-    ``budget``: number of heads to run (1..num_heads) or None; ``threshold``: cumulative
-    importance share in (0, 1] or None; ``importance``: per-head importance (num_heads,
-    non-negative) or None for all equal.
-    """
-
-    budget: int | None = None
-    threshold: float | None = None
-    importance: list[float] | None = None
-
-    def validate(self, owner: str) -> None:
-        super().validate(owner)
-        h = int(self.num_heads)
-        b = self.budget
-        if b is not None and (isinstance(b, bool) or not isinstance(b, (int, np.integer)) or not 1 <= b <= h):
-            raise InvalidConfig(f"{owner}: 'budget' must be an integer in [1, num_heads={h}] or None; got {b!r}.")
-        t = self.threshold
-        if t is not None:
-            ok = not isinstance(t, bool) and isinstance(t, (int, float, np.integer, np.floating))
-            if not ok or not 0.0 < float(t) <= 1.0:
-                raise InvalidConfig(f"{owner}: 'threshold' must be a number in (0, 1] or None; got {t!r}.")
-        if self.importance is not None:
-            _importance(owner, self.importance, h)
-
-
 @register("dynamic_heads")
 class DynamicHeadAttention(MultiHeadAttention):
     """Multi-head attention computing only the active heads (see the module docstring).
 
-    Parameters
-    ----------
-    dim : int
-        Model width ``d``.
-    num_heads : int
-        Number of heads ``H`` (1..16, dividing ``d``).
-    budget : int or None
-        Keep the ``budget`` most important heads.
-    threshold : float or None
-        Keep the most important heads until their importance share reaches ``threshold``.
-    importance : array-like (H,) or None
-        Initial ``head_importance_`` (default all ones).
-    seed : int or None
-        Initialisation seed (torch's initialisation scheme).
-    dropout : float
-        Attention dropout in training mode (supported with every head active only).
+    Dropout in training mode is supported with every head active only.
     """
 
-    Config = DynamicHeadConfig
-    config: DynamicHeadConfig
+    forward_options = frozenset({"mask", "bias", "ids", "heads"})
+    params = (
+        MultiHeadAttention.params[0],
+        MultiHeadAttention.params[1],
+        Param("budget", V.POSITIVE_INT, None, "keep the `budget` most important heads (at most num_heads)", none=True),
+        Param(
+            "threshold",
+            V.Real(0.0, 1.0, closed="right"),
+            None,
+            "keep the most important heads until their importance share reaches it",
+            none=True,
+        ),
+        Param(
+            "importance",
+            V.Custom(_importance_list, "a list of finite numbers >= 0"),
+            None,
+            "initial head_importance_ (num_heads values; default all ones)",
+            none=True,
+        ),
+        SEED,
+        DROPOUT,
+    )
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int = 8,
-        budget: int | None = None,
-        threshold: float | None = None,
-        importance: Any = None,
-        seed: int | None = 0,
-        dropout: float = 0.0,
-    ) -> None:
-        if isinstance(importance, np.ndarray):
-            importance = importance.tolist()  # keep the config JSON-friendly
-        super(MultiHeadAttention, self).__init__(
-            dim=dim, num_heads=num_heads, dropout=dropout, seed=seed,
-            budget=budget, threshold=threshold, importance=importance,
-        )  # fmt: skip
+    @classmethod
+    def _check_params(cls, owner: str, p: ParamSet) -> None:
+        super()._check_params(owner, p)
+        h = int(p.num_heads)
+        if p.budget is not None and p.budget > h:
+            raise InvalidConfig(
+                f"{owner}: 'budget' must be an integer in [1, num_heads={h}] or None; got {p.budget!r}."
+            )
+        if p.importance is not None:
+            _importance(owner, p.importance, h)
+
+    def _state_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {**super()._state_shapes(), "head_importance": (self.num_heads,)}
+
+    def _state_loaded(self) -> None:
+        super()._state_loaded()
+        self.clear_head_cache()
 
     # -- state ------------------------------------------------------------
     def _init_state(self) -> None:
@@ -194,10 +175,7 @@ class DynamicHeadAttention(MultiHeadAttention):
     def set_params(self, **params: Any) -> DynamicHeadAttention:
         """Change parameters; changing only ``budget``/``threshold``/``importance`` keeps the weights."""
         if params and set(params) <= _SELECTION:
-            if isinstance(params.get("importance"), np.ndarray):
-                params["importance"] = params["importance"].tolist()
-            new = dataclasses.replace(self.config, **params)
-            new.validate(type(self).__name__)
+            new = self._validated({**self.config.as_dict(), **params})  # raises before anything changes
             self.config = new
             if "importance" in params:
                 self.head_importance_ = np.ones(self.num_heads) if new.importance is None else new.importance
@@ -274,7 +252,7 @@ class DynamicHeadAttention(MultiHeadAttention):
     def _active_kv(self, op: str, keys: Any, values: Any, active: IntArray) -> tuple[Array, Array, np.dtype]:
         """Transposed keys/values ``(k·d/H, n)`` of the active heads only."""
         if isinstance(keys, ProjectedKeysValues):
-            kv = self._kv(op, keys, values)  # owner and values=None checks
+            kv = self._projected_kv(op, keys, values)  # owner and values=None checks
             key = tuple(active.tolist())
             cached = self._kv_cache
             if cached is not None and cached[0] is kv and cached[1] == key:

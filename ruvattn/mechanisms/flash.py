@@ -27,53 +27,44 @@ Shapes:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ruvattn import _validation as V
-from ruvattn.errors import DimensionMismatch
+from ruvattn._params import Param
 from ruvattn.kernels import attention as K
-from ruvattn.mechanisms.base import Attention, AttentionConfig, _mode_array, register
+from ruvattn.mechanisms.base import DIM, SCALE, TEMPERATURE, Attention, _mode_array, register
 
-__all__ = ["FlashAttention", "FlashConfig"]
+__all__ = ["FlashAttention"]
 
 Array = NDArray[np.floating]
-
-
-@dataclass
-class FlashConfig(AttentionConfig):
-    """``dim``: query/key width; ``block_size``: keys per tile; ``scale``/``temperature`` as
-    for scaled dot-product attention."""
-
-    dim: int
-    block_size: int = 64
-    scale: float | None = None
-    temperature: float = 1.0
-
-    def validate(self, owner: str) -> None:
-        V.positive_int(owner, "dim", self.dim)
-        V.positive_int(owner, "block_size", self.block_size, " Try 64 or 128.")
-        V.positive_float(owner, "scale", self.scale, allow_none=True)
-        V.positive_float(owner, "temperature", self.temperature)
 
 
 @register("flash")
 class FlashAttention(Attention):
     """Tiled exact attention with an online softmax (see the module docstring)."""
 
-    Config = FlashConfig
-
-    def __init__(self, dim: int, block_size: int = 64, scale: float | None = None, temperature: float = 1.0) -> None:
-        super().__init__(dim=dim, block_size=block_size, scale=scale, temperature=temperature)
+    forward_options = frozenset({"mask", "bias"})
+    params = (
+        DIM,
+        Param(
+            "block_size",
+            V.Integer(1, hint=" Try 64 or 128."),
+            64,
+            "keys per tile",
+            options=lambda p: sorted({8, 16, 32, 64, 128, 256, int(p["block_size"])}),
+        ),
+        SCALE,
+        TEMPERATURE,
+    )
 
     @property
     def complexity(self) -> str:
         return "O(n·d) time, O(block_size) working memory per query"
 
-    def forward(self, query: Any, keys: Any, values: Any, *, mask: Any = None, bias: Any = None) -> Array:
+    def forward(self, query: Any, keys: Any, values: Any = None, *, mask: Any = None, bias: Any = None) -> Array:
         """Output ``(dv,)`` of one query."""
         op = f"{self.kind}.forward"
         q = V.as_array(query, op, "query", 1)
@@ -87,14 +78,24 @@ class FlashAttention(Attention):
         """``(outputs (m, dv), lse (m,))`` for queries ``(m, d)``."""
         return self._run(f"{self.kind}.forward_with_lse", queries, keys, values, mask, bias)
 
-    def forward_batch(self, queries: Any, keys: Any, values: Any, *, mask: Any = None, bias: Any = None) -> Array:
+    def forward_batch(
+        self, queries: Any, keys: Any, values: Any = None, *, mask: Any = None, bias: Any = None
+    ) -> Array:
         """Outputs ``(m, dv)`` for queries ``(m, d)``, parallel over queries."""
         return self._run(f"{self.kind}.forward_batch", queries, keys, values, mask, bias)[0]
 
-    def attention_weights(self, query: Any, keys: Any, *, mask: Any = None, bias: Any = None) -> Array:
-        """The weights ``(n,)`` the tiles implicitly use (computed exactly; flash itself never stores them)."""
-        op = f"{self.kind}.attention_weights"
-        return self._one(op, query, keys, None, mask, bias, None, 1, self._scale(self.hidden_dim))[1][0]
+    def _weights_one(self, op: str, query: Any, keys: Any, *, mask: Any = None, bias: Any = None) -> Array:
+        """The weights ``(1, n)`` the tiles implicitly use (computed exactly; flash itself never stores them)."""
+        keys = self._check_keys(op, keys)
+        return self._one(op, query, keys, None, mask, bias, None, 1, self._scale(self.hidden_dim))[1]
+
+    def _weights_batch(self, op: str, queries: Any, keys: Any, *, mask: Any = None, bias: Any = None) -> Array:
+        keys = self._check_keys(op, keys)
+        w = self._many(op, queries, keys, None, mask, bias, 1, self._scale(self.hidden_dim), True)[1]
+        return w.transpose(1, 0, 2)
+
+    def _weights_neighbours(self, op: str, queries: Any, keys: Any, neighbours: Any) -> Array:
+        return self._neighbours(op, queries, keys, None, neighbours, 1, self._scale(self.hidden_dim), True)[1]
 
     def forward_neighbours(self, queries: Any, keys: Any, values: Any, neighbours: Any) -> Array:
         """Each node over its own neighbour list (lists are short: one tile each)."""
@@ -102,8 +103,7 @@ class FlashAttention(Attention):
         return self._neighbours(op, queries, keys, values, neighbours, 1, self._scale(self.hidden_dim), False)[0]
 
     def _run(self, op: str, queries: Any, keys: Any, values: Any, mask: Any, bias: Any) -> tuple[Array, Array]:
-        if values is None:
-            raise DimensionMismatch(f"{op}: values are required.")
+        keys, values = self._kv(op, keys, values)
         qs, k, v, dt = self._tables(op, queries, keys, values)
         m, n = qs.shape[0], k.shape[0]
         keep, keep_mode = _mode_array(op, "mask", mask, m, n, None)

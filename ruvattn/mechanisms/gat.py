@@ -63,26 +63,24 @@ Shapes:
 
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, ClassVar, Literal, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from ruvattn import _validation as V
+from ruvattn._params import Param
 from ruvattn.errors import DimensionMismatch, InvalidConfig, NumericalInstability, OutOfBounds
 from ruvattn.graph import NeighbourList, as_neighbours
 from ruvattn.kernels import attention as K
 from ruvattn.kernels import gat as G
-from ruvattn.mechanisms.base import Attention, AttentionConfig, register
+from ruvattn.mechanisms.base import DROPOUT, SEED, Attention, register
 from ruvattn.mechanisms.scaled_dot import DropoutMixin
 
-__all__ = ["GATConfig", "GATConv", "GATv2Config", "GATv2Conv"]
+__all__ = ["GATConv", "GATv2Conv"]
 
 Array = NDArray[np.floating]
 Ids = NDArray[np.int64]
@@ -90,66 +88,32 @@ Ids = NDArray[np.int64]
 FILL_MODES = {"mean": G.FILL_MEAN, "add": G.FILL_ADD, "sum": G.FILL_ADD, "max": G.FILL_MAX, "min": G.FILL_MIN}
 
 
-def _flag(owner: str, name: str, value: Any) -> None:
-    if not isinstance(value, (bool, np.bool_)):
-        raise InvalidConfig(f"{owner}: '{name}' must be True or False; got {value!r}.")
-
-
-@dataclass
-class GATConfig(AttentionConfig):
-    """``dim`` is ``in_channels`` (the node feature width); the other fields are PyG's
-    ``GATConv`` arguments, plus ``seed`` for initialisation and dropout."""
-
-    dim: int
-    out_channels: int
-    heads: int = 1
-    concat: bool = True
-    negative_slope: float = 0.2
-    dropout: float = 0.0
-    add_self_loops: bool = True
-    edge_dim: int | None = None
-    fill_value: float | str = "mean"
-    bias: bool = True
-    seed: int | None = 0
-
-    def validate(self, owner: str) -> None:
-        V.positive_int(owner, "in_channels", self.dim)
-        V.positive_int(owner, "out_channels", self.out_channels)
-        V.positive_int(owner, "heads", self.heads)
-        for name in ("concat", "add_self_loops", "bias"):
-            _flag(owner, name, getattr(self, name))
-        slope = self.negative_slope
-        if isinstance(slope, bool) or not isinstance(slope, (int, float, np.integer, np.floating)):
-            raise InvalidConfig(f"{owner}: 'negative_slope' must be a number >= 0; got {slope!r}.")
-        if not (np.isfinite(slope) and slope >= 0):
-            raise InvalidConfig(f"{owner}: 'negative_slope' must be a finite number >= 0; got {slope!r}.")
-        V.unit_interval(owner, "dropout", self.dropout)
-        if self.edge_dim is not None:
-            V.positive_int(owner, "edge_dim", self.edge_dim, " Use None for a layer without edge features.")
-        fill = self.fill_value
-        if isinstance(fill, str):
-            if fill not in FILL_MODES:
-                raise InvalidConfig(
-                    f"{owner}: 'fill_value' must be one of {sorted(FILL_MODES)} or a number; got {fill!r}."
-                )
-        elif isinstance(fill, bool) or not isinstance(fill, (int, float, np.integer, np.floating)):
-            raise InvalidConfig(f"{owner}: 'fill_value' must be one of {sorted(FILL_MODES)} or a number; got {fill!r}.")
-        elif not np.isfinite(fill):
-            raise InvalidConfig(f"{owner}: 'fill_value' must be finite; got {fill!r}.")
-        seed = self.seed
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
-            raise InvalidConfig(f"{owner}: 'seed' must be None or an integer >= 0; got {seed!r}.")
-
-
-@dataclass
-class GATv2Config(GATConfig):
-    """:class:`GATConfig` plus ``share_weights`` (one linear map for sources and targets)."""
-
-    share_weights: bool = False
-
-    def validate(self, owner: str) -> None:
-        super().validate(owner)
-        _flag(owner, "share_weights", self.share_weights)
+#: PyG's ``GATConv`` arguments, declared once; :class:`GATv2Conv` adds ``share_weights``.
+GAT_PARAMS = (
+    Param("in_channels", V.POSITIVE_INT, doc="node feature width in (the mechanism's hidden_dim)", live=False),
+    Param("out_channels", V.POSITIVE_INT, doc="output width per head", live=False),
+    Param("heads", V.POSITIVE_INT, 1, "attention heads H"),
+    Param("concat", V.FLAG, True, "concatenate the heads ((N, H·C)), else average them ((N, C))"),
+    Param("negative_slope", V.NON_NEGATIVE, 0.2, "slope of the LeakyReLU for negative scores"),
+    DROPOUT,
+    Param("add_self_loops", V.FLAG, True, "remove the input's self loops and add one per node"),
+    Param(
+        "edge_dim",
+        V.Integer(1, hint=" Use None for a layer without edge features."),
+        None,
+        "edge feature width, or None for no edge term",
+        none=True,
+        live=False,
+    ),
+    Param(
+        "fill_value",
+        V.Either(V.Options(*FILL_MODES), V.Real()),
+        "mean",
+        "attribute of an added self loop: a reduction of the node's incoming edge attributes, or a constant",
+    ),
+    Param("bias", V.FLAG, True, "add a learned bias to the output"),
+    SEED,
+)
 
 
 class _GraphConv(DropoutMixin, Attention, ABC):
@@ -160,39 +124,24 @@ class _GraphConv(DropoutMixin, Attention, ABC):
     (shared tensors), ``_prepare`` (project the nodes) and ``_attend`` (run a kernel).
     """
 
-    config: GATConfig
-    _ANCHOR: ClassVar[str] = ""  # a tensor every layer has, used to find its prefix in a file
-
-    # -- configuration ----------------------------------------------------
-    def get_params(self) -> dict[str, Any]:
-        """Constructor arguments (``in_channels`` first, as in the constructor)."""
-        params = self.config.to_dict()
-        return {"in_channels": params.pop("dim"), **params}
-
-    def set_params(self, **params: Any) -> _GraphConv:
-        """Change constructor arguments (validated); parameters are re-initialised from the seed."""
-        unknown = set(params) - set(self.get_params())
-        if unknown:
-            raise InvalidConfig(f"{type(self).__name__}.set_params: unknown parameter(s) {sorted(unknown)}.")
-        if "in_channels" in params:
-            params["dim"] = params.pop("in_channels")
-        new = dataclasses.replace(self.config, **params)
-        new.validate(type(self).__name__)
-        self.config = new
-        self._init_state()
-        return self
+    forward_options = frozenset({"edge_features"})
+    empty_keys_raise = False
 
     @property
-    def in_channels(self) -> int:
-        return int(self.config.dim)
+    def hidden_dim(self) -> int:
+        return int(self.config.in_channels)
 
     @property
-    def out_channels(self) -> int:
-        return int(self.config.out_channels)
-
-    @property
-    def heads(self) -> int:
+    def num_weight_heads(self) -> int:
         return int(self.config.heads)
+
+    @classmethod
+    def example_params(cls, dim: int = 8, heads: int | None = None) -> dict[str, Any]:
+        h = heads or 2
+        return {"in_channels": dim, "out_channels": max(1, dim // h), "heads": h}
+
+    def _example_value_dim(self) -> int:
+        return self.hidden_dim
 
     @property
     def output_dim(self) -> int:
@@ -205,21 +154,13 @@ class _GraphConv(DropoutMixin, Attention, ABC):
 
     # -- parameters -------------------------------------------------------
     @abstractmethod
-    def _shapes(self) -> dict[str, tuple[int, ...]]:
+    def _state_shapes(self) -> dict[str, tuple[int, ...]]:
         """PyG's state-dict names and shapes for this config, in PyG's order."""
-
-    def _aliases(self) -> dict[str, str]:
-        """Tensors that are another tensor (``name -> the one it shares``)."""
-        return {}
-
-    @staticmethod
-    def _attr(name: str) -> str:
-        return name.replace(".", "_") + "_"
 
     def _init_state(self) -> None:
         rng = np.random.default_rng(self.config.seed)
-        aliases = self._aliases()
-        for name, shape in self._shapes().items():
+        aliases = self._state_aliases()
+        for name, shape in self._state_shapes().items():
             if name in aliases:
                 continue
             if name == "bias":
@@ -230,59 +171,12 @@ class _GraphConv(DropoutMixin, Attention, ABC):
             else:  # glorot: U(-a, a), a = sqrt(6 / (fan_in + fan_out)) over the last two axes
                 bound = np.sqrt(6.0 / (shape[-2] + shape[-1]))
                 value = rng.uniform(-bound, bound, shape)
-            setattr(self, self._attr(name), value.astype(np.float32))
+            setattr(self, self._state_attr(name), value.astype(np.float32))
         for name, target in aliases.items():
-            setattr(self, self._attr(name), getattr(self, self._attr(target)))
+            setattr(self, self._state_attr(name), getattr(self, self._state_attr(target)))
         self._init_rng()
 
-    def state_dict(self) -> dict[str, Array]:
-        """Parameters under PyG's names, in PyG's order (shared tensors appear under both names)."""
-        return {name: getattr(self, self._attr(name)) for name in self._shapes()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> _GraphConv:
-        """Load a PyG ``state_dict`` (numpy arrays, CPU tensors or anything ``np.asarray`` takes).
-
-        Every tensor of :meth:`state_dict` is required (a shared ``lin_r.*`` may be
-        left out, and must equal ``lin_l.*`` when given); an unknown name raises
-        :class:`~ruvattn.errors.InvalidConfig`, a wrong shape
-        :class:`~ruvattn.errors.DimensionMismatch` naming the tensor.
-        """
-        op = f"{type(self).__name__}.load_state_dict"
-        shapes = self._shapes()
-        aliases = self._aliases()
-        unknown = sorted(set(state) - set(shapes))
-        if unknown:
-            raise InvalidConfig(f"{op}: unknown tensor(s) {unknown}; expected {list(shapes)}.{self._hint(unknown)}")
-        missing = [n for n in shapes if n not in state and n not in aliases]
-        if missing:
-            raise InvalidConfig(f"{op}: missing tensor(s) {missing}; expected {list(shapes)}.{self._hint(missing)}")
-        arrays: dict[str, Array] = {}
-        for name, shape in shapes.items():
-            if name not in state:
-                continue
-            value = state[name]
-            if hasattr(value, "detach"):  # a torch tensor, possibly requiring grad (named_parameters())
-                value = value.detach().cpu().numpy()
-            a = np.asarray(value)
-            if a.shape != shape:
-                raise DimensionMismatch(f"{op}: {name} has shape {a.shape}, expected {shape}.")
-            if a.dtype.kind not in "fiu":
-                raise InvalidConfig(f"{op}: {name} must hold real numbers; got dtype {a.dtype}.")
-            if not np.isfinite(a).all():
-                raise InvalidConfig(f"{op}: {name} contains NaN or inf.")
-            arrays[name] = np.array(a, dtype=np.float64 if a.dtype == np.float64 else np.float32)
-        for name, target in aliases.items():
-            if name in arrays and not np.array_equal(arrays[name], arrays[target]):
-                raise InvalidConfig(
-                    f"{op}: {name} differs from {target}, but the layer has share_weights=True (one linear map). "
-                    "Build it with share_weights=False to load two maps."
-                )
-            arrays[name] = arrays[target]
-        for name, value in arrays.items():
-            setattr(self, self._attr(name), value)
-        return self
-
-    def _hint(self, names: list[str]) -> str:
+    def _state_hint(self, names: list[str]) -> str:
         """A fix for tensors the config does not expect (or expects but lacks)."""
         if any(n.startswith(("lin_edge.", "att_edge")) for n in names):
             return (
@@ -296,40 +190,6 @@ class _GraphConv(DropoutMixin, Attention, ABC):
         if any(n.startswith("res.") for n in names):
             return " residual=True layers are not supported."
         return ""
-
-    def save_safetensors(self, path: str | Path) -> None:
-        """Write the parameters as safetensors under PyG's tensor names."""
-        from safetensors.numpy import save_file
-
-        save_file({k: np.ascontiguousarray(v) for k, v in self.state_dict().items()}, str(path))
-
-    def load_safetensors(self, path: str | Path, prefix: str | None = None) -> _GraphConv:
-        """Load this layer's tensors from a safetensors file (e.g. a whole PyG model's ``state_dict``).
-
-        ``prefix`` is the layer's module path, ``"conv1."`` for ``model.conv1``
-        (a trailing dot is added if missing).  ``None`` finds it: the file must
-        then hold exactly one layer's tensors, with or without a prefix.
-        """
-        from safetensors.numpy import load_file
-
-        op = f"{type(self).__name__}.load_safetensors"
-        raw = load_file(str(path))
-        anchor = self._ANCHOR
-        found = sorted({k[: len(k) - len(anchor)] for k in raw if k == anchor or k.endswith("." + anchor)})
-        if prefix is None:
-            if len(found) != 1:
-                what = "no" if not found else "several"
-                raise InvalidConfig(
-                    f"{op}: {path} holds {what} tensor(s) named '<prefix>{anchor}' (prefixes {found}); "
-                    "pass prefix= to pick the layer."
-                )
-            prefix = found[0]
-        elif prefix and not prefix.endswith("."):
-            prefix += "."
-        state = {k[len(prefix) :]: v for k, v in raw.items() if k.startswith(prefix)}
-        if not state:
-            raise InvalidConfig(f"{op}: no tensors under prefix {prefix!r} in {path}; layers found at {found}.")
-        return self.load_state_dict(state)
 
     # -- inputs -----------------------------------------------------------
     def _edge_index(self, op: str, edge_index: Any, n: int) -> Ids:
@@ -567,37 +427,22 @@ class _GraphConv(DropoutMixin, Attention, ABC):
         op = f"{type(self).__name__}.forward_with_edges"
         return self._single(op, query, keys, values, edge_features, self._dropping)[0]
 
-    def forward(self, query: Any, keys: Any, values: Any) -> Array:
-        """:meth:`forward_with_edges` without edge features."""
-        return self._single(f"{type(self).__name__}.forward", query, keys, values, None, self._dropping)[0]
+    def forward(self, query: Any, keys: Any, values: Any = None, *, edge_features: Any = None) -> Array:
+        """:meth:`forward_with_edges` (the contract's single-node form)."""
+        op = f"{type(self).__name__}.forward"
+        keys, values = self._kv(op, keys, values)
+        return self._single(op, query, keys, values, edge_features, self._dropping)[0]
 
-    def attention_weights(self, query: Any, keys: Any, edge_features: Any = None) -> Array:
+    def _weights_one(self, op: str, query: Any, keys: Any, *, edge_features: Any = None) -> Array:
         """Weights ``(heads, n)`` of one target node over its neighbours (before dropout; rows sum to 1)."""
-        op = f"{type(self).__name__}.attention_weights"
-        return np.ascontiguousarray(self._single(op, query, keys, None, edge_features, False)[1].T)
+        return np.ascontiguousarray(self._single(op, query, self._check_keys(op, keys), None, edge_features,
+                                                 False)[1].T)  # fmt: skip
 
 
 @register("gat")
 class GATConv(_GraphConv):
-    """Graph attention (GAT) with PyG ``GATConv`` semantics and parameter names (see the module docstring).
+    """Graph attention (GAT) with PyG ``GATConv`` semantics and parameter names (see the module docstring)."""
 
-    Parameters
-    ----------
-    in_channels, out_channels : node feature width in, and per head out.
-    heads : attention heads (``H``).
-    concat : concatenate the heads (``(N, H·C)``), else average them (``(N, C)``).
-    negative_slope : slope of the LeakyReLU for negative scores.
-    dropout : probability of zeroing an attention weight in training mode.
-    add_self_loops : remove the input's self loops and add one per node.
-    edge_dim : edge feature width, or None for no edge term.
-    fill_value : the attribute of an added self loop: ``"mean"``, ``"add"``/``"sum"``,
-        ``"max"``, ``"min"`` of the node's incoming edge attributes, or a constant.
-    bias : add a learned bias to the output.
-    seed : initialisation and dropout seed.
-    """
-
-    Config = GATConfig
-    _ANCHOR = "lin.weight"
     lin_weight_: Array
     att_src_: Array
     att_dst_: Array
@@ -605,15 +450,9 @@ class GATConv(_GraphConv):
     lin_edge_weight_: Array
     bias_: Array
 
-    def __init__(self, in_channels: int, out_channels: int, heads: int = 1, concat: bool = True,
-                 negative_slope: float = 0.2, dropout: float = 0.0, add_self_loops: bool = True,
-                 edge_dim: int | None = None, fill_value: float | str = "mean", bias: bool = True,
-                 seed: int | None = 0) -> None:  # fmt: skip
-        super().__init__(dim=in_channels, out_channels=out_channels, heads=heads, concat=concat,
-                         negative_slope=negative_slope, dropout=dropout, add_self_loops=add_self_loops,
-                         edge_dim=edge_dim, fill_value=fill_value, bias=bias, seed=seed)  # fmt: skip
+    params = GAT_PARAMS
 
-    def _shapes(self) -> dict[str, tuple[int, ...]]:
+    def _state_shapes(self) -> dict[str, tuple[int, ...]]:
         c = self.config
         h, ch = c.heads, c.out_channels
         shapes: dict[str, tuple[int, ...]] = {"att_src": (1, h, ch), "att_dst": (1, h, ch)}
@@ -621,7 +460,7 @@ class GATConv(_GraphConv):
             shapes["att_edge"] = (1, h, ch)
         if c.bias:
             shapes["bias"] = (self.output_dim,)
-        shapes["lin.weight"] = (h * ch, c.dim)
+        shapes["lin.weight"] = (h * ch, c.in_channels)
         if c.edge_dim is not None:
             shapes["lin_edge.weight"] = (h * ch, c.edge_dim)
         return shapes
@@ -694,9 +533,6 @@ class GATv2Conv(_GraphConv):
     also drops ``lin_l.bias``/``lin_r.bias``, as in PyG.
     """
 
-    Config = GATv2Config
-    config: GATv2Config
-    _ANCHOR = "lin_l.weight"
     lin_l_weight_: Array
     lin_l_bias_: Array
     lin_r_weight_: Array
@@ -705,30 +541,24 @@ class GATv2Conv(_GraphConv):
     lin_edge_weight_: Array
     bias_: Array
 
-    def __init__(self, in_channels: int, out_channels: int, heads: int = 1, concat: bool = True,
-                 negative_slope: float = 0.2, dropout: float = 0.0, add_self_loops: bool = True,
-                 edge_dim: int | None = None, fill_value: float | str = "mean", bias: bool = True,
-                 share_weights: bool = False, seed: int | None = 0) -> None:  # fmt: skip
-        super().__init__(dim=in_channels, out_channels=out_channels, heads=heads, concat=concat,
-                         negative_slope=negative_slope, dropout=dropout, add_self_loops=add_self_loops,
-                         edge_dim=edge_dim, fill_value=fill_value, bias=bias, share_weights=share_weights,
-                         seed=seed)  # fmt: skip
+    params = (*GAT_PARAMS[:-1], Param("share_weights", V.FLAG, False, "one linear map for sources and targets"),
+              GAT_PARAMS[-1])  # fmt: skip
 
-    def _shapes(self) -> dict[str, tuple[int, ...]]:
+    def _state_shapes(self) -> dict[str, tuple[int, ...]]:
         c = self.config
         hc = c.heads * c.out_channels
         shapes: dict[str, tuple[int, ...]] = {"att": (1, c.heads, c.out_channels)}
         if c.bias:
             shapes["bias"] = (self.output_dim,)
         for side in ("lin_l", "lin_r"):
-            shapes[f"{side}.weight"] = (hc, c.dim)
+            shapes[f"{side}.weight"] = (hc, c.in_channels)
             if c.bias:
                 shapes[f"{side}.bias"] = (hc,)
         if c.edge_dim is not None:
             shapes["lin_edge.weight"] = (hc, c.edge_dim)
         return shapes
 
-    def _aliases(self) -> dict[str, str]:
+    def _state_aliases(self) -> dict[str, str]:
         if not self.config.share_weights:
             return {}
         names = ["weight", "bias"] if self.config.bias else ["weight"]

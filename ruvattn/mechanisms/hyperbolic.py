@@ -43,21 +43,21 @@ True
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ruvattn import _validation as V
-from ruvattn.errors import DimensionMismatch, InvalidConfig
+from ruvattn._params import Param
+from ruvattn.errors import DimensionMismatch
 from ruvattn.geometry import PROJECT_EPS, PoincareBall
 from ruvattn.graph import as_neighbours
 from ruvattn.kernels import hyperbolic as H
 from ruvattn.kernels.attention import chunk_size
-from ruvattn.mechanisms.base import _NO_IDS, _NO_KEEP, Attention, AttentionConfig, _mode_array, register
+from ruvattn.mechanisms.base import _NO_IDS, _NO_KEEP, DIM, SEED, TEMPERATURE, Attention, _mode_array, register
 
-__all__ = ["HyperbolicAttention", "HyperbolicConfig"]
+__all__ = ["HyperbolicAttention"]
 
 Array = NDArray[np.floating]
 AGGREGATIONS = {"tangent": H.TANGENT, "midpoint": H.MIDPOINT}
@@ -66,67 +66,41 @@ _EPS32 = PROJECT_EPS[_F32]
 _EPS64 = PROJECT_EPS[np.dtype(np.float64)]
 
 
-def check_curvature(owner: str, curvature: Any) -> float:
-    """A negative finite curvature (the ball of curvature ``-c``), else :class:`InvalidConfig`."""
-    try:
-        k = float(curvature)
-    except (TypeError, ValueError):
-        raise InvalidConfig(f"{owner}: 'curvature' must be a negative number; got {curvature!r}.") from None
-    if not np.isfinite(k) or k >= 0:
-        raise InvalidConfig(
-            f"{owner}: 'curvature' must be negative (the Poincaré ball of curvature -c, e.g. -1.0); "
-            f"got {curvature!r}. For flat space use ScaledDotProductAttention."
-        )
-    return k
-
-
-@dataclass
-class HyperbolicConfig(AttentionConfig):
-    """``dim``: point width; ``curvature`` < 0; ``temperature`` τ > 0; ``aggregation``
-    ``"tangent"`` or ``"midpoint"``; ``projections``: Möbius-linear q/k/v maps; ``seed`` for them."""
-
-    dim: int
-    curvature: float = -1.0
-    temperature: float = 1.0
-    aggregation: str = "tangent"
-    projections: bool = False
-    seed: int | None = 0
-
-    def validate(self, owner: str) -> None:
-        V.positive_int(owner, "dim", self.dim)
-        check_curvature(owner, self.curvature)
-        V.positive_float(owner, "temperature", self.temperature)
-        if self.aggregation not in AGGREGATIONS:
-            raise InvalidConfig(
-                f"{owner}: 'aggregation' must be one of {sorted(AGGREGATIONS)}; got {self.aggregation!r}."
-            )
-        if not isinstance(self.projections, (bool, np.bool_)):
-            raise InvalidConfig(f"{owner}: 'projections' must be True or False; got {self.projections!r}.")
-
-
 @register("hyperbolic")
 class HyperbolicAttention(Attention):
     """Attention by hyperbolic distance on the Poincaré ball (see the module docstring)."""
 
-    Config = HyperbolicConfig
+    forward_options = frozenset({"mask", "ids"})
+    params = (
+        DIM,
+        Param(
+            "curvature",
+            V.Curvature(-1, hint=" For flat space use ScaledDotProductAttention."),
+            -1.0,
+            "curvature -c of the Poincaré ball (radius 1/sqrt(c))",
+        ),
+        TEMPERATURE,
+        Param(
+            "aggregation",
+            V.Options(*AGGREGATIONS),
+            "tangent",
+            "'tangent' (tangent-space mean at the origin) or 'midpoint' (Einstein midpoint)",
+        ),
+        Param("projections", V.FLAG, False, "Möbius-linear maps of queries, keys and values"),
+        SEED,
+    )
 
-    def __init__(
-        self,
-        dim: int,
-        curvature: float = -1.0,
-        temperature: float = 1.0,
-        aggregation: str = "tangent",
-        projections: bool = False,
-        seed: int | None = 0,
-    ) -> None:
-        super().__init__(
-            dim=dim,
-            curvature=curvature,
-            temperature=temperature,
-            aggregation=aggregation,
-            projections=projections,
-            seed=seed,
-        )
+    @classmethod
+    def example_params(cls, dim: int = 8, heads: int | None = None) -> dict[str, Any]:
+        """With the Möbius-linear projections (the form with learned state)."""
+        return {"dim": dim, "projections": True}
+
+    def _state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The Möbius-linear maps ``w{q,k,v} (d, d)`` and ``b{q,k,v} (d,)`` when ``projections``."""
+        if not self.config.projections:
+            return {}
+        d = self.hidden_dim
+        return {**{f"w{x}": (d, d) for x in "qkv"}, **{f"b{x}": (d,) for x in "qkv"}}
 
     def _init_state(self) -> None:
         cfg = self.config
@@ -184,7 +158,7 @@ class HyperbolicAttention(Attention):
             V.raise_for_status(op, status, query=q, keys=k, values=v, ids=idx)
         return out, w
 
-    def forward(self, query: Any, keys: Any, values: Any, *, mask: Any = None, ids: Any = None) -> Array:
+    def forward(self, query: Any, keys: Any, values: Any = None, *, mask: Any = None, ids: Any = None) -> Array:
         """Output ``(dv,)`` for one query (``mask`` ``(n,)`` bool, true = attend; ``ids`` rows of the tables)."""
         if mask is None and ids is None and not self.config.projections:
             dt = self._plain_arrays(query, keys, values)  # the hot path: a few attribute reads
@@ -194,11 +168,13 @@ class HyperbolicAttention(Attention):
                 eps = _EPS32 if dt is _F32 else _EPS64
                 if H.hyp_fast(query, keys, values, self._kappa, self._inv_tau, self._agg, eps, w, out) == H.OK:
                     return out
-        return self._run_one(self.kind + ".forward", query, keys, values, mask, ids)[0]
+        op = self.kind + ".forward"
+        keys, values = self._kv(op, keys, values)
+        return self._run_one(op, query, keys, values, mask, ids)[0]
 
-    def attention_weights(self, query: Any, keys: Any, *, mask: Any = None, ids: Any = None) -> Array:
-        """``softmax(-d_c(q, k_j)/τ)`` ``(n,)``."""
-        return self._run_one(self.kind + ".attention_weights", query, keys, None, mask, ids)[1]
+    def _weights_one(self, op: str, query: Any, keys: Any, *, mask: Any = None, ids: Any = None) -> Array:
+        """``softmax(-d_c(q, k_j)/τ)`` ``(1, n)``."""
+        return self._run_one(op, query, self._check_keys(op, keys), None, mask, ids)[1][None, :]
 
     def distances(self, query: Any, keys: Any) -> Array:
         """``d_c(q, k_j)`` ``(n,)`` (after the projections, if any; inputs used as given)."""
@@ -213,7 +189,7 @@ class HyperbolicAttention(Attention):
     # -- many queries ----------------------------------------------------------
     def _run_many(
         self, op: str, queries: Any, keys: Any, values: Any, mask: Any, neighbours: Any, want_weights: bool
-    ) -> tuple[Array, Array | None]:
+    ) -> tuple[Array, Array]:
         qs, k, v, dt = self._tables(op, queries, keys, values)
         m, n = qs.shape[0], k.shape[0]
         qs, k, v = self._project_all(qs, k, v)
@@ -233,17 +209,19 @@ class HyperbolicAttention(Attention):
             empty_ok = False
         if status.any():
             V.raise_for_status(op, status, query=qs, keys=k, values=v, empty_ok=empty_ok)
-        return out, (w if want_weights else None)
+        return out, w
 
-    def forward_batch(self, queries: Any, keys: Any, values: Any, *, mask: Any = None) -> Array:
+    def forward_batch(self, queries: Any, keys: Any, values: Any = None, *, mask: Any = None) -> Array:
         """``(m, d)`` queries over one key set -> ``(m, dv)``; ``mask`` ``(n,)`` or ``(m, n)``; parallel."""
-        return self._run_many(self.kind + ".forward_batch", queries, keys, values, mask, None, False)[0]
+        op = self.kind + ".forward_batch"
+        keys, values = self._kv(op, keys, values)
+        return self._run_many(op, queries, keys, values, mask, None, False)[0]
 
-    def attention_weights_batch(self, queries: Any, keys: Any, *, mask: Any = None) -> Array:
-        """Weights ``(m, n)`` for many queries."""
-        w = self._run_many(self.kind + ".attention_weights_batch", queries, keys, keys, mask, None, True)[1]
-        assert w is not None
-        return w
+    def _weights_batch(self, op: str, queries: Any, keys: Any, *, mask: Any = None) -> Array:
+        """Weights ``(1, m, n)`` for many queries."""
+        k = self._check_keys(op, keys)
+        w = self._run_many(op, queries, k, k, mask, None, True)[1]
+        return w[None]
 
     def forward_neighbours(self, queries: Any, keys: Any, values: Any, neighbours: Any) -> Array:
         """Node ``i`` over its own neighbour rows of the key/value tables -> ``(N, dv)``.
@@ -252,8 +230,12 @@ class HyperbolicAttention(Attention):
         """
         return self._run_many(self.kind + ".forward_neighbours", queries, keys, values, None, neighbours, False)[0]
 
-    def neighbour_weights(self, queries: Any, keys: Any, neighbours: Any) -> Array:
-        """Weights flat ``(nnz,)``, aligned with the neighbour list's ``indices``."""
-        w = self._run_many(self.kind + ".neighbour_weights", queries, keys, keys, None, neighbours, True)[1]
-        assert w is not None
-        return w
+    def _weights_neighbours(self, op: str, queries: Any, keys: Any, neighbours: Any) -> Array:
+        """Weights ``(1, nnz)``, aligned with the neighbour list's ``indices``."""
+        k = self._check_keys(op, keys)
+        w = self._run_many(op, queries, k, k, None, neighbours, True)[1]
+        return w[None]
+
+    @property
+    def _space(self) -> PoincareBall:
+        return self.ball

@@ -74,13 +74,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ruvattn import _validation as V
+from ruvattn._params import Param, ParamSet
 from ruvattn.errors import DimensionMismatch, InvalidConfig, NumericalInstability, Unsupported
 from ruvattn.graph import as_neighbours
 from ruvattn.kernels import linear as L
 from ruvattn.kernels.attention import OK, chunk_size
-from ruvattn.mechanisms.base import _NO_KEEP, Attention, AttentionConfig, register
+from ruvattn.mechanisms.base import _NO_KEEP, DIM, SEED, Attention, register
 
-__all__ = ["LinearAttention", "LinearConfig", "LinearSummary", "draw_projection"]
+__all__ = ["LinearAttention", "LinearSummary", "draw_projection"]
 
 Array = NDArray[np.floating]
 FEATURE_MAPS = {"elu": L.ELU, "favor": L.FAVOR}
@@ -110,40 +111,6 @@ def draw_projection(
         blocks.append(q.T[: min(dim, num_features - start)])
     lengths = np.linalg.norm(rng.standard_normal((num_features, dim)), axis=1)
     return np.ascontiguousarray(np.concatenate(blocks) * lengths[:, None])
-
-
-@dataclass
-class LinearConfig(AttentionConfig):
-    """``dim``: query/key width; ``feature_map``: ``"elu"`` (elu+1) or ``"favor"`` (FAVOR+);
-    ``num_features``: FAVOR+'s ``m`` (elu+1 always has ``dim`` features); ``redraw_every``:
-    redraw the FAVOR+ projection after every ``N`` calls that use it (None: never);
-    ``orthogonal``: orthogonal blocks (else i.i.d. Gaussian rows); ``seed`` of the
-    projection sequence."""
-
-    dim: int
-    feature_map: str = "elu"
-    num_features: int = 64
-    redraw_every: int | None = None
-    orthogonal: bool = True
-    seed: int | None = 0
-
-    def validate(self, owner: str) -> None:
-        V.positive_int(owner, "dim", self.dim)
-        if self.feature_map not in FEATURE_MAPS:
-            raise InvalidConfig(
-                f"{owner}: 'feature_map' must be one of {sorted(FEATURE_MAPS)}; got {self.feature_map!r}. "
-                "'elu' is elu(x)+1 (Katharopoulos et al.), 'favor' the Performer's positive random features."
-            )
-        V.positive_int(owner, "num_features", self.num_features, " Try 64 or 256 (more features, less error).")
-        if self.redraw_every is not None:
-            V.positive_int(owner, "redraw_every", self.redraw_every, " Use None to keep one projection.")
-            if self.feature_map != "favor":
-                raise InvalidConfig(
-                    f"{owner}: 'redraw_every' applies to feature_map='favor' only (elu+1 has no random "
-                    f"projection); got redraw_every={self.redraw_every!r} with feature_map={self.feature_map!r}."
-                )
-        if not isinstance(self.orthogonal, (bool, np.bool_)):
-            raise InvalidConfig(f"{owner}: 'orthogonal' must be True or False; got {self.orthogonal!r}.")
 
 
 def _frozen(a: NDArray[Any]) -> NDArray[Any]:
@@ -212,38 +179,54 @@ class LinearAttention(Attention):
     """Linear attention with elu+1 or FAVOR+ features (see the module docstring for the formula,
     the shapes and when it pays off).
 
-    Parameters
-    ----------
-    dim : query/key width ``d``.
-    feature_map : ``"elu"`` (elu(x)+1) or ``"favor"`` (Performer FAVOR+).
-    num_features : FAVOR+'s number of random features ``m`` (elu+1 has ``d``).
-    redraw_every : FAVOR+ only: draw a new projection after every ``N`` calls of
-        :meth:`forward` (with keys), :meth:`forward_batch` (with keys),
-        :meth:`forward_neighbours` and :meth:`summarize`; None keeps one projection.
-    orthogonal : orthogonal Gaussian blocks with chi(d) row norms (else i.i.d. rows).
-    seed : seed of the projection sequence (the first draw and every redraw).
+    ``num_features`` read as an attribute is the effective feature count ``F`` (``dim`` for elu+1).
     """
 
-    Config = LinearConfig
-    config: LinearConfig
+    forward_options = frozenset({"mask"})
+    params = (
+        DIM,
+        Param(
+            "feature_map",
+            V.Options(
+                *FEATURE_MAPS,
+                hint=" 'elu' is elu(x)+1 (Katharopoulos et al.), 'favor' the Performer's positive random features.",
+            ),
+            "elu",
+            "'elu' (elu(x)+1) or 'favor' (Performer FAVOR+)",
+        ),
+        Param(
+            "num_features",
+            V.Integer(1, hint=" Try 64 or 256 (more features, less error)."),
+            64,
+            "FAVOR+'s number of random features m (elu+1 has dim)",
+        ),
+        Param(
+            "redraw_every",
+            V.Integer(1, hint=" Use None to keep one projection."),
+            None,
+            "FAVOR+ only: a new projection after every N calls that featurise keys",
+            none=True,
+        ),
+        Param("orthogonal", V.FLAG, True, "orthogonal Gaussian blocks with chi(d) row norms (else i.i.d. rows)"),
+        SEED,
+    )
 
-    def __init__(
-        self,
-        dim: int,
-        feature_map: str = "elu",
-        num_features: int = 64,
-        redraw_every: int | None = None,
-        orthogonal: bool = True,
-        seed: int | None = 0,
-    ) -> None:
-        super().__init__(
-            dim=dim,
-            feature_map=feature_map,
-            num_features=num_features,
-            redraw_every=redraw_every,
-            orthogonal=orthogonal,
-            seed=seed,
-        )
+    @classmethod
+    def _check_params(cls, owner: str, p: ParamSet) -> None:
+        if p.redraw_every is not None and p.feature_map != "favor":
+            raise InvalidConfig(
+                f"{owner}: 'redraw_every' applies to feature_map='favor' only (elu+1 has no random "
+                f"projection); got redraw_every={p.redraw_every!r} with feature_map={p.feature_map!r}."
+            )
+
+    @classmethod
+    def example_params(cls, dim: int = 8, heads: int | None = None) -> dict[str, Any]:
+        """FAVOR+ with ``2·dim`` features (the form with random state)."""
+        return {"dim": dim, "feature_map": "favor", "num_features": 2 * dim}
+
+    def _state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """FAVOR+'s projection ``(m, d)`` (elu+1 holds no random state)."""
+        return {"projection": (int(self.config.num_features), self.hidden_dim)} if self._kind == L.FAVOR else {}
 
     def _init_state(self) -> None:
         c = self.config
@@ -462,17 +445,22 @@ class LinearAttention(Attention):
             self._raise(op, status, query=q)
         return out
 
-    def attention_weights(self, query: Any, keys: Any, *, mask: Any = None) -> Array:
-        """The normalised weights ``φ(q)·φ(k_j) / Σ_l φ(q)·φ(k_l)`` ``(n,)`` (removed keys: exactly 0);
+    def prepare(self, keys: Any, values: Any) -> LinearSummary:
+        """The key/value summary (:meth:`summarize`): per-query work is then ``O(F·(d + dv))``."""
+        return self.summarize(keys, values)
+
+    def _weights_one(self, op: str, query: Any, keys: Any, *, mask: Any = None) -> Array:
+        """The normalised weights ``φ(q)·φ(k_j) / Σ_l φ(q)·φ(k_l)`` ``(1, n)`` (removed keys: exactly 0);
         ``weights @ values`` is :meth:`forward`'s output.  ``O(n·d·F)``."""
-        op = f"{self.kind}.attention_weights"
+        if type(keys) is LinearSummary:
+            raise Unsupported(f"{op}: a summary no longer holds the keys; pass the keys themselves.")
         q, k, _, dt = self._tables(op, query, keys, None, "query")
         keep, use_keep = self._keep(op, mask, k.shape[0])
         out = np.empty(k.shape[0], dt)
         status = L.weights_one(q, k, keep, use_keep, self._w[dt], self._kind, self._half[dt], out)
         if status:
             self._raise(op, status, query=q, keys=k)
-        return out
+        return out[None, :]
 
     def forward_batch(self, queries: Any, keys: Any, values: Any = None, *, mask: Any = None) -> Array:
         """Outputs ``(m, dv)`` of queries ``(m, d)``: the summary of the keys/values is built **once** (or

@@ -36,43 +36,23 @@ selection to every node's own list (CSR / padded / ragged) -> ``(N, dv)``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ruvattn import _validation as V
+from ruvattn._params import Param
 from ruvattn.errors import InvalidConfig
 from ruvattn.graph import NeighbourList, as_neighbours
 from ruvattn.kernels import attention as K
-from ruvattn.mechanisms.base import _NO_KEEP, Attention, AttentionConfig, register
+from ruvattn.mechanisms.base import _NO_KEEP, DIM, SCALE, TEMPERATURE, Attention, register
 from ruvattn.sparse import SparsityPattern
 
-__all__ = ["LocalGlobalAttention", "LocalGlobalConfig", "SparseGraphAttention"]
+__all__ = ["LocalGlobalAttention", "SparseGraphAttention"]
 
 Array = NDArray[np.floating]
 Ids = NDArray[np.int64]
-
-
-@dataclass
-class LocalGlobalConfig(AttentionConfig):
-    """``dim``: query/key width; ``local_window`` ≥ 1 entries around the query's position;
-    ``global_nodes`` ≥ 0 landmarks (when no ``global_ids`` are passed); ``scale`` (default
-    ``1/sqrt(dim)``) and ``temperature`` as in scaled dot-product attention."""
-
-    dim: int
-    local_window: int = 32
-    global_nodes: int = 8
-    scale: float | None = None
-    temperature: float = 1.0
-
-    def validate(self, owner: str) -> None:
-        V.positive_int(owner, "dim", self.dim)
-        V.positive_int(owner, "local_window", self.local_window)
-        V.non_negative_int(owner, "global_nodes", self.global_nodes)
-        V.positive_float(owner, "scale", self.scale, allow_none=True)
-        V.positive_float(owner, "temperature", self.temperature)
 
 
 def window_start(n: int, position: int, window: int) -> int:
@@ -97,18 +77,14 @@ def landmarks(n: int, lo: int, hi: int, count: int) -> Ids:
 class LocalGlobalAttention(Attention):
     """Local window around the query's position plus global keys (see the module docstring)."""
 
-    Config = LocalGlobalConfig
-
-    def __init__(
-        self,
-        dim: int,
-        local_window: int = 32,
-        global_nodes: int = 8,
-        scale: float | None = None,
-        temperature: float = 1.0,
-    ) -> None:
-        super().__init__(dim=dim, local_window=local_window, global_nodes=global_nodes, scale=scale,
-                         temperature=temperature)  # fmt: skip
+    forward_options = frozenset({"position", "global_ids", "ids"})
+    params = (
+        DIM,
+        Param("local_window", V.POSITIVE_INT, 32, "entries around the query's position that it attends to"),
+        Param("global_nodes", V.NON_NEGATIVE_INT, 8, "landmark keys attended by every query (without global_ids)"),
+        SCALE,
+        TEMPERATURE,
+    )
 
     def _init_state(self) -> None:
         self._kept_cache: dict[tuple[int, int], Ids] = {}
@@ -188,7 +164,7 @@ class LocalGlobalAttention(Attention):
         return out, w[0], kept, n
 
     def forward(
-        self, query: Any, keys: Any, values: Any, *, position: int = 0, global_ids: Any = None, ids: Any = None
+        self, query: Any, keys: Any, values: Any = None, *, position: int = 0, global_ids: Any = None, ids: Any = None
     ) -> Array:
         """Output ``(dv,)``: exact attention over the kept keys only (``ids``: rows of key/value tables)."""
         if ids is None and global_ids is None and position == 0:
@@ -199,23 +175,26 @@ class LocalGlobalAttention(Attention):
                     out = np.empty(values.shape[1], dt)
                     if K.attend_ids(query, keys, values, fast[0], fast[1], out) == K.OK:
                         return out
-        return self._run(self.kind + ".forward", query, keys, values, position, global_ids, ids)[0]
+        op = self.kind + ".forward"
+        keys, values = self._kv(op, keys, values)
+        return self._run(op, query, keys, values, position, global_ids, ids)[0]
 
-    def attention_weights(
-        self, query: Any, keys: Any, *, position: int = 0, global_ids: Any = None, ids: Any = None
+    def _weights_one(
+        self, op: str, query: Any, keys: Any, *, position: int = 0, global_ids: Any = None, ids: Any = None
     ) -> Array:
-        """Weights ``(n,)`` over the whole list: the softmax on the kept keys, exact zeros elsewhere."""
-        _, w, kept, n = self._run(self.kind + ".attention_weights", query, keys, None, position, global_ids, ids)
-        full = np.zeros(n, w.dtype)
-        full[kept] = w
+        """Weights ``(1, n)`` over the whole list: the softmax on the kept keys, exact zeros elsewhere."""
+        _, w, kept, n = self._run(op, query, self._check_keys(op, keys), None, position, global_ids, ids)
+        full = np.zeros((1, n), w.dtype)
+        full[0, kept] = w
         return full
 
     def forward_batch(
-        self, queries: Any, keys: Any, values: Any, *, positions: Any = None, global_ids: Any = None
+        self, queries: Any, keys: Any, values: Any = None, *, positions: Any = None, global_ids: Any = None
     ) -> Array:
         """``(m, d)`` queries over one ordered key list -> ``(m, dv)``; query ``i`` sits at ``positions[i]``
         (default 0 for every query); parallel over queries."""
         op = self.kind + ".forward_batch"
+        keys, values = self._kv(op, keys, values)
         qs = V.as_array(queries, op, "queries", 2)
         k = V.as_array(keys, op, "keys", 2)
         m, n = qs.shape[0], k.shape[0]
@@ -228,12 +207,19 @@ class LocalGlobalAttention(Attention):
         nl = as_neighbours(op, rows, m, n) if m else NeighbourList(np.zeros(1, np.int64), np.empty(0, np.int64), n)
         return self._neighbours(op, qs, k, values, nl, 1, self._scale(self.config.dim), False)[0]
 
-    def _reduce(self, op: str, nl: NeighbourList, global_ids: Any) -> NeighbourList:
-        """Each node's list cut to its kept entries (window at position 0 plus global), as a new CSR."""
+    def _reduce(self, op: str, nl: NeighbourList, global_ids: Any) -> tuple[NeighbourList, Ids]:
+        """Each node's list cut to its kept entries (window at position 0 plus global), as a new CSR,
+        and the kept entries' positions in the original list."""
         if global_ids is not None:
-            keep_rows = [nl.indices[nl.indptr[i] : nl.indptr[i + 1]] for i in range(nl.num_nodes)]
-            kept = [r[self.kept_positions(r.size, 0, global_ids)] if r.size else r for r in keep_rows]
-            return as_neighbours(op, kept, nl.num_nodes, nl.num_keys)
+            sizes = nl.degrees()
+            where = [
+                nl.indptr[i] + self.kept_positions(int(sizes[i]), 0, global_ids) if sizes[i] else np.empty(0, np.int64)
+                for i in range(nl.num_nodes)
+            ]
+            flat = np.concatenate(where).astype(np.int64) if where else np.empty(0, np.int64)
+            counts = np.array([w.size for w in where], np.int64)
+            indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            return NeighbourList(indptr, nl.indices[flat], nl.num_keys), flat
         deg = nl.degrees()
         node = np.repeat(np.arange(nl.num_nodes), deg)
         pos = np.arange(nl.nnz) - nl.indptr[node]
@@ -246,7 +232,7 @@ class LocalGlobalAttention(Attention):
                 keep[(nl.indptr[rows][:, None] + marks[None, :]).ravel()] = True
         counts = np.bincount(node[keep], minlength=nl.num_nodes)
         indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        return NeighbourList(indptr, nl.indices[keep], nl.num_keys)
+        return NeighbourList(indptr, nl.indices[keep], nl.num_keys), np.flatnonzero(keep)
 
     def forward_neighbours(
         self, queries: Any, keys: Any, values: Any, neighbours: Any, *, global_ids: Any = None
@@ -256,21 +242,22 @@ class LocalGlobalAttention(Attention):
         op = self.kind + ".forward_neighbours"
         qs = V.as_array(queries, op, "queries", 2)
         k = V.as_array(keys, op, "keys", 2)
-        nl = self._reduce(op, as_neighbours(op, neighbours, qs.shape[0], k.shape[0]), global_ids)
+        nl, _ = self._reduce(op, as_neighbours(op, neighbours, qs.shape[0], k.shape[0]), global_ids)
         return self._neighbours(op, qs, k, values, nl, 1, self._scale(self.config.dim), False)[0]
 
-    def neighbour_weights(
-        self, queries: Any, keys: Any, neighbours: Any, *, global_ids: Any = None
-    ) -> tuple[NeighbourList, Array]:
-        """The kept neighbour lists and their weights ``(nnz,)``, aligned entry by entry."""
-        op = self.kind + ".neighbour_weights"
+    def _weights_neighbours(
+        self, op: str, queries: Any, keys: Any, neighbours: Any, *, global_ids: Any = None
+    ) -> Array:
+        """Weights ``(1, nnz)`` aligned with the given lists: exact zeros on the entries the window
+        and the global positions leave out."""
         qs = V.as_array(queries, op, "queries", 2)
         k = V.as_array(keys, op, "keys", 2)
-        nl = self._reduce(op, as_neighbours(op, neighbours, qs.shape[0], k.shape[0]), global_ids)
-        _, w, _, _ = self._neighbours(op, qs, k, k, nl, 1, self._scale(self.config.dim), True)
-        if w is None:  # the kernel always fills them when asked
-            raise RuntimeError(f"{op}: no weights returned")
-        return nl, w[0]
+        full = as_neighbours(op, neighbours, qs.shape[0], k.shape[0])
+        nl, where = self._reduce(op, full, global_ids)
+        _, w, _, _ = self._neighbours(op, qs, k, None, nl, 1, self._scale(self.config.dim), True)
+        out = np.zeros((1, full.nnz), w.dtype)
+        out[0, where] = w[0]
+        return out
 
 
 @register("sparse_graph")

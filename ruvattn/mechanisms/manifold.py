@@ -44,24 +44,23 @@ True
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ruvattn import _validation as V
+from ruvattn._params import Param, ParamSet
 from ruvattn.errors import DimensionMismatch, EmptyInput, InvalidConfig
 from ruvattn.geometry import Manifold, get_manifold
 from ruvattn.graph import as_neighbours
 from ruvattn.kernels import attention as K
-from ruvattn.mechanisms.base import Attention, AttentionConfig, _mode_array, register
+from ruvattn.mechanisms.base import DIM, TEMPERATURE, Attention, _mode_array, register
 
-__all__ = ["ManifoldAttention", "ManifoldConfig", "MixedCurvatureAttention", "MixedCurvatureConfig"]
+__all__ = ["ManifoldAttention", "MixedCurvatureAttention"]
 
 Array = NDArray[np.floating]
 
@@ -80,6 +79,26 @@ def _manifold(owner: str, name: Any, curvature: Any) -> Manifold:
     if not isinstance(name, str):
         raise InvalidConfig(f"{owner}: 'manifold' must be a manifold name or a Manifold; got {name!r}.")
     return get_manifold(name, curvature)
+
+
+def _manifold_name(owner: str, name: str, value: Any) -> Any:
+    if isinstance(value, Manifold) or isinstance(value, str):
+        return value
+    raise InvalidConfig(f"{owner}: '{name}' must be a manifold name or a Manifold; got {value!r}.")
+
+
+def _encode_manifold(value: Any) -> str:
+    return value.name if isinstance(value, Manifold) else str(value)
+
+
+def _component_list(owner: str, name: str, value: Any) -> list[Any]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise InvalidConfig(f"{owner}: '{name}' must be a list of (manifold, dim[, curvature]) factors; got {value!r}.")
+    return list(value)
+
+
+def _weight_list(owner: str, name: str, value: Any) -> list[float]:
+    return V.float_list(owner, name, value)
 
 
 def _keep(op: str, mask: Any, n: int) -> NDArray[np.bool_] | None:
@@ -119,43 +138,39 @@ def _neighbours(
     return out
 
 
-@dataclass
-class ManifoldConfig(AttentionConfig):
-    """``dim``: coordinates per point (the Lorentz model uses ``d + 1``); ``manifold``: a registered
-    name (``"euclidean"``, ``"poincare"``, ``"lorentz"``, ``"sphere"``) or a Manifold instance;
-    ``curvature``: signed (``None``: the manifold's default); ``temperature`` τ > 0."""
-
-    dim: int
-    manifold: Any = "poincare"
-    curvature: float | None = None
-    temperature: float = 1.0
-
-    def validate(self, owner: str) -> None:
-        V.positive_int(owner, "dim", self.dim)
-        _manifold(owner, self.manifold, self.curvature)
-        V.positive_float(owner, "temperature", self.temperature)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        if isinstance(self.manifold, Manifold):
-            d["manifold"] = self.manifold.name
-            d["curvature"] = self.manifold.curvature
-        return d
-
-
 @register("manifold")
 class ManifoldAttention(Attention):
     """Distance-softmax attention with manifold-midpoint aggregation on any :class:`Manifold`."""
 
-    Config = ManifoldConfig
+    forward_options = frozenset({"mask"})
+    params = (
+        DIM,
+        Param(
+            "manifold",
+            V.Custom(_manifold_name, "a manifold name or a Manifold instance"),
+            "poincare",
+            "'euclidean', 'poincare', 'lorentz', 'sphere' (any registered name) or a Manifold",
+            encode=_encode_manifold,
+        ),
+        Param("curvature", V.Real(), None, "signed curvature (None: the manifold's default)", none=True),
+        TEMPERATURE,
+    )
 
-    def __init__(
-        self, dim: int, manifold: str | Manifold = "poincare", curvature: float | None = None, temperature: float = 1.0
-    ) -> None:
-        super().__init__(dim=dim, manifold=manifold, curvature=curvature, temperature=temperature)
+    @classmethod
+    def _check_params(cls, owner: str, p: ParamSet) -> None:
+        _manifold(owner, p.manifold, p.curvature)
 
     def _init_state(self) -> None:
-        self.manifold = _manifold(type(self).__name__, self.config.manifold, self.config.curvature)
+        self._manifold = _manifold(type(self).__name__, self.config.manifold, self.config.curvature)
+
+    @property
+    def _space(self) -> Manifold:
+        return self._manifold
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["curvature"] = self._manifold.curvature
+        return out
 
     @property
     def complexity(self) -> str:
@@ -166,31 +181,33 @@ class ManifoldAttention(Attention):
         keep = _keep(op, mask, n)
         if n == 0 or (keep is not None and not keep.any()):
             raise EmptyInput(f"{op}: nothing to attend over: the key set is empty or every key is masked out.")
-        scores = -self.manifold.dist(q, k).astype(np.float64) / float(self.config.temperature)
+        scores = -self._manifold.dist(q, k).astype(np.float64) / float(self.config.temperature)
         if keep is not None:
             scores[~keep] = -np.inf
         return _softmax(scores)
 
-    def attention_weights(self, query: Any, keys: Any, *, mask: Any = None) -> Array:
-        op = self.kind + ".attention_weights"
-        q, k, _, dt = self._tables(op, query, keys, None, "query")
-        return self._weights(op, q, k, mask).astype(dt)
+    def _weights_one(self, op: str, query: Any, keys: Any, *, mask: Any = None) -> Array:
+        q, k, _, dt = self._tables(op, query, self._check_keys(op, keys), None, "query")
+        return self._weights(op, q, k, mask).astype(dt)[None, :]
 
-    def forward(self, query: Any, keys: Any, values: Any, *, mask: Any = None) -> Array:
+    def forward(self, query: Any, keys: Any, values: Any = None, *, mask: Any = None) -> Array:
         op = self.kind + ".forward"
+        keys, values = self._kv(op, keys, values)
         q, k, v, dt = self._tables(op, query, keys, values, "query")
         w = self._weights(op, q, k, mask)
         live = w > 0
-        return np.asarray(self.manifold.midpoint(v[live], w[live]), dt)
+        return np.asarray(self._manifold.midpoint(v[live], w[live]), dt)
 
-    def forward_batch(self, queries: Any, keys: Any, values: Any, *, mask: Any = None) -> Array:
+    def forward_batch(self, queries: Any, keys: Any, values: Any = None, *, mask: Any = None) -> Array:
         """``(m, d)`` queries over one key set -> ``(m, dv)``; ``mask`` ``(n,)`` or ``(m, n)`` (a loop)."""
-        return _batch(self, self.kind + ".forward_batch", queries, keys, values, mask)
+        op = self.kind + ".forward_batch"
+        keys, values = self._kv(op, keys, values)
+        return _batch(self, op, queries, keys, values, mask)
 
     def forward_neighbours(self, queries: Any, keys: Any, values: Any, neighbours: Any) -> Array:
         """Node ``i`` over its own neighbour rows; a node without neighbours gets the origin."""
         return _neighbours(self, self.kind + ".forward_neighbours", queries, keys, values, neighbours,
-                           self.manifold.origin)  # fmt: skip
+                           self._manifold.origin)  # fmt: skip
 
 
 # -- mixed curvature ----------------------------------------------------------------
@@ -224,64 +241,63 @@ def _components(owner: str, dim: int, spec: Any) -> list[tuple[Manifold, int]]:
     return out
 
 
-@dataclass
-class MixedCurvatureConfig(AttentionConfig):
-    """``dim``: total width; ``components``: ``(manifold, dim[, curvature])`` factors (default: half
-    Euclidean, half Poincaré of curvature -1); ``component_weights``: initial β (default all 1, each
-    ≥ 0); ``temperature`` τ > 0."""
-
-    dim: int
-    components: list[Any] | None = None
-    component_weights: list[float] | None = None
-    temperature: float = 1.0
-
-    def validate(self, owner: str) -> None:
-        V.positive_int(owner, "dim", self.dim)
-        comps = _components(owner, self.dim, self.components)
-        if self.component_weights is not None:
-            w = np.asarray(self.component_weights, np.float64)
-            if w.shape != (len(comps),) or not np.all(np.isfinite(w)) or np.any(w < 0):
-                raise InvalidConfig(
-                    f"{owner}: 'component_weights' must be {len(comps)} finite non-negative numbers; "
-                    f"got {self.component_weights!r}."
-                )
-        V.positive_float(owner, "temperature", self.temperature)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["components"] = [
-            [m.name, w, m.curvature] for m, w in _components("MixedCurvatureConfig", self.dim, self.components)
-        ]
-        return d
-
-
 @register("mixed_curvature")
 class MixedCurvatureAttention(Attention):
     """Attention in a product of Euclidean, Poincaré and spherical factors (see the module docstring)."""
 
-    Config = MixedCurvatureConfig
+    forward_options = frozenset({"mask"})
+    params = (
+        DIM,
+        Param(
+            "components",
+            V.Custom(_component_list, "a list of (manifold, dim[, curvature]) factors"),
+            None,
+            "factors (default: half Euclidean, half Poincaré of curvature -1)",
+            none=True,
+        ),
+        Param(
+            "component_weights",
+            V.Custom(_weight_list, "a list of finite numbers >= 0"),
+            None,
+            "initial factor weights β (default all 1); learned by fit_component_weights",
+            none=True,
+        ),
+        TEMPERATURE,
+    )
 
-    def __init__(
-        self,
-        dim: int,
-        components: Sequence[Any] | None = None,
-        component_weights: Sequence[float] | None = None,
-        temperature: float = 1.0,
-    ) -> None:
-        super().__init__(
-            dim=dim,
-            components=None if components is None else list(components),
-            component_weights=None if component_weights is None else list(component_weights),
-            temperature=temperature,
-        )
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["components"] = [[m.name, w, m.curvature] for m, w in self.factors]
+        return out
+
+    @property
+    def input_space(self) -> str:
+        return "product"
+
+    def _state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The factor weights β ``(p,)`` (learned by :meth:`fit_component_weights`)."""
+        return {"component_weights": (len(self.factors),)}
+
+    def embed(self, x: Any) -> Array:
+        """Each factor's columns mapped into that factor (:meth:`ruvattn.geometry.Manifold.embed`)."""
+        arr = V.as_array(x, f"{self.kind}.embed", "x", 2)
+        V.check_width(f"{self.kind}.embed", "x", arr, self.hidden_dim)
+        return np.concatenate([m.embed(arr[:, sl]) for (m, _), sl in zip(self.factors, self._slices, strict=True)],
+                              axis=1).astype(arr.dtype)  # fmt: skip
+
+    @classmethod
+    def _check_params(cls, owner: str, p: ParamSet) -> None:
+        comps = _components(owner, p.dim, p.components)
+        if p.component_weights is not None:
+            V.float_list(owner, "component_weights", p.component_weights, len(comps))
 
     def _init_state(self) -> None:
         cfg = self.config
-        self.components = _components(type(self).__name__, cfg.dim, cfg.components)
-        p = len(self.components)
+        self.factors = _components(type(self).__name__, cfg.dim, cfg.components)
+        p = len(self.factors)
         init = np.ones(p) if cfg.component_weights is None else np.asarray(cfg.component_weights, np.float64)
         self.component_weights_ = init.astype(np.float64).copy()
-        bounds = np.cumsum([0] + [w for _, w in self.components])
+        bounds = np.cumsum([0] + [w for _, w in self.factors])
         self._slices = [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
 
     @property
@@ -291,10 +307,7 @@ class MixedCurvatureAttention(Attention):
     def _distances(self, q: Array, k: Array) -> NDArray[np.float64]:
         """``(p, n)`` per-factor distances."""
         return np.stack(
-            [
-                m.dist(q[sl], k[:, sl]).astype(np.float64)
-                for (m, _), sl in zip(self.components, self._slices, strict=True)
-            ]
+            [m.dist(q[sl], k[:, sl]).astype(np.float64) for (m, _), sl in zip(self.factors, self._slices, strict=True)]
         )
 
     def _weights(self, op: str, q: Array, k: Array, mask: Any) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -308,18 +321,18 @@ class MixedCurvatureAttention(Attention):
             scores[~keep] = -np.inf
         return _softmax(scores), dists
 
-    def attention_weights(self, query: Any, keys: Any, *, mask: Any = None) -> Array:
-        op = self.kind + ".attention_weights"
-        q, k, _, dt = self._tables(op, query, keys, None, "query")
-        return self._weights(op, q, k, mask)[0].astype(dt)
+    def _weights_one(self, op: str, query: Any, keys: Any, *, mask: Any = None) -> Array:
+        q, k, _, dt = self._tables(op, query, self._check_keys(op, keys), None, "query")
+        return self._weights(op, q, k, mask)[0].astype(dt)[None, :]
 
     def _values(self, op: str, v: Array) -> None:
         if v.shape[1] != self.config.dim:
             raise DimensionMismatch(f"{op}: values has shape {v.shape}, expected (n, {self.config.dim}) "
                                     "(values live in the same product space).")  # fmt: skip
 
-    def forward(self, query: Any, keys: Any, values: Any, *, mask: Any = None) -> Array:
+    def forward(self, query: Any, keys: Any, values: Any = None, *, mask: Any = None) -> Array:
         op = self.kind + ".forward"
+        keys, values = self._kv(op, keys, values)
         q, k, v, dt = self._tables(op, query, keys, values, "query")
         self._values(op, v)
         w, _ = self._weights(op, q, k, mask)
@@ -329,13 +342,15 @@ class MixedCurvatureAttention(Attention):
         live = w > 0
         parts = [
             m.midpoint(v[live][:, sl].astype(np.float64), w[live])
-            for (m, _), sl in zip(self.components, self._slices, strict=True)
+            for (m, _), sl in zip(self.factors, self._slices, strict=True)
         ]
         return np.concatenate(parts)
 
-    def forward_batch(self, queries: Any, keys: Any, values: Any, *, mask: Any = None) -> Array:
+    def forward_batch(self, queries: Any, keys: Any, values: Any = None, *, mask: Any = None) -> Array:
         """``(m, d)`` queries over one key set -> ``(m, d)``; ``mask`` ``(n,)`` or ``(m, n)`` (a loop)."""
-        return _batch(self, self.kind + ".forward_batch", queries, keys, values, mask)
+        op = self.kind + ".forward_batch"
+        keys, values = self._kv(op, keys, values)
+        return _batch(self, op, queries, keys, values, mask)
 
     def forward_neighbours(self, queries: Any, keys: Any, values: Any, neighbours: Any) -> Array:
         """Node ``i`` over its own neighbour rows; a node without neighbours gets the origin (zeros)."""
@@ -360,7 +375,7 @@ class MixedCurvatureAttention(Attention):
         w, dists = self._weights(op, q, k, None)
         v64 = v.astype(np.float64)
         dw = np.zeros(k.shape[0])
-        for (m, _), sl in zip(self.components, self._slices, strict=True):
+        for (m, _), sl in zip(self.factors, self._slices, strict=True):
             logs = np.atleast_2d(m.logmap0(v64[:, sl]))
             t = w @ logs
             dw += logs @ m.expmap0_vjp(t, g[sl])

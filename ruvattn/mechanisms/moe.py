@@ -9,12 +9,12 @@ r"""Mixture-of-experts attention: a router sends each query to its top-k attenti
 (Shazeer et al. 2017; the specification's FR-005.1).  Only the chosen experts
 run.  The experts are any :class:`~ruvattn.mechanisms.Attention` objects that
 share the query width and produce outputs of one width (checked when the layer
-is built, with a probe call).  The router (:class:`~ruvattn.moe.Router`) has
+is built, with a probe call).  The router (:class:`~ruvattn.routing.Router`) has
 softmax gating, noisy top-k gating in training mode (seeded), a temperature,
 and, for batches, a capacity per expert with overflowing queries re-routed to
 their next expert or dropped (reported).  Routing is inspectable to the last
 number: :meth:`MoEAttention.get_routing` for one query and
-:meth:`MoEAttention.routing_record` (a :class:`~ruvattn.moe.RoutingRecord`:
+:meth:`MoEAttention.routing_record` (a :class:`~ruvattn.routing.RoutingRecord`:
 choices, weights, load, utilisation, entropy, dropped and overflowed queries,
 dead experts, the Switch load-balancing loss and the router z-loss) for a batch.
 
@@ -45,108 +45,119 @@ Shapes: query ``(d,)``, keys ``(n, d)``, values ``(n, dv)`` -> ``(dv_out,)``;
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ruvattn import _validation as V
+from ruvattn._params import REQUIRED, Param, ParamSet
 from ruvattn.errors import DimensionMismatch, InvalidConfig
-from ruvattn.mechanisms.base import Attention, AttentionConfig, build, register
-from ruvattn.mechanisms.gat import GATConv, GATv2Conv
-from ruvattn.mechanisms.hyperbolic import HyperbolicAttention
-from ruvattn.mechanisms.linear import LinearAttention
-from ruvattn.mechanisms.local_global import LocalGlobalAttention
-from ruvattn.mechanisms.multi_head import MultiHeadAttention
-from ruvattn.mechanisms.scaled_dot import ScaledDotProductAttention
+from ruvattn.mechanisms.base import DIM, SEED, Attention, build, register
 from ruvattn.routing.router import Router, Routing, RoutingRecord, fit_router
 
-__all__ = ["MoEAttention", "MoEBuilder", "MoEConfig", "PreparedKeys"]
+__all__ = ["MoEAttention", "MoEBuilder", "PreparedKeys"]
 
 Array = NDArray[np.floating]
-_EDGE_EXPERTS = (GATConv, GATv2Conv)
 
 
 @dataclass(frozen=True)
 class PreparedKeys:
     """A key/value set prepared once for every expert of one :class:`MoEAttention`
-    (:meth:`MoEAttention.prepare`): a linear expert's key/value summary, a multi-head
-    expert's projected keys/values, the raw arrays for the others."""
+    (:meth:`MoEAttention.prepare`): each expert's own :meth:`~Attention.prepare` form."""
 
     keys: Array
     values: Array
     forms: tuple[Any, ...]
-    owner: int
+    owner: Any
+    version: int
 
 
-def _expert(owner: str, spec: Any) -> Attention:
-    if isinstance(spec, Attention):
-        return spec
-    if isinstance(spec, dict):
-        return build(spec)
-    raise InvalidConfig(f"{owner}: an expert is an Attention object or a build() dict; got {type(spec).__name__}.")
+def _experts(owner: str, name: str, value: Any) -> tuple[Attention, ...]:
+    """Experts as mechanisms: ``build()`` dicts are built, Attention objects kept (shared, not copied)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
+        raise InvalidConfig(f"{owner}: '{name}' must list at least one attention mechanism; got {value!r}.")
+    out = []
+    for i, spec in enumerate(value):
+        if isinstance(spec, Attention):
+            out.append(spec)
+        elif isinstance(spec, dict):
+            out.append(build(spec))
+        else:
+            raise InvalidConfig(f"{owner}: expert {i} must be an Attention object or a build() dict; "
+                                f"got {type(spec).__name__}.")  # fmt: skip
+    return tuple(out)
 
 
-def _expert_dim(e: Attention) -> int:
-    return int(e.hidden_dim)
+def _expert_dicts(value: Any) -> list[dict[str, Any]]:
+    return [e.to_dict() for e in value]
 
 
-@dataclass
-class MoEConfig(AttentionConfig):
-    """``dim``: query width; ``experts``: Attention objects or ``build()`` dicts; ``top_k`` in
-    ``[1, len(experts)]``; router ``temperature``; ``noisy`` top-k gating (training mode) with
-    ``noise_scale``; ``capacity_factor`` (None: unlimited) and ``overflow`` ("next" or "drop") for
-    batches; ``seed`` for the router's initialisation and noise."""
-
-    dim: int
-    experts: list[Any] = field(default_factory=list)
-    top_k: int = 2
-    temperature: float = 1.0
-    noisy: bool = False
-    noise_scale: float = 1.0
-    capacity_factor: float | None = None
-    overflow: str = "next"
-    seed: int | None = 0
-
-    def validate(self, owner: str) -> None:
-        V.positive_int(owner, "dim", self.dim)
-        if not self.experts:
-            raise InvalidConfig(f"{owner}: 'experts' must list at least one attention mechanism.")
-        k = self.top_k
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= len(self.experts):
-            raise InvalidConfig(f"{owner}: 'top_k' must be an integer in [1, {len(self.experts)}] (the number of "
-                                f"experts); got {k!r}.")  # fmt: skip
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        d["experts"] = [e.to_dict() if isinstance(e, Attention) else dict(e) for e in self.experts]
-        return d
+def _options(e: Attention, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The keyword options an expert's forward takes (its ``forward_options``)."""
+    return {k: v for k, v in kwargs.items() if k in e.forward_options and v is not None}
 
 
 @register("moe")
 class MoEAttention(Attention):
-    """Top-k mixture of attention experts with an inspectable, trainable router (see the module docstring)."""
+    """Top-k mixture of attention experts with an inspectable, trainable router (see the module docstring).
 
-    Config = MoEConfig
+    Its weights (:meth:`weights`, ``H = 1``) are the routing-weighted mixture of the chosen
+    experts' head-mean weights, so they sum to 1 like every mechanism's.
+    """
 
-    def __init__(
-        self,
-        dim: int,
-        experts: Sequence[Any],
-        top_k: int = 2,
-        temperature: float = 1.0,
-        noisy: bool = False,
-        noise_scale: float = 1.0,
-        capacity_factor: float | None = None,
-        overflow: str = "next",
-        seed: int | None = 0,
-    ) -> None:
-        super().__init__(dim=dim, experts=list(experts), top_k=top_k, temperature=temperature, noisy=noisy,
-                         noise_scale=noise_scale, capacity_factor=capacity_factor, overflow=overflow,
-                         seed=seed)  # fmt: skip
+    params = (
+        DIM,
+        Param(
+            "experts",
+            V.Custom(_experts, "a list of Attention objects or build() dicts"),
+            REQUIRED,
+            "the experts (mechanisms sharing the query width)",
+            encode=_expert_dicts,
+        ),
+        Param("top_k", V.POSITIVE_INT, 2, "experts per query (at most the number of experts)"),
+        Param("temperature", V.POSITIVE, 1.0, "the router's logits are divided by it"),
+        Param("noisy", V.FLAG, False, "noisy top-k gating in training mode"),
+        Param("noise_scale", V.POSITIVE, 1.0, "scale of the gating noise"),
+        Param("capacity_factor", V.POSITIVE, None, "batch capacity per expert (None: unlimited)", none=True),
+        Param("overflow", V.Options("next", "drop"), "next", "what a query over capacity does"),
+        SEED,
+    )
+    forward_options = frozenset({"edge_features"})
+
+    @classmethod
+    def _check_params(cls, owner: str, p: ParamSet) -> None:
+        k = p.top_k
+        if k > len(p.experts):
+            raise InvalidConfig(f"{owner}: 'top_k' must be an integer in [1, {len(p.experts)}] (the number of "
+                                f"experts); got {k!r}.")  # fmt: skip
+        for i, e in enumerate(p.experts):
+            if e.hidden_dim != p.dim:
+                raise InvalidConfig(f"{owner}: expert {i} ({type(e).__name__}) takes queries of width "
+                                    f"{e.hidden_dim}, but the layer's dim is {p.dim}.")  # fmt: skip
+        if p.seed is None:
+            raise InvalidConfig(f"{owner}: 'seed' must be an integer (the router needs one); got None.")
+
+    @classmethod
+    def example_params(cls, dim: int = 8, heads: int | None = None) -> dict[str, Any]:
+        """Three experts (scaled dot-product, local + global, FAVOR+), top-2."""
+        experts = [
+            {"type": "scaled_dot_product", "dim": dim},
+            {"type": "local_global", "dim": dim, "local_window": 4, "global_nodes": 2},
+            {"type": "linear", "dim": dim, "feature_map": "favor", "num_features": 2 * dim},
+        ]
+        return {"dim": dim, "experts": experts, "top_k": 2}
+
+    @property
+    def input_space(self) -> str:
+        """The experts' space when one of them needs points off flat space (a ball point is also Euclidean)."""
+        return next((e.input_space for e in self.experts if e.input_space != "euclidean"), "euclidean")
+
+    def embed(self, x: Any) -> Array:
+        special = next((e for e in self.experts if e.input_space != "euclidean"), None)
+        return special.embed(x) if special is not None else super().embed(x)
 
     @staticmethod
     def builder() -> MoEBuilder:
@@ -155,13 +166,7 @@ class MoEAttention(Attention):
 
     def _init_state(self) -> None:
         cfg = self.config
-        owner = type(self).__name__
-        self.experts = [_expert(owner, e) for e in cfg.experts]
-        for i, e in enumerate(self.experts):
-            if _expert_dim(e) != cfg.dim:
-                raise InvalidConfig(f"{owner}: expert {i} ({type(e).__name__}) takes queries of width "
-                                    f"{_expert_dim(e)}, but the layer's dim is {cfg.dim}.")  # fmt: skip
-        self.router = Router(cfg.dim, len(self.experts), top_k=cfg.top_k, temperature=cfg.temperature,
+        self.router = Router(cfg.dim, len(cfg.experts), top_k=cfg.top_k, temperature=cfg.temperature,
                              noisy=cfg.noisy, noise_scale=cfg.noise_scale, capacity_factor=cfg.capacity_factor,
                              overflow=cfg.overflow, seed=cfg.seed)  # fmt: skip
         self.output_dim = self._probe_output_width()
@@ -172,14 +177,36 @@ class MoEAttention(Attention):
         d = self.config.dim
         q = (0.1 * rng.standard_normal(d)).astype(np.float64)
         kv = (0.1 * rng.standard_normal((3, d))).astype(np.float64)
-        widths = []
-        for e in self.experts:
-            widths.append(int(np.shape(self._run_expert(e, q, kv, kv, None))[0]))
+        widths = [int(np.shape(e.forward(e.embed(q[None])[0], e.embed(kv), e.embed(kv)))[0]) for e in self.experts]
         if len(set(widths)) > 1:
-            desc = ", ".join(f"{i}: {type(e).__name__} -> {w}" for i, e, w in zip(range(len(widths)), self.experts,
-                                                                                  widths, strict=True))  # fmt: skip
+            pairs = zip(self.experts, widths, strict=True)
+            desc = ", ".join(f"{i}: {type(e).__name__} -> {w}" for i, (e, w) in enumerate(pairs))
             raise InvalidConfig(f"MoEAttention: the experts must share the output width; got {desc}.")
         return widths[0]
+
+    def _state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The router's tensors under ``router.`` and each expert's under ``experts.<i>.``."""
+        out = {f"router.{n}": s for n, s in self.router._state_shapes().items()}
+        for i, e in enumerate(self.experts):
+            out.update({f"experts.{i}.{n}": s for n, s in e._state_shapes().items()})
+        return out
+
+    def _owner_of(self, name: str) -> tuple[Any, str]:
+        head, _, rest = name.partition(".")
+        if head == "router":
+            return self.router, rest
+        index, _, rest = rest.partition(".")
+        return self.experts[int(index)], rest
+
+    def _state_get(self, name: str) -> NDArray[Any]:
+        owner, rest = self._owner_of(name)
+        return owner._state_get(rest)
+
+    def _state_set(self, name: str, value: NDArray[Any]) -> None:
+        owner, rest = self._owner_of(name)
+        owner._state_set(rest, value)
+        owner.__dict__["_state_version"] = owner.state_version + 1
+        owner._state_loaded()
 
     @property
     def num_experts(self) -> int:
@@ -198,30 +225,31 @@ class MoEAttention(Attention):
         return self
 
     # -- running ------------------------------------------------------------------
-    @staticmethod
-    def _run_expert(e: Attention, q: Array, k: Array, v: Array, edge_features: Any, form: Any = None) -> Array:
-        if form is not None:  # a prepared summary / projection
-            return e.forward(q, form)
-        if isinstance(e, _EDGE_EXPERTS):
-            return e.forward_with_edges(q, k, v, edge_features)
-        return e.forward(q, k, v)
-
     def prepare(self, keys: Any, values: Any) -> PreparedKeys:
-        """Prepare a key/value set once for repeated queries: linear experts summarise it
-        (O(n·d·m) once, then O(d·m) per query) and multi-head experts project it.  Pass the
-        result as ``keys`` to :meth:`forward` (without ``values``)."""
-        op = self.kind + ".prepare"
-        k = V.as_array(keys, op, "keys", 2)
-        v = V.as_array(values, op, "values", 2)
-        forms: list[Any] = []
-        for e in self.experts:
-            if isinstance(e, LinearAttention):
-                forms.append(e.summarize(k, v))
-            elif isinstance(e, MultiHeadAttention):
-                forms.append(e.project(k, v))
-            else:
-                forms.append(None)
-        return PreparedKeys(k, v, tuple(forms), id(self))
+        """Prepare a key/value set once for repeated queries: every expert's own :meth:`prepare`
+        (a linear expert summarises it, a multi-head expert projects it).  Pass the result as
+        ``keys`` to :meth:`forward` (without ``values``)."""
+        k, v = self._unprepare(self.kind + ".prepare", keys, values)
+        forms = tuple(e.prepare(k, v) for e in self.experts)
+        return PreparedKeys(k, v, forms, self, self.state_version)
+
+    def _split(self, op: str, keys: Any, values: Any) -> tuple[Array, Array, tuple[Any, ...]]:
+        """``(keys, values, per-expert forms)``: prepared forms, or the raw arrays for every expert."""
+        if isinstance(keys, PreparedKeys):
+            if keys.owner is not self or keys.version != self.state_version:
+                raise InvalidConfig(f"{op}: these keys were prepared by another MoEAttention or before its state "
+                                    "was loaded; call prepare() again.")  # fmt: skip
+            if values is not None:
+                raise InvalidConfig(f"{op}: keys were prepared with their values; pass values=None.")
+            return keys.keys, keys.values, keys.forms
+        k, v = self._unprepare(op, keys, values)
+        return k, v, (None,) * len(self.experts)
+
+    @staticmethod
+    def _run_expert(e: Attention, q: Array, k: Array, v: Array, form: Any, options: dict[str, Any]) -> Array:
+        if form is not None:
+            return e.forward(q, form, **_options(e, options))
+        return e.forward(q, k, v, **_options(e, options))
 
     def _query(self, op: str, query: Any) -> Array:
         q = V.as_array(query, op, "query", 1)
@@ -241,13 +269,7 @@ class MoEAttention(Attention):
         """
         op = self.kind + ".forward"
         q = self._query(op, query)
-        forms: tuple[Any, ...] = (None,) * len(self.experts)
-        if isinstance(keys, PreparedKeys):
-            if keys.owner != id(self):
-                raise InvalidConfig(f"{op}: these keys were prepared by another MoEAttention; call prepare() here.")
-            keys, values, forms = keys.keys, keys.values, keys.forms
-        elif values is None:
-            raise DimensionMismatch(f"{op}: values are missing; pass keys and values, or keys=prepare(keys, values).")
+        keys, values, forms = self._split(op, keys, values)
         chosen = self.router.choose(q)
         if chosen is None:  # noisy gating in training mode (or a NaN query: route() names it)
             routing = self.router.route(q[None])
@@ -256,7 +278,9 @@ class MoEAttention(Attention):
         for e, w in zip(*chosen, strict=True):
             if e < 0 or w == 0:
                 continue
-            y = np.asarray(self._run_expert(self.experts[e], q, keys, values, edge_features, forms[e]))
+            y = np.asarray(
+                self._run_expert(self.experts[e], q, keys, values, forms[e], {"edge_features": edge_features})
+            )
             out = w * y if out is None else out + w * y
         if out is None:  # dropped (only possible with capacity limits, which do not apply to one query)
             return np.zeros(self.output_dim, q.dtype)
@@ -271,10 +295,23 @@ class MoEAttention(Attention):
         """The full routing record of a batch (no expert runs): what the MoE widget draws."""
         return self.router.record(self.route(queries))
 
-    def forward_batch(self, queries: Any, keys: Any, values: Any, *, edge_features: Any = None) -> Array:
+    def _weights_one(self, op: str, query: Any, keys: Any, **options: Any) -> Array:
+        """``(1, n)``: the chosen experts' head-mean weights mixed by the routing weights."""
+        q = self._query(op, query)
+        k = keys.keys if isinstance(keys, PreparedKeys) else self._check_keys(op, keys)
+        routing = self.router.route(q[None])
+        out = np.zeros((1, k.shape[0]), np.float64)
+        for e, w in zip(routing.experts[0], routing.weights[0], strict=True):
+            if e >= 0 and w > 0:
+                out[0] += w * self.experts[e].attention_weights(q, k, **_options(self.experts[e], options))
+        total = out.sum()
+        return (out / total if total > 0 else out).astype(np.result_type(q.dtype, k.dtype))
+
+    def forward_batch(self, queries: Any, keys: Any, values: Any = None, *, edge_features: Any = None) -> Array:
         """``(m, d)`` queries over one key set: routed together (capacity applies), each expert runs once on
-        the queries sent to it (its batch form where it has one); dropped queries get zeros."""
+        the queries sent to it (its batch form); dropped queries get zeros."""
         op = self.kind + ".forward_batch"
+        keys, values, forms = self._split(op, keys, values)
         qs = V.as_array(queries, op, "queries", 2)
         V.check_width(op, "queries", qs, self.config.dim)
         routing = self.router.route(qs)
@@ -285,10 +322,11 @@ class MoEAttention(Attention):
             rows, slots = np.nonzero(routing.experts == e)
             if rows.size == 0:
                 continue
-            if hasattr(expert, "forward_batch") and not isinstance(expert, _EDGE_EXPERTS):
-                ys = np.asarray(expert.forward_batch(qs[rows], keys, values))
+            opts = _options(expert, {"edge_features": edge_features})
+            if forms[e] is not None:
+                ys = np.asarray(expert.forward_batch(qs[rows], forms[e], **opts))
             else:
-                ys = np.stack([np.asarray(self._run_expert(expert, qs[r], keys, values, edge_features)) for r in rows])
+                ys = np.asarray(expert.forward_batch(qs[rows], keys, values, **opts))
             if ys.shape[1] != self.output_dim:
                 raise DimensionMismatch(f"{op}: expert {e} returned width {ys.shape[1]}, expected {self.output_dim}.")
             np.add.at(out, rows, routing.weights[rows, slots][:, None] * ys)
@@ -298,13 +336,11 @@ class MoEAttention(Attention):
         """Every expert's output for every query, ``(E, m, dv_out)`` float64 (for training and analysis)."""
         op = self.kind + ".expert_outputs"
         qs = V.as_array(queries, op, "queries", 2)
-        outs = []
-        for expert in self.experts:
-            if hasattr(expert, "forward_batch") and not isinstance(expert, _EDGE_EXPERTS):
-                outs.append(np.asarray(expert.forward_batch(qs, keys, values), np.float64))
-            else:
-                outs.append(np.stack([np.asarray(self._run_expert(expert, q, keys, values, None), np.float64)
-                                      for q in qs]))  # fmt: skip
+        keys, values, forms = self._split(op, keys, values)
+        outs = [
+            np.asarray(e.forward_batch(qs, f) if f is not None else e.forward_batch(qs, keys, values), np.float64)
+            for e, f in zip(self.experts, forms, strict=True)
+        ]
         return np.stack(outs)
 
     def fit_router(
@@ -319,7 +355,7 @@ class MoEAttention(Attention):
         balance_coef: float = 0.01,
         z_coef: float = 0.001,
     ) -> list[dict[str, float]]:
-        """Train the router: the experts' outputs are computed once, then :func:`~ruvattn.moe.fit_router`
+        """Train the router: the experts' outputs are computed once, then :func:`~ruvattn.routing.fit_router`
         minimises ``mean_q |Σ_s w[q,s] out[e[q,s], q] - target[q]|² + balance_coef·LB + z_coef·Z``."""
         op = self.kind + ".fit_router"
         qs = V.as_array(queries, op, "queries", 2)
@@ -353,39 +389,42 @@ class MoEBuilder:
         return self._dim
 
     def _set_dim(self, dim: int) -> None:
-        dim = V.positive_int("MoEBuilder", "dim", dim)
+        dim = V.POSITIVE_INT.check("MoEBuilder", "dim", dim)
         if self._dim is not None and dim != self._dim:
             raise InvalidConfig(f"MoEBuilder: every expert must take width {self._dim}; got {dim}.")
         self._dim = dim
 
-    def add_expert(self, expert: Attention) -> MoEBuilder:
-        self._set_dim(_expert_dim(expert))
-        self._experts.append(expert)
+    def add_expert(self, expert: Attention | dict[str, Any]) -> MoEBuilder:
+        """Any mechanism, as an object or a :func:`~ruvattn.build` dict."""
+        built = _experts("MoEBuilder.add_expert", "expert", [expert])[0]
+        self._set_dim(built.hidden_dim)
+        self._experts.append(built)
         return self
 
     def add_local_expert(self, dim: int, temperature: float = 1.0) -> MoEBuilder:
-        self._set_dim(dim)
-        return self.add_expert(ScaledDotProductAttention(dim, temperature=temperature))
+        return self.add_expert({"type": "scaled_dot_product", "dim": dim, "temperature": temperature})
 
     def add_hyperbolic_expert(self, dim: int, curvature: float = -1.0, temperature: float = 1.0) -> MoEBuilder:
-        self._set_dim(dim)
-        return self.add_expert(HyperbolicAttention(dim, curvature=curvature, temperature=temperature))
+        return self.add_expert({"type": "hyperbolic", "dim": dim, "curvature": curvature, "temperature": temperature})
 
     def add_sparse_expert(self, local_window: int, global_nodes: int) -> MoEBuilder:
         dim = self._need_dim("add_sparse_expert")
-        return self.add_expert(LocalGlobalAttention(dim, local_window=local_window, global_nodes=global_nodes))
+        return self.add_expert({"type": "local_global", "dim": dim, "local_window": local_window,
+                                "global_nodes": global_nodes})  # fmt: skip
 
     def add_linear_expert(self, num_features: int = 64, seed: int = 0) -> MoEBuilder:
         dim = self._need_dim("add_linear_expert")
-        return self.add_expert(LinearAttention(dim, feature_map="favor", num_features=num_features, seed=seed))
+        return self.add_expert({"type": "linear", "dim": dim, "feature_map": "favor", "num_features": num_features,
+                                "seed": seed})  # fmt: skip
 
     def add_edge_expert(self, edge_dim: int | None = None, heads: int = 1, seed: int = 0) -> MoEBuilder:
         """GAT over the neighbours (single-node form), output width ``dim`` (``heads`` must divide it)."""
         dim = self._need_dim("add_edge_expert")
+        heads = V.POSITIVE_INT.check("MoEBuilder.add_edge_expert", "heads", heads)
         if dim % heads:
             raise InvalidConfig(f"MoEBuilder.add_edge_expert: heads ({heads}) must divide the width {dim}.")
-        return self.add_expert(GATConv(dim, dim // heads, heads=heads, edge_dim=edge_dim, add_self_loops=False,
-                                       seed=seed))  # fmt: skip
+        return self.add_expert({"type": "gat", "in_channels": dim, "out_channels": dim // heads, "heads": heads,
+                                "edge_dim": edge_dim, "add_self_loops": False, "seed": seed})  # fmt: skip
 
     def top_k(self, k: int) -> MoEBuilder:
         self._opts["top_k"] = k

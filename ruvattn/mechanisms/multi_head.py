@@ -28,10 +28,9 @@ Shapes:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,42 +38,28 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from ruvattn import _validation as V
+from ruvattn._params import Param, ParamSet
 from ruvattn.errors import DimensionMismatch, InvalidConfig, NumericalInstability, Unsupported
 from ruvattn.kernels import attention as K
-from ruvattn.mechanisms.base import Attention, AttentionConfig, register
+from ruvattn.mechanisms.base import DIM, DROPOUT, SEED, Attention, register
 from ruvattn.mechanisms.scaled_dot import DropoutMixin
 
-__all__ = ["MultiHeadAttention", "MultiHeadConfig", "ProjectedKeysValues"]
+__all__ = ["MultiHeadAttention", "ProjectedKeysValues"]
 
 Array = NDArray[np.floating]
 MAX_HEADS = 16
-TORCH_NAMES = ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias")
 
 
-@dataclass
-class MultiHeadConfig(AttentionConfig):
-    """``dim``: model width; ``num_heads``: 1..16 dividing ``dim``; ``dropout`` on the
-    weights in training mode; ``seed`` for initialisation and dropout."""
+def _head_counts(params: Mapping[str, Any]) -> list[int]:
+    """The head counts that divide ``dim``."""
+    return [h for h in range(1, MAX_HEADS + 1) if int(params["dim"]) % h == 0]
 
-    dim: int
-    num_heads: int = 8
-    dropout: float = 0.0
-    seed: int | None = 0
 
-    def validate(self, owner: str) -> None:
-        V.positive_int(owner, "dim", self.dim)
-        h = self.num_heads
-        if isinstance(h, bool) or not isinstance(h, (int, np.integer)) or not 1 <= h <= MAX_HEADS:
-            raise InvalidConfig(f"{owner}: 'num_heads' must be an integer in [1, {MAX_HEADS}]; got {h!r}.")
-        if self.dim % h:
-            ok = [x for x in range(1, MAX_HEADS + 1) if self.dim % x == 0]
-            raise InvalidConfig(
-                f"{owner}: 'num_heads' must divide hidden_dim={self.dim}; got {h}. "
-                f"Try {', '.join(map(str, ok[:-1]))} or {ok[-1]}."
-                if len(ok) > 1
-                else f"{owner}: 'num_heads' must divide hidden_dim={self.dim}; got {h}. Try 1."
-            )
-        V.unit_interval(owner, "dropout", self.dropout)
+def _heads_divide(owner: str, dim: int, h: int) -> None:
+    if dim % h:
+        ok = [x for x in range(1, MAX_HEADS + 1) if dim % x == 0]
+        fix = f"Try {', '.join(map(str, ok[:-1]))} or {ok[-1]}." if len(ok) > 1 else "Try 1."
+        raise InvalidConfig(f"{owner}: 'num_heads' must divide hidden_dim={dim}; got {h}. {fix}")
 
 
 @dataclass(frozen=True)
@@ -86,7 +71,8 @@ class ProjectedKeysValues:
 
     keys: Array
     values: Array
-    owner: int
+    owner: Any
+    version: int
 
     @cached_property
     def keys_t(self) -> Array:
@@ -101,10 +87,21 @@ class ProjectedKeysValues:
 class MultiHeadAttention(DropoutMixin, Attention):
     """Multi-head attention with PyTorch's parameter layout (see the module docstring)."""
 
-    Config = MultiHeadConfig
+    forward_options = frozenset({"mask", "bias", "ids"})
+    params = (
+        DIM,
+        Param("num_heads", V.Integer(1, MAX_HEADS), 8, "attention heads; must divide dim", options=_head_counts),
+        DROPOUT,
+        SEED,
+    )
 
-    def __init__(self, dim: int, num_heads: int = 8, dropout: float = 0.0, seed: int | None = 0) -> None:
-        super().__init__(dim=dim, num_heads=num_heads, dropout=dropout, seed=seed)
+    @classmethod
+    def _check_params(cls, owner: str, p: ParamSet) -> None:
+        _heads_divide(owner, p.dim, p.num_heads)
+
+    @classmethod
+    def example_params(cls, dim: int = 8, heads: int | None = None) -> dict[str, Any]:
+        return {"dim": dim, "num_heads": heads or max(h for h in (1, 2, 4) if dim % h == 0)}
 
     # -- parameters --------------------------------------------------------
     def _init_state(self) -> None:
@@ -145,65 +142,24 @@ class MultiHeadAttention(DropoutMixin, Attention):
             self._cast = (dt, *arrays, got)  # views: in-place changes show through
         return got
 
-    def state_dict(self) -> dict[str, Array]:
-        """Parameters under ``torch.nn.MultiheadAttention``'s names."""
-        return dict(zip(TORCH_NAMES, self._arrays(), strict=True))
-
-    def _arrays(self) -> tuple[Array, ...]:
-        return (self.in_proj_weight_, self.in_proj_bias_, self.out_proj_weight_, self.out_proj_bias_)
-
-    def load_state_dict(self, state: dict[str, Any]) -> MultiHeadAttention:
-        """Load ``torch.nn.MultiheadAttention`` tensors (numpy arrays or anything ``np.asarray`` takes)."""
-        d = self.config.dim
-        shapes = {
+    def _state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """``torch.nn.MultiheadAttention``'s tensors (bias=True, packed in-projection)."""
+        d = self.hidden_dim
+        return {
             "in_proj_weight": (3 * d, d),
             "in_proj_bias": (3 * d,),
             "out_proj.weight": (d, d),
             "out_proj.bias": (d,),
         }
-        missing = [n for n in TORCH_NAMES if n not in state]
-        if missing:
-            raise InvalidConfig(f"{type(self).__name__}.load_state_dict: missing tensor(s) {missing}; "
-                                f"expected {list(TORCH_NAMES)} (bias=True, packed in-projection).")  # fmt: skip
-        arrays = []
-        for name in TORCH_NAMES:
-            a = np.asarray(state[name])
-            if a.shape != shapes[name]:
-                raise DimensionMismatch(
-                    f"{type(self).__name__}.load_state_dict: {name} has shape {a.shape}, expected {shapes[name]}."
-                )
-            if not np.isfinite(a).all():
-                raise InvalidConfig(f"{type(self).__name__}.load_state_dict: {name} contains NaN or inf.")
-            arrays.append(np.array(a, dtype=np.float32 if a.dtype != np.float64 else np.float64))
-        self.in_proj_weight_, self.in_proj_bias_, self.out_proj_weight_, self.out_proj_bias_ = arrays
+
+    def _state_loaded(self) -> None:
         self._cast = ()
-        return self
 
-    def save_safetensors(self, path: str | Path) -> None:
-        """Write the parameters as safetensors with torch's tensor names."""
-        from safetensors.numpy import save_file
-
-        save_file({k: np.ascontiguousarray(v) for k, v in self.state_dict().items()}, str(path))
-
-    def load_safetensors(self, path: str | Path) -> MultiHeadAttention:
-        """Load a safetensors file holding a ``torch.nn.MultiheadAttention`` state dict.
-
-        Tensor names may carry a module prefix (``attn.in_proj_weight``); it is stripped.
-        """
-        from safetensors.numpy import load_file
-
-        raw = load_file(str(path))
-        state = {}
-        for name in TORCH_NAMES:
-            hits = [k for k in raw if k == name or k.endswith("." + name)]
-            if len(hits) > 1:
-                raise InvalidConfig(f"{type(self).__name__}.load_safetensors: {name} is ambiguous in {path}: {hits}.")
-            if hits:
-                state[name] = raw[hits[0]]
-        return self.load_state_dict(state)
+    def _arrays(self) -> tuple[Array, ...]:
+        return (self.in_proj_weight_, self.in_proj_bias_, self.out_proj_weight_, self.out_proj_bias_)
 
     @property
-    def num_heads(self) -> int:
+    def num_weight_heads(self) -> int:
         return int(self.config.num_heads)
 
     @property
@@ -229,12 +185,17 @@ class MultiHeadAttention(DropoutMixin, Attention):
         _, _, wk, bk, wv, bv, _, _ = self._weights(dt)
         kp = k.astype(dt, copy=False) @ wk.T + bk
         vp = kp if values is None and wk is wv else v.astype(dt, copy=False) @ wv.T + bv
-        return ProjectedKeysValues(np.ascontiguousarray(kp), np.ascontiguousarray(vp), id(self))
+        return ProjectedKeysValues(np.ascontiguousarray(kp), np.ascontiguousarray(vp), self, self.state_version)
 
-    def _kv(self, op: str, keys: Any, values: Any) -> ProjectedKeysValues:
+    def prepare(self, keys: Any, values: Any) -> ProjectedKeysValues:
+        """Keys and values projected once (:meth:`project`)."""
+        return self._project(f"{self.kind}.prepare", keys, values)
+
+    def _projected_kv(self, op: str, keys: Any, values: Any) -> ProjectedKeysValues:
         if isinstance(keys, ProjectedKeysValues):
-            if keys.owner != id(self):
-                raise Unsupported(f"{op}: these keys were projected by another MultiHeadAttention.")
+            if keys.owner is not self or keys.version != self.state_version:
+                raise Unsupported(f"{op}: these keys were projected by another MultiHeadAttention or before its "
+                                  "state was loaded; project them again.")  # fmt: skip
             if values is not None:
                 raise DimensionMismatch(f"{op}: pass values=None with projected keys (they carry their values).")
             return keys
@@ -287,7 +248,7 @@ class MultiHeadAttention(DropoutMixin, Attention):
     def _heads(
         self, op: str, query: Any, keys: Any, values: Any, mask: Any, bias: Any, ids: Any
     ) -> tuple[Array, Array, np.dtype]:
-        kv = self._kv(op, keys, values)
+        kv = self._projected_kv(op, keys, values)
         dt = kv.keys.dtype
         heads_out, w, _ = self._attend(op, query, kv, kv.values, mask, bias, ids)
         if self._dropping:
@@ -301,7 +262,7 @@ class MultiHeadAttention(DropoutMixin, Attention):
         """Output ``(d,)`` of one query; ``keys`` may be a :class:`ProjectedKeysValues`."""
         op = f"{self.kind}.forward"
         if mask is None and bias is None and ids is None and not self._dropping:
-            out = self._forward_fast(op, query, self._kv(op, keys, values))
+            out = self._forward_fast(op, query, self._projected_kv(op, keys, values))
             if out is not None:
                 return out
         # masks, ids, dropout, or an error to report: the general path
@@ -317,16 +278,18 @@ class MultiHeadAttention(DropoutMixin, Attention):
         heads_out, _, _ = self._heads(f"{self.kind}.head_output", query, keys, values, mask, bias, ids)
         return heads_out.reshape(self.num_heads, -1)
 
-    def head_attention_weights(self, query: Any, keys: Any, *, mask: Any = None, bias: Any = None,
-                               ids: Any = None) -> Array:  # fmt: skip
-        """Weights ``(h, n)`` of every head (before dropout)."""
-        op = f"{self.kind}.head_attention_weights"
-        kv = self._kv(op, keys, keys if not isinstance(keys, ProjectedKeysValues) else None)
+    def _weights_one(
+        self, op: str, query: Any, keys: Any, *, mask: Any = None, bias: Any = None, ids: Any = None
+    ) -> Array:
+        """Weights ``(h, n)`` of every head (before dropout); their mean is torch's ``average_attn_weights``."""
+        kv = self._projected_kv(op, keys, keys if not isinstance(keys, ProjectedKeysValues) else None)
         return self._attend(op, query, kv, None, mask, bias, ids)[1]
 
-    def attention_weights(self, query: Any, keys: Any, *, mask: Any = None, bias: Any = None, ids: Any = None) -> Array:
-        """Weights ``(n,)`` averaged over heads (torch's ``average_attn_weights=True``)."""
-        return self.head_attention_weights(query, keys, mask=mask, bias=bias, ids=ids).mean(axis=0)
+    def _weights_batch(self, op: str, queries: Any, keys: Any, *, mask: Any = None, bias: Any = None) -> Array:
+        kv = self._projected_kv(op, keys, keys if not isinstance(keys, ProjectedKeysValues) else None)
+        q = self._project_queries(op, queries, kv.keys.dtype)
+        w = self._many(op, q, kv.keys, None, mask, bias, self.num_heads, self._scale(self.hidden_dim), True)[1]
+        return w.transpose(1, 0, 2)
 
     def _project_queries(self, op: str, queries: Any, dt: np.dtype) -> Array:
         x = V.as_array(queries, op, "queries", 2, dt)
@@ -339,7 +302,7 @@ class MultiHeadAttention(DropoutMixin, Attention):
         self, op: str, queries: Any, keys: Any, values: Any
     ) -> tuple[ProjectedKeysValues, Array, int, float]:
         """``(projected keys/values, projected queries, heads, scale)`` for the batched forms."""
-        kv = self._kv(op, keys, values)
+        kv = self._projected_kv(op, keys, values)
         return kv, self._project_queries(op, queries, kv.keys.dtype), self.num_heads, self._scale(self.hidden_dim)
 
     def forward_batch(self, queries: Any, keys: Any, values: Any = None, *, mask: Any = None,
@@ -356,10 +319,9 @@ class MultiHeadAttention(DropoutMixin, Attention):
         wo, bo = self._weights(kv.keys.dtype)[6:]
         return heads_out @ wo.T + bo
 
-    def head_attention_weights_neighbours(self, queries: Any, keys: Any, neighbours: Any) -> Array:
+    def _weights_neighbours(self, op: str, queries: Any, keys: Any, neighbours: Any) -> Array:
         """Per-head, per-edge weights ``(h, nnz)`` aligned with the neighbour ids (before dropout)."""
-        op = f"{self.kind}.head_attention_weights_neighbours"
-        kv = self._kv(op, keys, keys if not isinstance(keys, ProjectedKeysValues) else None)
+        kv = self._projected_kv(op, keys, keys if not isinstance(keys, ProjectedKeysValues) else None)
         q = self._project_queries(op, queries, kv.keys.dtype)
         h = self.num_heads
         return self._neighbours(op, q, kv.keys, None, neighbours, h, self._scale(self.hidden_dim), True)[1]

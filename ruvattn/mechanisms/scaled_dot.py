@@ -28,7 +28,6 @@ Shapes:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -38,9 +37,9 @@ from numpy.typing import NDArray
 from ruvattn import _validation as V
 from ruvattn.errors import DimensionMismatch, Unsupported
 from ruvattn.kernels import attention as K
-from ruvattn.mechanisms.base import Attention, AttentionConfig, register
+from ruvattn.mechanisms.base import DIM, DROPOUT, SCALE, SEED, TEMPERATURE, Attention, Prepared, register
 
-__all__ = ["Gradients", "ScaledDotProductAttention", "ScaledDotProductConfig"]
+__all__ = ["Gradients", "ScaledDotProductAttention"]
 
 Array = NDArray[np.floating]
 
@@ -51,25 +50,6 @@ class Gradients(NamedTuple):
     query: Array
     keys: Array
     values: Array
-
-
-@dataclass
-class ScaledDotProductConfig(AttentionConfig):
-    """``dim``: query/key width; ``scale``: replaces ``1/sqrt(dim)``; ``temperature``
-    divides the scores; ``dropout``: probability of zeroing a weight in training
-    mode (seeded by ``seed``; inference is deterministic)."""
-
-    dim: int
-    scale: float | None = None
-    temperature: float = 1.0
-    dropout: float = 0.0
-    seed: int | None = 0
-
-    def validate(self, owner: str) -> None:
-        V.positive_int(owner, "dim", self.dim)
-        V.positive_float(owner, "scale", self.scale, allow_none=True)
-        V.positive_float(owner, "temperature", self.temperature)
-        V.unit_interval(owner, "dropout", self.dropout)
 
 
 class DropoutMixin:
@@ -95,17 +75,9 @@ class DropoutMixin:
 class ScaledDotProductAttention(DropoutMixin, Attention):
     """Scaled dot-product attention (see the module docstring for the formula and shapes)."""
 
-    Config = ScaledDotProductConfig
-
-    def __init__(
-        self,
-        dim: int,
-        scale: float | None = None,
-        temperature: float = 1.0,
-        dropout: float = 0.0,
-        seed: int | None = 0,
-    ) -> None:
-        super().__init__(dim=dim, scale=scale, temperature=temperature, dropout=dropout, seed=seed)
+    forward_options = frozenset({"mask", "bias", "ids"})
+    params = (DIM, SCALE, TEMPERATURE, DROPOUT, SEED)
+    supports_backward = True
 
     def _init_state(self) -> None:
         self._init_rng()
@@ -115,7 +87,7 @@ class ScaledDotProductAttention(DropoutMixin, Attention):
         return "O(n·d) time, O(n) memory per query"
 
     def forward(
-        self, query: Any, keys: Any, values: Any, *, mask: Any = None, bias: Any = None, ids: Any = None
+        self, query: Any, keys: Any, values: Any = None, *, mask: Any = None, bias: Any = None, ids: Any = None
     ) -> Array:
         """Attention output ``(dv,)`` of one query; ``ids`` selects rows of key/value tables."""
         if mask is None and bias is None and ids is None and not self._dropping:
@@ -134,6 +106,7 @@ class ScaledDotProductAttention(DropoutMixin, Attention):
     ) -> tuple[Array, float]:
         """``(output, lse)`` where ``lse = log sum_j exp(s_j)`` over the kept keys."""
         op = f"{self.kind}.forward"
+        keys, values = self._kv(op, keys, values)
         out, w, lse = self._one(op, query, keys, values, mask, bias, ids, 1, self._scale(self.hidden_dim))
         if self._dropping:
             v = V.as_array(values, op, "values", 2, out.dtype)
@@ -141,14 +114,19 @@ class ScaledDotProductAttention(DropoutMixin, Attention):
             out = self._dropout(w[0]) @ rows
         return out, float(lse[0])
 
-    def attention_weights(self, query: Any, keys: Any, *, mask: Any = None, bias: Any = None, ids: Any = None) -> Array:
-        """Softmax weights ``(n,)`` of one query (before dropout)."""
-        op = f"{self.kind}.attention_weights"
-        return self._one(op, query, keys, None, mask, bias, ids, 1, self._scale(self.hidden_dim))[1][0]
+    def _weights_one(
+        self, op: str, query: Any, keys: Any, *, mask: Any = None, bias: Any = None, ids: Any = None
+    ) -> Array:
+        """Softmax weights ``(1, n)`` of one query (before dropout)."""
+        keys = self._check_keys(op, keys) if isinstance(keys, Prepared) else keys
+        return self._one(op, query, keys, None, mask, bias, ids, 1, self._scale(self.hidden_dim))[1]
 
-    def forward_batch(self, queries: Any, keys: Any, values: Any, *, mask: Any = None, bias: Any = None) -> Array:
+    def forward_batch(
+        self, queries: Any, keys: Any, values: Any = None, *, mask: Any = None, bias: Any = None
+    ) -> Array:
         """Many queries ``(m, d)`` over one key set -> ``(m, dv)``, parallel over queries."""
         op = f"{self.kind}.forward_batch"
+        keys, values = self._kv(op, keys, values)
         sc = self._scale(self.hidden_dim)
         if self._dropping:
             _, w, _ = self._many(op, queries, keys, values, mask, bias, 1, sc, True)
@@ -156,10 +134,11 @@ class ScaledDotProductAttention(DropoutMixin, Attention):
             return self._dropout(w[:, 0]) @ v
         return self._many(op, queries, keys, values, mask, bias, 1, sc, False)[0]
 
-    def attention_weights_batch(self, queries: Any, keys: Any, *, mask: Any = None, bias: Any = None) -> Array:
-        """Weights ``(m, n)`` of many queries over one key set."""
-        op = f"{self.kind}.attention_weights_batch"
-        return self._many(op, queries, keys, None, mask, bias, 1, self._scale(self.hidden_dim), True)[1][:, 0]
+    def _weights_batch(self, op: str, queries: Any, keys: Any, *, mask: Any = None, bias: Any = None) -> Array:
+        """Weights ``(1, m, n)`` of many queries over one key set."""
+        keys = self._check_keys(op, keys) if isinstance(keys, Prepared) else keys
+        w = self._many(op, queries, keys, None, mask, bias, 1, self._scale(self.hidden_dim), True)[1]
+        return w.transpose(1, 0, 2)
 
     def forward_neighbours(self, queries: Any, keys: Any, values: Any, neighbours: Any) -> Array:
         """Node ``i`` (query row ``i``) over its own neighbour rows of the key/value tables.
@@ -177,10 +156,9 @@ class ScaledDotProductAttention(DropoutMixin, Attention):
             return np.asarray(a @ v)
         return self._neighbours(op, queries, keys, values, neighbours, 1, sc, False)[0]
 
-    def attention_weights_neighbours(self, queries: Any, keys: Any, neighbours: Any) -> Array:
-        """Per-edge weights ``(nnz,)`` aligned with the neighbour ids (as PyG's ``return_attention_weights``)."""
-        op = f"{self.kind}.attention_weights_neighbours"
-        return self._neighbours(op, queries, keys, None, neighbours, 1, self._scale(self.hidden_dim), True)[1][0]
+    def _weights_neighbours(self, op: str, queries: Any, keys: Any, neighbours: Any) -> Array:
+        """Per-edge weights ``(1, nnz)`` aligned with the neighbour ids (as PyG's ``return_attention_weights``)."""
+        return self._neighbours(op, queries, keys, None, neighbours, 1, self._scale(self.hidden_dim), True)[1]
 
     def backward(
         self, query: Any, keys: Any, values: Any, grad_output: Any, *, mask: Any = None, bias: Any = None

@@ -56,6 +56,7 @@ from numpy.typing import NDArray
 from scipy.special import entr, expit
 
 from ruvattn import _validation as V
+from ruvattn._params import Param, Parametrized, ParamSet
 from ruvattn.errors import DimensionMismatch, InvalidConfig
 from ruvattn.kernels.attention import OK
 from ruvattn.kernels.routing import route_one
@@ -250,32 +251,8 @@ class RoutingRecord:
 # -- the router -----------------------------------------------------------------------
 
 
-class Router:
+class Router(Parametrized):
     r"""Noisy top-k softmax gating over ``num_experts`` experts with an optional expert capacity.
-
-    Parameters
-    ----------
-    dim : int
-        Query width ``d``.
-    num_experts : int
-        ``E``.
-    top_k : int
-        Experts per query, ``1 <= top_k <= num_experts``.
-    temperature : float
-        :math:`\tau > 0`; logits are divided by it.
-    noisy : bool
-        Add :math:`\varepsilon\odot\operatorname{softplus}(x W_{\text{noise}}^\top)\cdot s` to the logits in
-        training mode (Shazeer et al. 2017).
-    noise_scale : float
-        :math:`s > 0`.  With the zero-initialised ``noise_weight_`` the noise std is
-        :math:`\operatorname{softplus}(0)\,s = (\log 2)\,s \approx 0.693\,s`.
-    capacity_factor : float or None
-        :math:`c > 0`: each expert takes at most :math:`\lceil c\,mk/E\rceil` slots per batch; ``None``: unlimited.
-    overflow : {"next", "drop"}
-        What a slot whose first-choice expert is full does (see the module docstring).
-    seed : int
-        Seeds both the initial ``weight_`` and the noise generator (one independent stream each,
-        so the same seed gives the same weights and the same sequence of noise draws).
 
     Attributes
     ----------
@@ -289,38 +266,31 @@ class Router:
         Noise is drawn only in training mode (default ``False``; see :meth:`train`, :meth:`eval`).
     """
 
-    def __init__(
-        self,
-        dim: int,
-        num_experts: int,
-        top_k: int = 2,
-        temperature: float = 1.0,
-        noisy: bool = False,
-        noise_scale: float = 1.0,
-        capacity_factor: float | None = None,
-        overflow: str = "next",
-        seed: int = 0,
-    ) -> None:
-        owner = type(self).__name__
-        self.dim = V.positive_int(owner, "dim", dim)
-        self.num_experts = V.positive_int(owner, "num_experts", num_experts)
-        self.top_k = V.positive_int(owner, "top_k", top_k)
-        if self.top_k > self.num_experts:
+    params = (
+        Param("dim", V.POSITIVE_INT, doc="query width d", live=False),
+        Param("num_experts", V.POSITIVE_INT, doc="number of experts E", live=False),
+        Param("top_k", V.POSITIVE_INT, 2, "experts per query (at most num_experts)"),
+        Param("temperature", V.POSITIVE, 1.0, "the logits are divided by it"),
+        Param(
+            "noisy", V.FLAG, False, "noisy top-k gating in training mode (Shazeer et al. 2017): softplus(x W_noise^T)·s"
+        ),
+        Param("noise_scale", V.POSITIVE, 1.0, "s; with the zero-initialised noise_weight_ the noise std is 0.693·s"),
+        Param(
+            "capacity_factor", V.POSITIVE, None, "each expert takes at most ceil(c·m·k/E) slots per batch", none=True
+        ),
+        Param("overflow", V.Options(*_OVERFLOW), "next", "what a slot whose first choice is full does"),
+        Param("seed", V.SEED, 0, "seeds the initial weight_ and the noise generator (independent streams)", live=False),
+    )
+
+    @classmethod
+    def _check_params(cls, owner: str, p: ParamSet) -> None:
+        if p.top_k > p.num_experts:
             raise InvalidConfig(
-                f"{owner}: 'top_k' must be at most num_experts ({self.num_experts}); got {top_k!r}. "
+                f"{owner}: 'top_k' must be at most num_experts ({p.num_experts}); got {p.top_k!r}. "
                 "Lower top_k or add experts."
             )
-        self.temperature = float(V.positive_float(owner, "temperature", temperature))
-        self.noisy = bool(noisy)
-        self.noise_scale = float(V.positive_float(owner, "noise_scale", noise_scale))
-        cf = V.positive_float(owner, "capacity_factor", capacity_factor, allow_none=True)
-        self.capacity_factor = None if cf is None else float(cf)
-        if overflow not in _OVERFLOW:
-            raise InvalidConfig(f"{owner}: 'overflow' must be one of {list(_OVERFLOW)}; got {overflow!r}.")
-        self.overflow = str(overflow)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise InvalidConfig(f"{owner}: 'seed' must be a non-negative integer; got {seed!r}.")
-        self.seed = int(seed)
+
+    def _init_state(self) -> None:
         init_seq, noise_seq = np.random.SeedSequence(self.seed).spawn(2)
         self.weight_: F64 = np.random.default_rng(init_seq).normal(
             0.0, 1.0 / math.sqrt(self.dim), (self.num_experts, self.dim)
@@ -328,14 +298,16 @@ class Router:
         self.bias_: F64 = np.zeros(self.num_experts)
         self.noise_weight_: F64 | None = np.zeros((self.num_experts, self.dim)) if self.noisy else None
         self._noise_rng = np.random.default_rng(noise_seq)
-        self.training = False
 
-    def __repr__(self) -> str:
-        return (
-            f"Router(dim={self.dim}, num_experts={self.num_experts}, top_k={self.top_k}, "
-            f"temperature={self.temperature}, noisy={self.noisy}, noise_scale={self.noise_scale}, "
-            f"capacity_factor={self.capacity_factor}, overflow={self.overflow!r}, seed={self.seed})"
-        )
+    def _state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """``weight (E, d)``, ``bias (E,)`` and, when noisy, ``noise_weight (E, d)``."""
+        shapes = {"weight": (self.num_experts, self.dim), "bias": (self.num_experts,)}
+        if self.noisy:
+            shapes["noise_weight"] = (self.num_experts, self.dim)
+        return shapes
+
+    def _state_set(self, name: str, value: NDArray[Any]) -> None:
+        super()._state_set(name, np.array(value, dtype=np.float64))  # the routing kernel runs in float64
 
     # -- modes and parameters ---------------------------------------------------------
 
@@ -347,32 +319,6 @@ class Router:
     def eval(self) -> Router:
         """``train(False)``."""
         return self.train(False)
-
-    def state_dict(self) -> dict[str, F64]:
-        """Copies of ``{"weight": (E, d), "bias": (E,)}`` plus ``"noise_weight"`` ``(E, d)`` when noisy."""
-        out = {"weight": self.weight_.copy(), "bias": self.bias_.copy()}
-        if self.noise_weight_ is not None:
-            out["noise_weight"] = self.noise_weight_.copy()
-        return out
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Load parameters saved by :meth:`state_dict` (exact key set and shapes are checked)."""
-        op = "Router.load_state_dict"
-        shapes = {"weight": (self.num_experts, self.dim), "bias": (self.num_experts,)}
-        if self.noisy:
-            shapes["noise_weight"] = (self.num_experts, self.dim)
-        if set(state) != set(shapes):
-            raise InvalidConfig(f"{op}: state must have exactly the keys {sorted(shapes)}; got {sorted(state)}.")
-        loaded = {}
-        for name, shape in shapes.items():
-            arr = np.array(state[name], dtype=np.float64)
-            if arr.shape != shape:
-                raise DimensionMismatch(f"{op}: {name} has shape {arr.shape}, expected {shape}.")
-            V.check_finite(op, **{name: arr})
-            loaded[name] = arr
-        self.weight_, self.bias_ = loaded["weight"], loaded["bias"]
-        if self.noisy:
-            self.noise_weight_ = loaded["noise_weight"]
 
     # -- forward ----------------------------------------------------------------------
 

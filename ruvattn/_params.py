@@ -271,6 +271,10 @@ class Parametrized:
         """The one name mapping: ``out_proj.weight`` -> attribute ``out_proj_weight_``."""
         return name.replace(".", "_") + "_"
 
+    def _state_optional(self) -> frozenset[str]:
+        """Tensors a load may leave out (they keep their current values); none by default."""
+        return frozenset()
+
     def _state_hint(self, names: list[str]) -> str:
         """A fix for tensors the parameters do not expect (or expect but lack); empty by default."""
         return ""
@@ -310,7 +314,8 @@ class Parametrized:
         if unexpected and strict:
             raise InvalidConfig(f"{op}: unknown tensor(s) {unexpected}; expected {list(shapes)}."
                                 f"{self._state_hint(unexpected)}")  # fmt: skip
-        missing = [n for n in shapes if n not in state and n not in aliases]
+        optional = self._state_optional()
+        missing = [n for n in shapes if n not in state and n not in aliases and n not in optional]
         if missing and strict:
             raise InvalidConfig(
                 f"{op}: missing tensor(s) {missing}; expected {list(shapes)}.{self._state_hint(missing)}"

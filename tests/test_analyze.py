@@ -158,7 +158,8 @@ def test_figures_writes_offline_html_and_svg(capsys, tmp_path):
         assert (out_dir / f"{stem}.svg").read_text(encoding="utf-8").startswith("<svg")
     # the routing figure shows the table's numbers
     moe_row = next(r for r in out["results"] if r["mechanism"] == "moe")
-    assert f"load-balancing loss {moe_row['load_balancing_loss']:.3f}" in (out_dir / "moe.html").read_text()
+    routing = moe_row["routing"]
+    assert f"load-balancing loss {routing['load_balancing_loss']:.3f}" in (out_dir / "moe-routing.html").read_text()
 
 
 def test_figures_without_the_widgets_extra_exit_2(capsys, tmp_path, monkeypatch):

@@ -232,7 +232,7 @@ def test_estimate_importance_ranks_a_silenced_head_last():
         ({"threshold": 1.5}, InvalidConfig, "threshold"),
         ({"threshold": "0.5"}, InvalidConfig, "threshold"),
         ({"importance": [1.0] * (H - 1)}, DimensionMismatch, "importance"),
-        ({"importance": [-1.0] + [1.0] * (H - 1)}, InvalidConfig, "non-negative"),
+        ({"importance": [-1.0] + [1.0] * (H - 1)}, InvalidConfig, "finite numbers >= 0"),
         ({"importance": [np.nan] * H}, InvalidConfig, "finite"),
     ],
 )

@@ -93,7 +93,7 @@ def test_prepared_keys_give_the_same_output():
     other = MoEAttention(D, experts, top_k=1)
     with pytest.raises(InvalidConfig, match="another MoEAttention"):
         other.forward(q[0], prepared)
-    with pytest.raises(DimensionMismatch, match="values are missing"):
+    with pytest.raises(InvalidConfig, match="values are required"):
         moe.forward(q[0], k)
 
 

@@ -3,7 +3,6 @@ AttentionError (a ValueError) or gives a finite output."""
 
 from __future__ import annotations
 
-import inspect
 import itertools
 
 import numpy as np
@@ -11,15 +10,15 @@ import pytest
 
 from ruvattn import (
     AttentionError,
-    FlashAttention,
     HyperbolicAttention,
     LinearAttention,
     LocalGlobalAttention,
     ManifoldAttention,
     MixedCurvatureAttention,
-    MultiHeadAttention,
-    ScaledDotProductAttention,
+    available,
+    build,
 )
+from ruvattn.mechanisms import mechanism_class
 
 D = 4
 QUERIES = [
@@ -83,23 +82,19 @@ def _finite_or_attention_error(call):
     assert np.all(np.isfinite(out))
 
 
-MECHANISMS = [
-    ScaledDotProductAttention(D),
-    FlashAttention(D),
-    MultiHeadAttention(D, 2),
-    HyperbolicAttention(D),
-    HyperbolicAttention(D, aggregation="midpoint", projections=True),
+#: every registered kind (its example parameters at width D), plus variants of interest
+MECHANISMS = [build({"type": kind, **mechanism_class(kind).example_params(D)}) for kind in available()] + [
+    HyperbolicAttention(D, aggregation="midpoint"),
     ManifoldAttention(D, "lorentz"),
     LocalGlobalAttention(D, local_window=2, global_nodes=1),
     LinearAttention(D),
-    LinearAttention(D, "favor", num_features=3),
     MixedCurvatureAttention(D, components=[("euclidean", 2), ("sphere", 1, 1.0), ("poincare", 1, -1.0)]),
 ]
 
 
 @pytest.mark.parametrize("mech", MECHANISMS, ids=lambda m: repr(m)[:60])
 def test_single_query_inputs(mech):
-    accepted = set(inspect.signature(mech.forward).parameters)
+    accepted = mech.forward_options
     for q, k, opts in itertools.product(QUERIES, KEYS, OPTIONS):
         if not set(opts) <= accepted:
             continue
@@ -111,7 +106,7 @@ def test_batch_and_neighbour_inputs(mech):
     qs = [np.ones((2, D), np.float32), np.ones((0, D)), np.full((2, D), np.nan), np.ones((2, D + 1)), np.ones(D)]
     ks = [np.ones((3, D), np.float32), np.ones((0, D)), np.full((3, D), np.inf), np.ones((5, D))]
     masks = [None, np.ones(3, bool), np.zeros((2, 3), bool), np.ones((3, 2), bool)]
-    if "mask" not in inspect.signature(mech.forward_batch).parameters:  # local+global: positions instead
+    if "mask" not in mech.forward_options:  # local+global: positions instead
         masks = [None]
     for q, k in itertools.product(qs, ks):
         for m in masks:

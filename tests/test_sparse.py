@@ -213,16 +213,19 @@ def test_neighbour_form_cuts_every_list():
     lists[3] = np.empty(0, np.int64)
     attn = LocalGlobalAttention(8, local_window=10, global_nodes=3)
     out = attn.forward_neighbours(nodes, table, table, [list(x) for x in lists])
-    nl, w = attn.neighbour_weights(nodes, table, [list(x) for x in lists])
+    w = attn.weights(nodes, table, neighbours=[list(x) for x in lists])[0]  # aligned with the given lists
+    start = np.concatenate([[0], np.cumsum([ids.size for ids in lists])])
     for i, ids in enumerate(lists):
         if ids.size == 0:
             np.testing.assert_array_equal(out[i], 0)
             continue
         np.testing.assert_allclose(out[i], attn.forward(nodes[i], table, table, ids=ids), rtol=1e-5, atol=1e-6)
-        kept = ids[attn.kept_positions(ids.size)]
-        np.testing.assert_array_equal(nl.indices[nl.indptr[i] : nl.indptr[i + 1]], kept)
+        pos = attn.kept_positions(ids.size)
+        row = w[start[i] : start[i + 1]]
+        dropped = np.setdiff1d(np.arange(ids.size), pos)
+        np.testing.assert_array_equal(row[dropped], 0)  # entries outside the window and the globals: exactly 0
         np.testing.assert_allclose(
-            w[nl.indptr[i] : nl.indptr[i + 1]], attn.attention_weights(nodes[i], table[kept]), rtol=1e-5
+            row[pos], attn.attention_weights(nodes[i], table[ids[pos]]), rtol=1e-5
         )
     glob = attn.forward_neighbours(nodes, table, table, [list(x) for x in lists], global_ids=[0])
     np.testing.assert_allclose(

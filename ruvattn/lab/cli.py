@@ -13,16 +13,10 @@ a message naming it.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import math
 import sys
-import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 __all__ = ["main"]
 
@@ -159,132 +153,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _time(fn: Callable[[], Any], repeats: int) -> np.ndarray:
-    fn()
-    out = np.empty(repeats)
-    for i in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out[i] = time.perf_counter() - t0
-    return out * 1e6
-
-
 def _demo(args: argparse.Namespace) -> list[dict[str, Any]]:
     from tqdm import tqdm
 
-    from ruvattn import (
-        FlashAttention,
-        GATConv,
-        HyperbolicAttention,
-        LinearAttention,
-        LocalGlobalAttention,
-        MoEAttention,
-        MultiHeadAttention,
-        ScaledDotProductAttention,
-        threads,
-    )
-    from ruvattn import reference as ref
-    from ruvattn.datasets import clustered_graph
-    from ruvattn.errors import InvalidConfig
-    from ruvattn.geometry import PoincareBall
-    from ruvattn.reference import gat as gref
-    from ruvattn.reference import hyperbolic as href
-    from ruvattn.reference import linear as lref
+    from ruvattn import threads
+    from ruvattn.lab.demo import run_demo
 
-    if args.neighbours >= args.nodes or args.candidates > args.nodes:
-        raise InvalidConfig(
-            f"demo: --neighbours ({args.neighbours}) must be < --nodes and --candidates ({args.candidates}) "
-            f"<= --nodes ({args.nodes})."
-        )
-    if args.dim % args.heads:
-        raise InvalidConfig(f"demo: --heads must divide --dim={args.dim}; got {args.heads}.")
-    g = clustered_graph(args.nodes, args.dim, k=args.neighbours, seed=args.seed)
-    x = g.embeddings
-    x64 = x.astype(np.float64)
-    d, k, n = args.dim, args.neighbours, args.candidates
-    rng = np.random.default_rng(args.seed)
-    q = x[int(rng.integers(args.nodes))]
-    cand = x[:n]
-    sdpa = ScaledDotProductAttention(d)
-    mha = MultiHeadAttention(d, args.heads, seed=args.seed)
-    flash = FlashAttention(d)
-    kv = mha.project(cand, cand)
-    nb = g.neighbours
-    m = min(64, args.nodes)
+    def progress(kinds: Any) -> Any:
+        return tqdm(kinds, desc="ruvattn demo", file=sys.stderr, unit="mechanism")
 
-    def exact_one(ids: np.ndarray) -> np.ndarray:
-        return ref.attention(q.astype(np.float64), x64[ids], x64[ids])[0]
-
-    def exact_mha() -> np.ndarray:
-        w = [t.astype(np.float64) for t in mha._arrays()]
-        return ref.multi_head_attention(q.astype(np.float64), x64[:n], x64[:n], *w, args.heads)[0]
-
-    nodes = np.arange(args.nodes)
-    # the same graph embedded in the unit Poincaré ball (expmap0 of the rescaled embeddings)
-    hyp = HyperbolicAttention(d, curvature=-1.0)
-    xh = PoincareBall(-1.0).expmap0(x / np.float32(np.linalg.norm(x, axis=1).mean()))
-    xh64 = xh.astype(np.float64)
-    qh = xh[int(rng.integers(args.nodes))]
-
-    lg = LocalGlobalAttention(d, local_window=min(32, n), global_nodes=8)
-    lg_keep = lg.attention_mask(n)
-    lin = LinearAttention(d, feature_map="favor", num_features=64, seed=args.seed)
-
-    def exact_linear() -> np.ndarray:  # FAVOR+ itself, in float64 (not softmax attention)
-        return np.stack([lref.linear_attention(x64[i], x64[:n], x64[:n], "favor", lin.projection_)[0]
-                         for i in range(m)])  # fmt: skip
-
-    # MoE over four experts (top-2) on the ball-sized embeddings, so the hyperbolic expert sees points of the ball
-    moe = (MoEAttention.builder().add_local_expert(d).add_hyperbolic_expert(d, -1.0).add_sparse_expert(min(32, n), 8)
-           .add_linear_expert(64).top_k(2).seed(args.seed).build())  # fmt: skip
-    moe_keys = moe.prepare(xh[:n], xh[:n])  # the linear expert's summary, once
-
-    def exact_moe() -> np.ndarray:  # the same two experts and gate weights, in float64
-        return sum(w * moe.experts[e].forward(xh64[0], xh64[:n], xh64[:n]) for e, w in moe.get_routing(xh64[0]))
-
-    # GAT over the kNN graph (messages neighbour -> node), edge feature = the neighbour's rank
-    gat = GATConv(d, max(1, d // args.heads), heads=args.heads, edge_dim=1, seed=args.seed)
-    edge_index = np.stack([nb.ravel(), np.repeat(nodes, k)]).astype(np.int64)
-    edge_attr = np.tile(np.arange(k, dtype=np.float32), args.nodes)[:, None] / k
-
-    def exact_gat() -> np.ndarray:
-        return gref.gat_conv(x64, edge_index, edge_attr, gat.state_dict(), heads=args.heads)[0]
-
-    def exact_hyp(qv: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        return href.hyperbolic_attention(qv.astype(np.float64), xh64[ids], xh64[ids], 1.0, 1.0)[0]
-
-    rows: list[tuple[str, str, Callable[[], Any], Callable[[], np.ndarray], int]] = [
-        ("scaled_dot_product", f"1 query x {k} neighbours (ids)", lambda: sdpa.forward(q, x, x, ids=nb[0]),
-         lambda: exact_one(nb[0]), 1),
-        ("scaled_dot_product", f"1 query x {n} candidates", lambda: sdpa.forward(q, cand, cand),
-         lambda: exact_one(np.arange(n)), 1),
-        ("multi_head", f"{args.heads} heads, 1 x {n}, projected once", lambda: mha.forward(q, kv), exact_mha, 1),
-        ("local_global", f"1 x {n}: window {min(32, n)} + 8 global", lambda: lg.forward(q, cand, cand),
-         lambda: ref.attention(q.astype(np.float64), x64[:n], x64[:n], keep=lg_keep)[0], 1),
-        ("linear", f"FAVOR+ m=64, {m} x {n}, shared summary", lambda: lin.forward_batch(x[:m], cand, cand),
-         exact_linear, m),
-        ("flash", f"{m} queries x {n} keys", lambda: flash.forward_batch(x[:m], cand, cand),
-         lambda: np.stack([ref.attention(x64[i], x64[:n], x64[:n])[0] for i in range(m)]), m),
-        ("scaled_dot_product", f"{args.nodes} nodes x own {k} neighbours", lambda: sdpa.forward_neighbours(x, x, x, nb),
-         lambda: np.stack([ref.attention(x64[i], x64[nb[i]], x64[nb[i]])[0] for i in nodes]), args.nodes),
-        ("hyperbolic", f"1 query x {n} candidates (ball)", lambda: hyp.forward(qh, xh[:n], xh[:n]),
-         lambda: exact_hyp(qh, np.arange(n)), 1),
-        ("hyperbolic", f"{args.nodes} nodes x own {k} neighbours", lambda: hyp.forward_neighbours(xh, xh, xh, nb),
-         lambda: np.stack([exact_hyp(xh[i], nb[i]) for i in nodes]), args.nodes),
-        ("moe", f"4 experts, top-2, 1 x {n}, prepared", lambda: moe.forward(xh[0], moe_keys), exact_moe, 1),
-        ("gat", f"{args.nodes} nodes, {k * args.nodes} edges + loops", lambda: gat(x, edge_index, edge_attr),
-         exact_gat, args.nodes),
-    ]  # fmt: skip
-    table = []
     with threads(args.threads):
-        for name, work, fn, exact, items in tqdm(rows, desc="ruvattn demo", file=sys.stderr, unit="row"):
-            got = np.asarray(fn())
-            err = float(np.max(np.abs(got.astype(np.float64) - exact())))
-            t = _time(fn, args.repeats)
-            p50, p95, p99 = np.percentile(t, [50, 95, 99])
-            table.append({"mechanism": name, "workload": work, "p50_us": p50, "p95_us": p95, "p99_us": p99,
-                          "ops_per_s": 1e6 / p50, "queries_per_s": items * 1e6 / p50, "max_abs_err": err})  # fmt: skip
-    return table
+        rows = run_demo(args.nodes, args.dim, args.neighbours, args.candidates, args.heads, args.repeats, args.seed,
+                        progress=progress)  # fmt: skip
+    return [r.as_dict() for r in rows]
 
 
 def _print_table(table: list[dict[str, Any]]) -> None:
@@ -302,168 +183,6 @@ def _print_table(table: list[dict[str, Any]]) -> None:
 # -- analyze ------------------------------------------------------------------------------
 
 _MASS = 0.9
-
-
-def _load_embeddings(text: str) -> np.ndarray:
-    """An ``(N, d)`` float matrix from a ``.npy`` file, or an error naming ``--data``."""
-    from ruvattn.errors import InvalidConfig
-
-    path = Path(text)
-    if path.suffix.lower() != ".npy":
-        raise InvalidConfig(f"--data must be 'demo' or a path to a .npy file; got {text!r}.")
-    try:
-        x = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise InvalidConfig(f"--data: cannot read {text!r} as a .npy array ({exc}).") from None
-    if not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < 1:
-        raise InvalidConfig(f"--data: {text!r} must hold an (N, d) matrix with N >= 2; got shape {np.shape(x)}.")
-    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-        raise InvalidConfig(f"--data: {text!r} must hold real numbers; got dtype {x.dtype}.")
-    x = x.astype(np.float32 if x.dtype == np.float32 else np.float64)
-    if not np.isfinite(x).all():
-        raise InvalidConfig(f"--data: {text!r} contains NaN or infinite values.")
-    return x
-
-
-def _analysis_mechanism(kind: str, dim: int, args: argparse.Namespace, k: int) -> Any:
-    """The mechanism of ``kind`` at width ``dim``: its :meth:`~ruvattn.mechanisms.Attention.example_params`
-    with the flags applied to the parameters of those names (``--heads``, ``--seed``, ``--top-k`` as the
-    router's ``top_k``; a local window of ``k/2`` and ``k/8`` landmarks)."""
-    from ruvattn.mechanisms import build, mechanism_class
-
-    cls = mechanism_class(kind)
-    params = cls.example_params(dim, heads=args.heads)
-    overrides = {"seed": args.seed, "local_window": max(1, k // 2), "global_nodes": k // 8}
-    if args.top_k is not None:
-        overrides["top_k"] = args.top_k
-    params.update({name: value for name, value in overrides.items() if name in cls._param_index})
-    return build({"type": kind, **params})
-
-
-def _widgets_missing() -> str | None:
-    for name in ("ipywidgets", "plotly", "anywidget", "kaleido"):
-        if importlib.util.find_spec(name) is None:
-            return name
-    return None
-
-
-def _write_figures(widget: Any, directory: Path, stem: str) -> list[str]:
-    from ruvattn.errors import InvalidConfig
-
-    html, svg = directory / f"{stem}.html", directory / f"{stem}.svg"
-    try:
-        widget.save_html(html)
-    except OSError as exc:
-        raise InvalidConfig(f"--figures: cannot write {html} ({exc}).") from None
-    try:
-        widget.save_image(svg)
-    except Exception as exc:  # kaleido/Chromium failures come in many types
-        raise InvalidConfig(
-            f"--figures: cannot write {svg}: {exc} (SVG export needs kaleido and a Chrome/Chromium)."
-        ) from None
-    return [str(html), str(svg)]
-
-
-def _analyze(args: argparse.Namespace) -> dict[str, Any]:
-    from tqdm import tqdm
-
-    from ruvattn import analysis
-    from ruvattn.datasets import clustered_graph
-    from ruvattn.datasets.synthetic import exact_knn
-    from ruvattn.errors import InvalidConfig
-
-    kinds: list[str] = args.mechanism
-    figures: Path | None = None
-    if args.figures is not None:
-        missing = _widgets_missing()
-        if missing is not None:
-            raise InvalidConfig(f"--figures needs the widgets extra ({missing} is missing): "
-                                "pip install 'ruvattn[widgets]'")  # fmt: skip
-        figures = Path(args.figures)
-        if figures.exists() and not figures.is_dir():
-            raise InvalidConfig(f"--figures: {args.figures!r} exists and is not a directory.")
-    if args.data == "demo":
-        if args.neighbours >= args.nodes:
-            raise InvalidConfig(f"--neighbours ({args.neighbours}) must be < --nodes ({args.nodes}).")
-        g = clustered_graph(args.nodes, args.dim, k=args.neighbours, seed=args.seed)
-        x, nb = g.embeddings, g.neighbours
-        data: dict[str, Any] = {"source": "demo", "generator": "clustered_graph"}
-    else:
-        x = _load_embeddings(args.data)
-        if args.neighbours >= x.shape[0]:
-            raise InvalidConfig(f"--neighbours ({args.neighbours}) must be < the {x.shape[0]} rows of --data.")
-        nb = exact_knn(x, args.neighbours)
-        data = {"source": str(args.data)}
-    n, d = x.shape
-    k, m = args.neighbours, (min(64, n) if args.queries is None else args.queries)
-    if m > n:
-        raise InvalidConfig(f"--queries ({m}) must be at most the number of nodes ({n}).")
-    if not 1 <= args.heads <= 16:
-        raise InvalidConfig(f"--heads must be in [1, 16]; got {args.heads}.")
-    mass_k = 8 if args.top_k is None else args.top_k
-    mode = f"each of the first {m} nodes over its own {k} nearest neighbours (cosine kNN)"
-    data.update(nodes=n, dim=d, neighbours=k, queries=m, seed=args.seed, mode=mode)
-
-    results: list[dict[str, Any]] = []
-    written: list[str] = []
-    for kind in tqdm(kinds, desc="ruvattn analyze", file=sys.stderr, unit="mechanism"):
-        mech = _analysis_mechanism(kind, d, args, k)
-        xs = mech.embed(x)  # into the mechanism's input space (identity for Euclidean ones)
-        per_head = mech.weights(xs[:m], xs, neighbours=nb[:m]).astype(np.float64).reshape(-1, m, k)
-        weights = per_head.mean(axis=0)
-        stats = analysis.summarize(weights, k=mass_k, mass=_MASS)
-        row: dict[str, Any] = {
-            "mechanism": kind, "queries": m, "keys": k, "input_space": mech.input_space,
-            "entropy": stats["entropy"], "uniform_entropy": stats["uniform_entropy"],
-            "normalized_entropy": stats["normalized_entropy"], "effective_support": stats["effective_support"],
-            "top_k": mass_k, "top_k_mass": stats[f"top{mass_k}_mass"],
-            "sparsity_mass": _MASS, "sparsity": stats[f"sparsity@{_MASS:g}"],
-        }  # fmt: skip
-        if per_head.shape[0] > 1:
-            row["heads"] = int(per_head.shape[0])
-            row["head_entropy"] = [float(analysis.entropy(w).mean()) for w in per_head]
-            row["head_diversity"] = analysis.head_diversity(per_head)
-        routing_record = getattr(mech, "routing_record", None)  # mechanisms that route (a mixture) say how
-        if routing_record is not None:
-            record = routing_record(xs[:m])
-            row["routing"] = {
-                "experts": record.probs.shape[1], "expert_kinds": [e.kind for e in mech.experts],
-                "uniform_entropy": math.log(record.probs.shape[1]),
-                "normalized_router_entropy": float(analysis.normalized_entropy(record.probs).mean()),
-                "load": record.load.tolist(), "utilisation": record.utilisation.tolist(),
-                **analysis.routing_balance(record),
-            }  # fmt: skip
-        results.append(row)
-        if figures is not None:
-            written += _figures_for(kind, mech, xs, nb, m, figures)
-    report: dict[str, Any] = {"data": data, "results": results}
-    if figures is not None:
-        report["figures"] = written
-    return report
-
-
-def _figures_for(kind: str, mech: Any, x: np.ndarray, nb: np.ndarray, m: int, directory: Path) -> list[str]:
-    """The widgets of one mechanism as ``DIR/<kind>.html``/``.svg``: the heatmap, the per-head panels where
-    it has heads, the routing view where it routes."""
-    from ruvattn.errors import InvalidConfig
-
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        from ruvattn.widgets.heads import HeadView
-        from ruvattn.widgets.heatmap import AttentionHeatmap
-        from ruvattn.widgets.routing import MoERoutingView
-
-        widget = AttentionHeatmap(mech, x[:m], x, neighbours=nb[:m], max_queries=m)
-        written = _write_figures(widget, directory, kind)
-        if mech.num_weight_heads > 1:  # per-head panels of the first node over its own neighbours
-            written += _write_figures(HeadView(mech, x[:1], x[nb[0]]), directory, f"{kind}-heads")
-        if getattr(mech, "routing_record", None) is not None:
-            written += _write_figures(MoERoutingView(mech, x[:m]), directory, f"{kind}-routing")
-    except ImportError as exc:
-        raise InvalidConfig(f"--figures needs the widgets extra ({exc}): pip install 'ruvattn[widgets]'") from None
-    except OSError as exc:
-        raise InvalidConfig(f"--figures: cannot create {str(directory)!r} ({exc}).") from None
-    return written
 
 
 def _print_analysis(report: dict[str, Any]) -> None:
@@ -515,7 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 _print_table(table)
         elif args.command == "analyze":
-            report = _analyze(args)
+            from ruvattn.lab.analyze import run_analysis
+
+            report = run_analysis(args)
             if args.json:
                 print(json.dumps(report, indent=2))
             else:

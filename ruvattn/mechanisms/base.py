@@ -374,8 +374,8 @@ class Attention(Parametrized, ABC):
 
     # -- shared machinery: one query, many queries, neighbour lists ---------
     def _plain_arrays(self, query: Any, keys: Any, values: Any) -> np.dtype | None:
-        """The dtype when ``query (d,)``, ``keys (n, d)`` and ``values (n, dv)`` are float32/float64
-        numpy arrays of one dtype (the hot path's check: a few attribute reads), else ``None``."""
+        """The dtype when ``query (d,)``, ``keys (n, d)`` and ``values (n, dv)`` are C-contiguous
+        float32/float64 numpy arrays of one dtype (the hot path's check: a few attribute reads), else ``None``."""
         if type(query) is np.ndarray and type(keys) is np.ndarray and type(values) is np.ndarray:
             dt = query.dtype
             d = self.config.dim
@@ -388,7 +388,10 @@ class Attention(Parametrized, ABC):
                 and values.ndim == 2
                 and keys.shape[1] == d
                 and keys.shape[0] == values.shape[0]
-            ):
+                and keys.flags.c_contiguous
+                and values.flags.c_contiguous
+                and query.flags.c_contiguous
+            ):  # another layout would compile a new kernel specialisation: the general path copies it
                 return dt
         return None
 

@@ -144,6 +144,10 @@ class DynamicHeadAttention(MultiHeadAttention):
     def _state_shapes(self) -> dict[str, tuple[int, ...]]:
         return {**super()._state_shapes(), "head_importance": (self.num_heads,)}
 
+    def _state_optional(self) -> frozenset[str]:
+        """A ``torch.nn.MultiheadAttention`` state dict (no importances) loads as it is."""
+        return frozenset({"head_importance"})
+
     def _state_loaded(self) -> None:
         super()._state_loaded()
         self.clear_head_cache()

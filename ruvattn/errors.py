@@ -15,6 +15,7 @@ __all__ = [
     "AttentionError",
     "DimensionMismatch",
     "EmptyInput",
+    "Internal",
     "InvalidConfig",
     "NumericalInstability",
     "OutOfBounds",
@@ -48,3 +49,7 @@ class OutOfBounds(AttentionError, IndexError):
 
 class Unsupported(AttentionError):
     """The mechanism cannot honour this request (for example a mask it cannot apply)."""
+
+
+class Internal(AttentionError):
+    """A broken invariant inside the library (a bug to report), never a problem with the input."""

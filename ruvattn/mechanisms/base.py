@@ -47,6 +47,7 @@ __all__ = [
     "SEED",
     "TEMPERATURE",
     "Attention",
+    "Complexity",
     "Example",
     "Prepared",
     "available",
@@ -106,6 +107,25 @@ def build(spec: Mapping[str, Any] | str) -> Attention:
     if not isinstance(spec, Mapping) or "type" not in spec:
         raise InvalidConfig(f"build: spec must be a dict with a 'type' key; got {spec!r}.")
     return mechanism_class(spec["type"]).from_dict(spec)
+
+
+class Complexity(str):
+    """The specification's ``Complexity``: a description (the string itself) and its ``kind`` in the
+    number of keys ``n`` -- ``"linear"``, ``"linearithmic"``, ``"quadratic"`` or ``"custom"``.
+
+    >>> c = Complexity("linear", "O(n·d) time per query")
+    >>> c.kind, str(c)
+    ('linear', 'O(n·d) time per query')
+    """
+
+    kind: str
+
+    def __new__(cls, kind: str, text: str) -> Complexity:
+        if kind not in ("linear", "linearithmic", "quadratic", "custom"):
+            raise InvalidConfig(f"Complexity: kind must be linear, linearithmic, quadratic or custom; got {kind!r}.")
+        obj = super().__new__(cls, text)
+        obj.kind = kind
+        return obj
 
 
 class Prepared(NamedTuple):
@@ -345,8 +365,9 @@ class Attention(Parametrized, ABC):
         return True
 
     @property
-    def complexity(self) -> str:
-        return "O(n·d) time, O(n) memory per query"
+    def complexity(self) -> Complexity:
+        """The specification's complexity class in the number of keys, with a description."""
+        return Complexity("linear", "O(n·d) time, O(n) memory per query")
 
     @property
     def _op(self) -> str:

@@ -70,7 +70,7 @@ from ruvattn.errors import (
     Unsupported,
 )
 from ruvattn.kernels import attention as K
-from ruvattn.mechanisms.base import DROPOUT, SEED, register
+from ruvattn.mechanisms.base import DROPOUT, SEED, Complexity, register
 from ruvattn.mechanisms.multi_head import MultiHeadAttention, ProjectedKeysValues
 
 __all__ = ["DynamicHeadAttention"]
@@ -398,5 +398,7 @@ class DynamicHeadAttention(MultiHeadAttention):
         return self.head_importance_
 
     @property
-    def complexity(self) -> str:
-        return "O(n·d·k/H) time per query for k active heads (projection of raw keys included), O(k·n) memory"
+    def complexity(self) -> Complexity:
+        return Complexity(
+            "linear", "O(n·d·k/H) time per query for k active heads (projection of raw keys included), O(k·n) memory"
+        )

@@ -35,7 +35,7 @@ from numpy.typing import NDArray
 from ruvattn import _validation as V
 from ruvattn._params import Param
 from ruvattn.kernels import attention as K
-from ruvattn.mechanisms.base import DIM, SCALE, TEMPERATURE, Attention, _mode_array, register
+from ruvattn.mechanisms.base import DIM, SCALE, TEMPERATURE, Attention, Complexity, _mode_array, register
 
 __all__ = ["FlashAttention"]
 
@@ -61,8 +61,8 @@ class FlashAttention(Attention):
     )
 
     @property
-    def complexity(self) -> str:
-        return "O(n·d) time, O(block_size) working memory per query"
+    def complexity(self) -> Complexity:
+        return Complexity("linear", "O(n·d) time, O(block_size) working memory per query")
 
     def forward(self, query: Any, keys: Any, values: Any = None, *, mask: Any = None, bias: Any = None) -> Array:
         """Output ``(dv,)`` of one query."""

@@ -79,7 +79,7 @@ from ruvattn.errors import DimensionMismatch, InvalidConfig, NumericalInstabilit
 from ruvattn.graph import as_neighbours
 from ruvattn.kernels import linear as L
 from ruvattn.kernels.attention import OK, chunk_size
-from ruvattn.mechanisms.base import _NO_KEEP, DIM, SEED, Attention, register
+from ruvattn.mechanisms.base import _NO_KEEP, DIM, SEED, Attention, Complexity, register
 
 __all__ = ["LinearAttention", "LinearSummary", "draw_projection"]
 
@@ -304,10 +304,11 @@ class LinearAttention(Attention):
         return int(self.config.num_features) if self._kind == L.FAVOR else self.hidden_dim
 
     @property
-    def complexity(self) -> str:
-        return (
+    def complexity(self) -> Complexity:
+        return Complexity(
+            "linear",
             "O(n·d·m) time for the key/value summary (m features; m = d for elu+1, values of width ~d), "
-            "then O(d·m) per query; O(m·dv) memory, no n×n array"
+            "then O(d·m) per query; O(m·dv) memory, no n×n array",
         )
 
     # -- helpers ------------------------------------------------------------------

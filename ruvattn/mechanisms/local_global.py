@@ -46,7 +46,7 @@ from ruvattn._params import Param
 from ruvattn.errors import InvalidConfig
 from ruvattn.graph import NeighbourList, as_neighbours
 from ruvattn.kernels import attention as K
-from ruvattn.mechanisms.base import _NO_KEEP, DIM, SCALE, TEMPERATURE, Attention, register
+from ruvattn.mechanisms.base import _NO_KEEP, DIM, SCALE, TEMPERATURE, Attention, Complexity, register
 from ruvattn.sparse import SparsityPattern
 
 __all__ = ["LocalGlobalAttention", "SparseGraphAttention"]
@@ -92,8 +92,8 @@ class LocalGlobalAttention(Attention):
         self._fast: dict[tuple[int, np.dtype], tuple[Ids, np.floating]] = {}
 
     @property
-    def complexity(self) -> str:
-        return "O((local_window + global_nodes)·d) time per query, independent of n"
+    def complexity(self) -> Complexity:
+        return Complexity("custom", "O((local_window + global_nodes)·d) time per query, independent of n")
 
     # -- which keys ------------------------------------------------------------
     def kept_positions(self, n: int, position: int = 0, global_ids: Any = None) -> Ids:

@@ -58,7 +58,7 @@ from ruvattn.errors import DimensionMismatch, EmptyInput, InvalidConfig
 from ruvattn.geometry import Manifold, get_manifold
 from ruvattn.graph import as_neighbours
 from ruvattn.kernels import attention as K
-from ruvattn.mechanisms.base import DIM, TEMPERATURE, Attention, _mode_array, register
+from ruvattn.mechanisms.base import DIM, TEMPERATURE, Attention, Complexity, _mode_array, register
 
 __all__ = ["ManifoldAttention", "MixedCurvatureAttention"]
 
@@ -173,8 +173,8 @@ class ManifoldAttention(Attention):
         return out
 
     @property
-    def complexity(self) -> str:
-        return "O(n·d) time and memory per query (generic path, Python loop over queries)"
+    def complexity(self) -> Complexity:
+        return Complexity("linear", "O(n·d) time and memory per query (generic path, Python loop over queries)")
 
     def _weights(self, op: str, q: Array, k: Array, mask: Any) -> Array:
         n = k.shape[0]
@@ -301,8 +301,8 @@ class MixedCurvatureAttention(Attention):
         self._slices = [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
 
     @property
-    def complexity(self) -> str:
-        return "O(n·d) time and memory per query (one distance per factor)"
+    def complexity(self) -> Complexity:
+        return Complexity("linear", "O(n·d) time and memory per query (one distance per factor)")
 
     def _distances(self, q: Array, k: Array) -> NDArray[np.float64]:
         """``(p, n)`` per-factor distances."""

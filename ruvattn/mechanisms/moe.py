@@ -55,7 +55,7 @@ from numpy.typing import NDArray
 from ruvattn import _validation as V
 from ruvattn._params import REQUIRED, Param, ParamSet
 from ruvattn.errors import DimensionMismatch, InvalidConfig
-from ruvattn.mechanisms.base import DIM, SEED, Attention, build, register
+from ruvattn.mechanisms.base import DIM, SEED, Attention, Complexity, build, register
 from ruvattn.routing.router import Router, Routing, RoutingRecord, fit_router
 
 __all__ = ["MoEAttention", "MoEBuilder", "PreparedKeys"]
@@ -213,8 +213,8 @@ class MoEAttention(Attention):
         return len(self.experts)
 
     @property
-    def complexity(self) -> str:
-        return "router O(E·d) + the top_k chosen experts' costs per query"
+    def complexity(self) -> Complexity:
+        return Complexity("custom", "router O(E·d) + the top_k chosen experts' costs per query")
 
     def train(self, mode: bool = True) -> MoEAttention:
         """Training mode: noisy gating (if configured) and the experts' own training behaviour."""

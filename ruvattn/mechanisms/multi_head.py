@@ -41,7 +41,7 @@ from ruvattn import _validation as V
 from ruvattn._params import Param, ParamSet
 from ruvattn.errors import DimensionMismatch, InvalidConfig, NumericalInstability, Unsupported
 from ruvattn.kernels import attention as K
-from ruvattn.mechanisms.base import DIM, DROPOUT, SEED, Attention, register
+from ruvattn.mechanisms.base import DIM, DROPOUT, SEED, Attention, Complexity, register
 from ruvattn.mechanisms.scaled_dot import DropoutMixin
 
 __all__ = ["MultiHeadAttention", "ProjectedKeysValues"]
@@ -163,8 +163,10 @@ class MultiHeadAttention(DropoutMixin, Attention):
         return int(self.config.num_heads)
 
     @property
-    def complexity(self) -> str:
-        return "O(n·d) time per query with projected keys (O(n·d²) to project them), O(h·n) memory"
+    def complexity(self) -> Complexity:
+        return Complexity(
+            "linear", "O(n·d) time per query with projected keys (O(n·d²) to project them), O(h·n) memory"
+        )
 
     def _base_scale(self, d: int) -> float:
         return 1.0 / math.sqrt(d // self.config.num_heads)

@@ -37,7 +37,7 @@ from numpy.typing import NDArray
 from ruvattn import _validation as V
 from ruvattn.errors import DimensionMismatch, Unsupported
 from ruvattn.kernels import attention as K
-from ruvattn.mechanisms.base import DIM, DROPOUT, SCALE, SEED, TEMPERATURE, Attention, Prepared, register
+from ruvattn.mechanisms.base import DIM, DROPOUT, SCALE, SEED, TEMPERATURE, Attention, Complexity, Prepared, register
 
 __all__ = ["Gradients", "ScaledDotProductAttention"]
 
@@ -83,8 +83,8 @@ class ScaledDotProductAttention(DropoutMixin, Attention):
         self._init_rng()
 
     @property
-    def complexity(self) -> str:
-        return "O(n·d) time, O(n) memory per query"
+    def complexity(self) -> Complexity:
+        return Complexity("linear", "O(n·d) time, O(n) memory per query")
 
     def forward(
         self, query: Any, keys: Any, values: Any = None, *, mask: Any = None, bias: Any = None, ids: Any = None

@@ -130,7 +130,7 @@ def test_table_on_stdout_with_both_sections(capsys):
     assert lines[4].split()[:3] == ["moe", str(M), str(K)] and lines[4].split()[-1] == "-"
     assert lines[5] == ""
     assert lines[6].split()[:3] == ["mechanism", "experts", "top-k"]
-    assert lines[8].split()[:3] == ["moe", "3", "2"]
+    assert lines[8].split()[:3] == ["moe", "4", "2"]
     assert lines[-1].startswith("data: demo")
     assert "ruvattn analyze" in err  # progress on stderr
 
@@ -194,7 +194,7 @@ def _bad(tmp_path) -> list[tuple[list[str], str]]:
          "MultiHeadAttention: 'num_heads' must divide hidden_dim=10; got 3"),
         (["--mechanism", "gat", "--heads", "17", "--nodes", "30", "--neighbours", "4"], "--heads must be in [1, 16]"),
         (["--mechanism", "moe", "--top-k", "5", "--nodes", "30", "--neighbours", "4"],
-         "MoEAttention: 'top_k' must be an integer in [1, 3]"),
+         "MoEAttention: 'top_k' must be an integer in [1, 4]"),
         (["--mechanism", "scaled_dot_product", "--data", str(tmp_path / "missing.npy")], "--data: cannot read"),
         (["--mechanism", "scaled_dot_product", "--data", str(text)], "--data: cannot read"),
         (["--mechanism", "scaled_dot_product", "--data", "emb.csv"], "--data must be 'demo' or a path to a .npy"),

@@ -142,9 +142,10 @@ class MoEAttention(Attention):
 
     @classmethod
     def example_params(cls, dim: int = 8, heads: int | None = None) -> dict[str, Any]:
-        """Three experts (scaled dot-product, local + global, FAVOR+), top-2."""
+        """The specification's four experts (local, hyperbolic, sparse, linear FAVOR+), top-2."""
         experts = [
             {"type": "scaled_dot_product", "dim": dim},
+            {"type": "hyperbolic", "dim": dim, "curvature": -1.0},
             {"type": "local_global", "dim": dim, "local_window": 4, "global_nodes": 2},
             {"type": "linear", "dim": dim, "feature_map": "favor", "num_features": 2 * dim},
         ]

@@ -231,6 +231,21 @@ def test_bad_arguments_name_themselves(moe, queries, kwargs, message):
         MoERoutingView(moe, queries, **kwargs)
 
 
+def test_anything_that_routes_is_accepted_by_capability(moe, queries):
+    class Layer:  # not an MoEAttention: a router and a routing record are the capability the view needs
+        def __init__(self, router: Router) -> None:
+            self.router = router
+
+        def routing_record(self, x: np.ndarray) -> Any:
+            return self.router.record(self.router.route(x))
+
+    view = MoERoutingView(Layer(moe.router), queries)
+    assert view.router is moe.router
+    np.testing.assert_array_equal(view.state.record.experts, moe.routing_record(queries).experts)
+    with pytest.raises(InvalidConfig, match="must route queries"):
+        MoERoutingView(object(), queries)
+
+
 def test_bad_inputs(moe, queries):
     with pytest.raises(InvalidConfig, match="width 5, but the router takes 8"):
         MoERoutingView(moe, np.ones((3, 5)))

@@ -15,7 +15,7 @@ from plotly.callbacks import InputDeviceState, Points
 from ruvattn.datasets import clustered_graph
 from ruvattn.errors import AttentionError, DimensionMismatch, InvalidConfig, NumericalInstability, OutOfBounds
 from ruvattn.graph import NeighbourList
-from ruvattn.mechanisms import GATConv, MultiHeadAttention, ScaledDotProductAttention
+from ruvattn.mechanisms import GATConv, HyperbolicAttention, MultiHeadAttention, ScaledDotProductAttention
 from ruvattn.widgets.neighbourhood import N_BINS, NeighbourhoodView, bin_weights
 from tests.widget_harness import traces_from_html
 
@@ -105,7 +105,7 @@ def test_multi_head_and_gat_show_the_mean_over_heads(small, kind):
     for u in [4, *nb[4].tolist()]:
         rows = slice(nl.indptr[u], nl.indptr[u + 1])
         if kind == "gat":
-            expect = np.asarray(mech.attention_weights(f[u], f[nl.indices[rows]], ef[rows])).mean(axis=0)
+            expect = np.asarray(mech.weights(f[u], f[nl.indices[rows]], edge_features=ef[rows])).mean(axis=0)
         else:
             expect = np.asarray(mech.weights(f[u], f[nl.indices[rows]])).mean(axis=0)
         mine = s.edge_target == u
@@ -210,6 +210,39 @@ def test_controls_redraw_the_traces(small, sdpa):
     np.testing.assert_allclose(view.node_trace.x[0], 0.0)
     view.set(hops=1, centre=3)
     assert view.state.centre == 3 and view.state.hops == 1 and view.error is None
+
+
+def test_parameter_controls_come_from_the_mechanism_and_redraw(small):
+    f, nb = small.embeddings, small.neighbours
+    mech = ScaledDotProductAttention(DIM, temperature=TAU)  # not the shared fixture: the view changes it
+    view = NeighbourhoodView(mech, f, nb, centre=7)
+    assert set(view.parameter_controls) == {"temperature", "dropout"}  # sdpa's live parameters with a value
+    assert view.controls["temperature"].value == pytest.approx(TAU)
+    view.controls["temperature"].value = 0.05
+    assert mech.temperature == pytest.approx(0.05) and view.error is None
+    np.testing.assert_allclose(view.state.edge_weight, _softmax_numpy(f[7], f[nb[7]], tau=0.05), rtol=1e-5, atol=1e-7)
+    rows = np.vstack([r for _, r in _edge_rows(view)])
+    got = {int(src): w for src, _, w, _ in rows}
+    np.testing.assert_allclose([got[v] for v in nb[7]], _softmax_numpy(f[7], f[nb[7]], tau=0.05), rtol=1e-5)
+    gat = NeighbourhoodView(GATConv(DIM, 4, heads=3), f, nb, centre=7)
+    assert gat.controls["heads"].value == 3 and gat.controls["heads"].max == max(4 * 3, nb.shape[1])
+    gat.controls["heads"].value = 1  # one head now: the edges carry that head's weights
+    fresh = GATConv(DIM, 4, heads=1)  # same seed, same parameters
+    np.testing.assert_allclose(gat.state.edge_weight, fresh.weights(f[7], f[nb[7]])[0], rtol=1e-6)
+
+
+def test_embed_maps_the_features_into_the_mechanisms_space(small):
+    f, nb = small.embeddings.astype(np.float64) * 3.0, small.neighbours  # float64: embed keeps the dtype
+    mech = HyperbolicAttention(DIM, curvature=-1.0, temperature=0.1)
+    view = NeighbourhoodView(mech, f, nb, centre=2, embed=True)
+    u = f * 0.5 / np.linalg.norm(f, axis=1).max()  # by hand: longest row at 0.5, then exp0 of the unit ball
+    r = np.linalg.norm(u, axis=1, keepdims=True)
+    x = np.tanh(r) * u / r
+    np.testing.assert_allclose(view.features, x, atol=1e-12)
+    q, keys = x[2], x[nb[2]]
+    d = np.arccosh(1 + 2 * ((keys - q) ** 2).sum(1) / ((1 - (q * q).sum()) * (1 - (keys * keys).sum(1))))
+    e = np.exp(-(d - d.min()) / 0.1)
+    np.testing.assert_allclose(view.state.edge_weight, e / e.sum(), rtol=1e-8)
 
 
 def _click_through_frontend(view, trace_index, point_index):

@@ -187,6 +187,26 @@ def test_curvature_slider_remaps_and_reweights_like_the_direct_computation():
     np.testing.assert_allclose(view.state.weights, before, rtol=1e-12)
 
 
+def test_curvature_and_temperature_sliders_are_the_mechanisms_own_controls():
+    """The two parameters of softmax(-d_c/τ) get the controls their constraints describe: curvature in
+    (-inf, 0), one step short of 0, over five times the value; temperature in (0, inf) on a log scale."""
+    import ipywidgets as ipw
+
+    pts = ball_points(10, 3, 1.0, seed=12)
+    view = PoincareDiskView(pts, curvature=-1.0, temperature=0.5)
+    assert set(view.parameter_controls) == {"curvature", "temperature"}
+    curv, temp = view.controls["curvature"], view.controls["temperature"]
+    assert isinstance(curv, ipw.FloatSlider) and (curv.min, curv.max, curv.step) == (-5.0, -0.05, 0.05)
+    assert isinstance(temp, ipw.FloatLogSlider) and temp.min < np.log10(0.5) < temp.max
+    assert view.mechanism.curvature == -1.0 and view.mechanism.temperature == 0.5
+    curv.value = -0.05  # the slider's end: still a valid curvature, the points remapped into the larger ball
+    assert view.error is None and view.mechanism.curvature == pytest.approx(-0.05)
+    np.testing.assert_allclose(view.state.points, exp0(log0(pts, 1.0), 0.05), atol=1e-12)
+    updates = view.updates
+    curv.value = 0.0  # the excluded end: the slider stops one step short of it
+    assert curv.value == -0.05 and view.updates == updates and view.error is None
+
+
 def test_euclidean_inputs_are_mapped_in_with_expmap0():
     vecs = np.random.default_rng(3).standard_normal((10, 3)) * 1.5  # far outside the unit ball
 

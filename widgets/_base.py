@@ -8,6 +8,13 @@ numbers (weights, routing, coordinates) and returns them as a plain object, :att
 slider in JupyterLab or a test sets it. A bad combination of settings never raises out of a
 callback: the status line says what the library reported and the last good figure stays.
 
+A widget that shows a mechanism offers its parameters through the controls
+:func:`~ruvattn.widgets._controls.controls_for` derives from the declared constraints
+(:meth:`AttentionWidget._add_parameter_controls`); ``compute`` applies them with one
+``set_params`` call (:meth:`AttentionWidget._apply_parameters`). Nothing here or in the widgets
+depends on the mechanism's kind: heads, edge features and input spaces come from the mechanism
+contract (``num_weight_heads``, ``forward_options``, ``input_space``/``embed``).
+
 Exports need no network at view time: :meth:`AttentionWidget.save_html` writes one file with
 plotly.js inlined, and :meth:`AttentionWidget.save_image` writes SVG/PNG/PDF through kaleido
 (which drives a local Chrome/Chromium).
@@ -20,7 +27,8 @@ import importlib.util
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +40,17 @@ import plotly.io as pio
 from ruvattn.errors import AttentionError, InvalidConfig
 from ruvattn.mechanisms import Attention, build
 
-__all__ = ["AttentionWidget", "as_matrix", "as_mechanism", "plane_layout", "weight_colorscale"]
+from ._controls import apply_controls, controls_for, refresh_options
+
+__all__ = [
+    "AttentionWidget",
+    "as_matrix",
+    "as_mechanism",
+    "embedded",
+    "plane_layout",
+    "weight_colorscale",
+    "weight_options",
+]
 
 #: a sequential scale for weights (light = small) and a diverging one for differences
 weight_colorscale = "Viridis"
@@ -60,6 +78,33 @@ def as_mechanism(mechanism: Attention | str | dict[str, Any], dim: int, owner: s
     if isinstance(mechanism, dict):
         return build({"dim": dim, **mechanism})
     raise InvalidConfig(f"{owner}: mechanism must be an Attention, a kind or a spec dict, got {mechanism!r}.")
+
+
+def weight_options(owner: str, mechanism: Attention, edge_features: Any) -> dict[str, Any]:
+    """The keyword options of :meth:`~ruvattn.Attention.weights` for ``edge_features`` (empty when ``None``).
+
+    Only a mechanism whose ``forward_options`` name ``edge_features`` takes them (GAT, GATv2, a
+    mixture with such an expert); for any other an :class:`InvalidConfig` says so.
+    """
+    if edge_features is None:
+        return {}
+    if "edge_features" not in mechanism.forward_options:
+        takes = ", ".join(sorted(mechanism.forward_options)) or "none"
+        raise InvalidConfig(
+            f"{owner}: {type(mechanism).__name__} takes no edge_features (its forward options: {takes})."
+        )
+    return {"edge_features": edge_features}
+
+
+def embedded(mechanism: Attention, *arrays: np.ndarray) -> list[np.ndarray]:
+    """The rows of ``arrays`` mapped together into ``mechanism.input_space`` by ``mechanism.embed``.
+
+    One call over the stacked rows, so every array gets the same map (``embed`` scales by the
+    longest row); Euclidean mechanisms get the rows back unchanged.
+    """
+    sizes = np.cumsum([a.shape[0] for a in arrays])[:-1]
+    mapped = np.asarray(mechanism.embed(np.vstack(arrays)))
+    return list(np.split(mapped, sizes))
 
 
 def plane_layout(height: int, legend_title: str, top: int = 60) -> dict[str, Any]:
@@ -95,6 +140,37 @@ class AttentionWidget(ABC):
         self.last_update_ms: float = float("nan")
         self.updates = 0
         self.box: ipw.VBox | None = None  # made by _finish (an unused widget would be saved in the notebook)
+        self.parameter_controls: dict[str, ipw.ValueWidget] = {}  # the mechanism's, by parameter name
+
+    def _add_parameter_controls(self, mechanism: Any, num_keys: int, *, only: Iterable[str] | None = None) -> None:
+        """Add a control for every live parameter of ``mechanism`` (:func:`controls_for`), keyed by the
+        parameter's name (``param_<name>`` if the widget has a control of that name already)."""
+        self.parameter_controls = controls_for(mechanism, num_keys, only=only)
+        for name, control in self.parameter_controls.items():
+            self.controls[f"param_{name}" if name in self.controls else name] = control
+
+    def _apply_parameters(self, mechanism: Any) -> dict[str, Any]:
+        """``set_params`` with the parameter controls that moved (call it first in :meth:`compute`).
+
+        All or nothing: an invalid combination raises the library's error (shown on the status line)
+        and leaves the mechanism as it was. Returns the changes.
+        """
+        changed = apply_controls(mechanism, self.parameter_controls)
+        if changed:
+            with self._quiet():
+                refresh_options(mechanism, self.parameter_controls)
+        return changed
+
+    @contextmanager
+    def _quiet(self) -> Iterator[None]:
+        """Change control values without redrawing on each (the caller redraws once)."""
+        for control in self.controls.values():
+            control.unobserve(self._on_change, names="value")
+        try:
+            yield
+        finally:
+            for control in self.controls.values():
+                control.observe(self._on_change, names="value")
 
     # -- wiring -----------------------------------------------------------------------
     def _finish(self, extra: Iterable[ipw.Widget] = ()) -> None:
@@ -168,14 +244,9 @@ class AttentionWidget(ABC):
         unknown = set(values) - set(self.controls)
         if unknown:
             raise InvalidConfig(f"{self.name}.set: unknown control(s) {sorted(unknown)}; have {sorted(self.controls)}.")
-        for control in self.controls.values():
-            control.unobserve(self._on_change, names="value")
-        try:
+        with self._quiet():
             for name, value in values.items():
                 self.controls[name].value = value
-        finally:
-            for control in self.controls.values():
-                control.observe(self._on_change, names="value")
         self.refresh()
         return self
 

@@ -1,12 +1,16 @@
 """``HeadView``: every head's weights side by side, a combined panel, and head entropy against uniform.
 
-Works with :class:`~ruvattn.MultiHeadAttention` / :class:`~ruvattn.DynamicHeadAttention`
-(``head_attention_weights``) and :class:`~ruvattn.GATConv` / :class:`~ruvattn.GATv2Conv`
-(``attention_weights`` of a target node over its neighbours, optionally with edge features).
-Unlike PyG's ``visualize_graph`` (one merged picture) each head keeps its own panel; the
-combined panel is the mean or the max over the *selected* heads, and the bar chart shows each
-head's mean entropy next to the uniform baseline ``log n`` and the heads' diversity (mean
-pairwise Jensen–Shannon divergence, :func:`ruvattn.analysis.head_diversity`).
+Works with any mechanism that has several heads (``num_weight_heads > 1``: multi-head, dynamic
+heads, GAT, GATv2, and whatever is registered next): the panels are the head axis of
+:meth:`~ruvattn.Attention.weights`, edge features passed when the mechanism takes them
+(``"edge_features"`` in its ``forward_options``). Unlike PyG's ``visualize_graph`` (one merged
+picture) each head keeps its own panel; the combined panel is the mean or the max over the
+*selected* heads, and the bar chart shows each head's mean entropy next to the uniform baseline
+``log n`` and the heads' diversity (mean pairwise Jensen–Shannon divergence,
+:func:`ruvattn.analysis.head_diversity`).
+
+The view has no parameter controls: the panels are laid out for the mechanism's head count (use
+:class:`~ruvattn.widgets.AttentionHeatmap` to move its parameters).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from ruvattn import analysis
 from ruvattn.errors import InvalidConfig
 from ruvattn.mechanisms import Attention
 
-from ._base import AttentionWidget, as_matrix, weight_colorscale
+from ._base import AttentionWidget, as_matrix, weight_colorscale, weight_options
 
 __all__ = ["HeadState", "HeadView", "head_weights"]
 
@@ -38,7 +42,7 @@ def head_weights(mech: Attention, queries: np.ndarray, keys: np.ndarray, edge_fe
             f"HeadView: {type(mech).__name__} has no heads (num_weight_heads = 1); use a mechanism with heads "
             "(multi-head, dynamic heads, GAT, GATv2) or AttentionHeatmap for a single-head mechanism."
         )
-    options = {"edge_features": edge_features} if edge_features is not None else {}
+    options = weight_options("HeadView", mech, edge_features)
     return np.asarray(mech.weights(np.atleast_2d(queries), keys, **options), dtype=np.float64)
 
 
@@ -54,14 +58,14 @@ class HeadState:
 
 
 class HeadView(AttentionWidget):
-    """Per-head attention panels for a multi-head or GAT mechanism.
+    """Per-head attention panels for a mechanism with several heads.
 
     Parameters
     ----------
-    mechanism : MultiHeadAttention, DynamicHeadAttention, GATConv or GATv2Conv
-    queries : (m, d) query rows (for GAT: target node features)
-    keys : (n, d) key rows (for GAT: the neighbours' features)
-    edge_features : (n, edge_dim), for GAT with ``edge_dim``
+    mechanism : any mechanism with ``num_weight_heads > 1``
+    queries : (m, d) query rows (for a graph layer: target node features)
+    keys : (n, d) key rows (for a graph layer: the neighbours' features)
+    edge_features : (n, edge_dim), for a mechanism that takes them (GAT with ``edge_dim``)
     heads : heads selected at start (default: all)
     combine : "mean" or "max"
     """

@@ -1,14 +1,15 @@
 """``AttentionHeatmap``: queries × keys attention weights of any mechanism, live.
 
-The widget never computes weights itself: it calls the mechanism's ``attention_weights`` (or
-``attention_weights_batch``), so flash, linear and local+global attention show the weights
-they *imply* even though their forward pass never builds the matrix. "exact" is scaled
-dot-product attention on the same inputs with the mechanism's scale and temperature, and
-"difference" is mechanism − exact on a diverging colour scale.
+The widget never computes weights itself: it asks the mechanism's
+:meth:`~ruvattn.Attention.weights` (head mean), so flash, linear and local+global attention show
+the weights they *imply* even though their forward pass never builds the matrix, and a mixture
+of experts shows the routing-weighted mixture of its experts' weights. "exact" is scaled
+dot-product attention on the same inputs with the mechanism's scale and temperature (where it
+has them), and "difference" is mechanism − exact on a diverging colour scale.
 
-Controls are made from the mechanism's own parameters (temperature, window, global nodes,
-feature map, number of random features, block size, curvature, heads, slope); moving one calls
-``mechanism.set_params`` (validated, re-seeded) and redraws.
+Controls are derived from the mechanism's declared parameters
+(:func:`~ruvattn.widgets._controls.controls_for`: every live parameter whose constraint names a
+control kind); moving one calls ``mechanism.set_params`` (validated, re-seeded) and redraws.
 """
 
 from __future__ import annotations
@@ -25,73 +26,25 @@ from ruvattn.errors import EmptyInput, InvalidConfig
 from ruvattn.graph import NeighbourList, as_neighbours
 from ruvattn.mechanisms import Attention, ScaledDotProductAttention
 
-from ._base import AttentionWidget, as_matrix, as_mechanism, difference_colorscale, weight_colorscale
+from ._base import (
+    AttentionWidget,
+    as_matrix,
+    as_mechanism,
+    difference_colorscale,
+    embedded,
+    weight_colorscale,
+    weight_options,
+)
 
-__all__ = ["AttentionHeatmap", "HeatmapState", "mechanism_controls", "mechanism_weights"]
+__all__ = ["AttentionHeatmap", "HeatmapState", "mechanism_weights"]
 
 MODES = ("weights", "exact", "difference")
-
-
-def _divisors(d: int, most: int = 16) -> list[int]:
-    return [h for h in range(1, min(d, most) + 1) if d % h == 0]
-
-
-def mechanism_controls(mech: Attention, num_keys: int) -> dict[str, ipw.ValueWidget]:
-    """Controls for the parameters ``mech`` has, set to their current values."""
-    params = mech.get_params()
-    style = {"description_width": "initial"}
-    out: dict[str, ipw.ValueWidget] = {}
-    if "temperature" in params:
-        t = float(params["temperature"])
-        out["temperature"] = ipw.FloatLogSlider(
-            value=t, base=10, min=min(-1.5, np.log10(t)), max=max(1.3, np.log10(t)), step=0.05,
-            description="temperature", style=style, continuous_update=True,
-        )  # fmt: skip
-    if "local_window" in params:
-        out["local_window"] = ipw.IntSlider(
-            value=int(params["local_window"]), min=1, max=max(int(params["local_window"]), min(num_keys, 256)),
-            description="local window", style=style,
-        )  # fmt: skip
-    if "global_nodes" in params:
-        out["global_nodes"] = ipw.IntSlider(
-            value=int(params["global_nodes"]), min=0, max=max(int(params["global_nodes"]), min(num_keys, 64)),
-            description="global nodes", style=style,
-        )  # fmt: skip
-    if "feature_map" in params:
-        out["feature_map"] = ipw.Dropdown(
-            options=["elu", "favor"], value=params["feature_map"], description="feature map", style=style
-        )
-    if "num_features" in params:
-        out["num_features"] = ipw.IntSlider(
-            value=int(params["num_features"]), min=8, max=max(512, int(params["num_features"])), step=8,
-            description="random features", style=style,
-        )  # fmt: skip
-    if "block_size" in params:
-        sizes = sorted({8, 16, 32, 64, 128, int(params["block_size"])})
-        out["block_size"] = ipw.Dropdown(
-            options=sizes, value=int(params["block_size"]), description="block size", style=style
-        )
-    if "curvature" in params and params["curvature"] is not None:
-        c = float(params["curvature"])
-        out["curvature"] = ipw.FloatSlider(
-            value=c, min=min(-5.0, c), max=-0.05, step=0.05, description="curvature", style=style
-        )
-    if "num_heads" in params:
-        out["num_heads"] = ipw.Dropdown(
-            options=_divisors(int(params["dim"])), value=int(params["num_heads"]), description="heads", style=style
-        )
-    if "negative_slope" in params:
-        out["negative_slope"] = ipw.FloatSlider(
-            value=float(params["negative_slope"]), min=0.0, max=1.0, step=0.05, description="LeakyReLU slope",
-            style=style,
-        )  # fmt: skip
-    return out
 
 
 def mechanism_weights(mech: Attention, queries: np.ndarray, keys: np.ndarray, edge_features: Any = None) -> np.ndarray:
     """``(m, n)`` weights of each query row over ``keys``, asked of the mechanism itself: the head mean of
     :meth:`~ruvattn.mechanisms.Attention.weights` (PyTorch's ``average_attn_weights``)."""
-    options = {"edge_features": edge_features} if edge_features is not None else {}
+    options = weight_options("mechanism_weights", mech, edge_features)
     return np.asarray(mech.weights(np.atleast_2d(queries), keys, **options), dtype=np.float64).mean(axis=0)
 
 
@@ -121,8 +74,12 @@ class AttentionHeatmap(AttentionWidget):
         ragged lists): each row then attends over its *own* keys, as in a graph, and the columns are
         the union of the shown rows' lists (blank where a key is not in a row's list). The statistics
         are per-row means, the same numbers ``ruvattn analyze`` prints.
-    edge_features : optional, passed to GAT mechanisms; with ``neighbours`` one row per edge in
-        CSR order.
+    edge_features : optional, for a mechanism that takes them (``"edge_features"`` in its
+        ``forward_options``: GAT, GATv2, a mixture with such an expert); with ``neighbours`` one row
+        per edge in CSR order.
+    embed : map the queries and keys (together, one map) into the mechanism's ``input_space`` with
+        its ``embed`` first: for Euclidean data and a hyperbolic, spherical or product-space
+        mechanism (the identity for Euclidean mechanisms).
     max_queries : rows drawn at once; with more queries a "first query" slider pages through them.
     mode : "weights", "exact" or "difference".
     """
@@ -137,6 +94,7 @@ class AttentionHeatmap(AttentionWidget):
         *,
         neighbours: Any = None,
         edge_features: Any = None,
+        embed: bool = False,
         max_queries: int = 64,
         mode: str = "weights",
         height: int = 420,
@@ -152,6 +110,9 @@ class AttentionHeatmap(AttentionWidget):
         if max_queries < 1:
             raise InvalidConfig(f"{self.name}: max_queries must be >= 1, got {max_queries}.")
         self.mechanism = as_mechanism(mechanism, self.keys.shape[1], self.name)
+        weight_options(self.name, self.mechanism, edge_features)  # refused at once if not taken
+        if embed:
+            self.queries, self.keys = embedded(self.mechanism, self.queries, self.keys)
         self.edge_features = edge_features
         self.max_queries = int(max_queries)
         self.name = f"AttentionHeatmap · {type(self.mechanism).__name__}"
@@ -161,8 +122,7 @@ class AttentionHeatmap(AttentionWidget):
             self.controls["first_query"] = ipw.IntSlider(
                 value=0, min=0, max=m - self.max_queries, description="first query"
             )
-        self._params = mechanism_controls(self.mechanism, n)
-        self.controls.update(self._params)
+        self._add_parameter_controls(self.mechanism, n)
         self.figure = go.FigureWidget()
         self.figure.add_heatmap(z=np.zeros((1, 1)), colorscale=weight_colorscale, colorbar={"title": "weight"})
         self.figure.update_layout(
@@ -173,9 +133,7 @@ class AttentionHeatmap(AttentionWidget):
         self._finish()
 
     def compute(self) -> HeatmapState:
-        changed = {k: c.value for k, c in self._params.items() if self.mechanism.get_params().get(k) != c.value}
-        if changed:
-            self.mechanism.set_params(**changed)
+        self._apply_parameters(self.mechanism)
         mode = self.controls["mode"].value
         start = self.controls["first_query"].value if "first_query" in self.controls else 0
         rows = np.arange(start, min(start + self.max_queries, self.queries.shape[0]))

@@ -4,8 +4,10 @@ The centre attends over its neighbour list (the rows an HNSW search or a kNN gra
 the edge *centre ← neighbour* carries the weight the mechanism gives that neighbour. With two
 hops each 1-hop neighbour attends over its own list in the same way, so every drawn edge
 ``target ← source`` carries ``target``'s weight over ``source`` (messages flow source → target,
-PyG's convention). Weights always come from the mechanism's ``attention_weights`` on the
-neighbour rows; multi-head and GAT mechanisms show the mean over heads.
+PyG's convention). Weights always come from the mechanism's :meth:`~ruvattn.Attention.weights`
+on the neighbour rows; a mechanism with several heads (``num_weight_heads > 1``) shows the mean
+over heads. The mechanism's live parameters get controls derived from their constraints
+(:func:`~ruvattn.widgets._controls.controls_for`), as in the heatmap.
 
 The whole graph is never drawn: at most ``max_nodes`` nodes. When the 2-hop set is larger, the
 2-hop nodes with the heaviest path (the product of the weights along centre ← parent ← node,
@@ -34,9 +36,9 @@ from plotly.colors import sample_colorscale
 from ruvattn import analysis
 from ruvattn.errors import DimensionMismatch, InvalidConfig, OutOfBounds
 from ruvattn.graph import NeighbourList, as_neighbours
-from ruvattn.mechanisms import Attention, GATConv, GATv2Conv
+from ruvattn.mechanisms import Attention
 
-from ._base import AttentionWidget, as_matrix, as_mechanism, plane_layout, weight_colorscale
+from ._base import AttentionWidget, as_matrix, as_mechanism, embedded, plane_layout, weight_colorscale, weight_options
 from .heatmap import mechanism_weights
 
 __all__ = [
@@ -169,8 +171,7 @@ class NeighbourhoodView(AttentionWidget):
     Parameters
     ----------
     mechanism : Attention, kind name or spec dict
-        Anything with ``attention_weights(query, keys)``; a multi-head mechanism or a
-        ``GATConv``/``GATv2Conv`` shows the mean over its heads.
+        Any registered mechanism; one with several heads shows the mean over its heads.
     features : (N, d) array
         One row per node; a node's query and its neighbours' keys are rows of it.
     graph : neighbour list, or a list of them (HNSW layers, layer 0 the base layer)
@@ -181,11 +182,14 @@ class NeighbourhoodView(AttentionWidget):
     centre : the node shown at the centre.
     hops : 1 or 2.
     layer : the layer shown (the ``"layer"`` control lists them).
-    edge_features : for GAT layers with ``edge_dim``
+    edge_features : for a mechanism that takes them (``"edge_features"`` in its ``forward_options``,
+        e.g. GAT layers with ``edge_dim``)
         ``(nnz, edge_dim)`` rows aligned with the layer's CSR order (row ``indptr[i] + j`` is the
         feature of the edge ``i ← indices[indptr[i] + j]``; for padded ids the row-major order of the
         non-empty slots). With several layers an array belongs to layer 0; give a list with one
         array (or ``None``) per layer otherwise.
+    embed : map the features into the mechanism's ``input_space`` with its ``embed`` first (Euclidean
+        features and a non-Euclidean mechanism; the identity otherwise).
     max_nodes : the most nodes drawn (at least 2).
     height : figure height in pixels.
     """
@@ -202,6 +206,7 @@ class NeighbourhoodView(AttentionWidget):
         hops: int = 1,
         layer: int = 0,
         edge_features: Any = None,
+        embed: bool = False,
         max_nodes: int = 150,
         height: int = 600,
     ) -> None:
@@ -209,11 +214,6 @@ class NeighbourhoodView(AttentionWidget):
         self.features = as_matrix(features, "features", self.name)
         n, d = self.features.shape
         self.mechanism = as_mechanism(mechanism, d, self.name)
-        if getattr(self.mechanism, "attention_weights", None) is None:
-            raise InvalidConfig(
-                f"{self.name}: {type(self.mechanism).__name__} has no attention weights to show "
-                "(a mixture of experts mixes outputs, not weights)."
-            )
         if self.mechanism.hidden_dim != d:
             raise DimensionMismatch(
                 f"{self.name}: features has shape {self.features.shape}, expected (N, {self.mechanism.hidden_dim}) "
@@ -224,6 +224,8 @@ class NeighbourhoodView(AttentionWidget):
             as_neighbours(f"{self.name} (layer {i})", g, n, n) for i, g in enumerate(forms)
         ]
         self.edge_features = self._layer_edge_features(edge_features)
+        if embed:
+            (self.features,) = embedded(self.mechanism, self.features)
         if isinstance(max_nodes, bool) or not isinstance(max_nodes, (int, np.integer)) or max_nodes < 2:
             raise InvalidConfig(f"{self.name}: max_nodes must be an integer >= 2, got {max_nodes!r}.")
         self.max_nodes = int(max_nodes)
@@ -239,6 +241,8 @@ class NeighbourhoodView(AttentionWidget):
                      for i in range(len(self.layers))],
             value=int(layer), description="layer", disabled=len(self.layers) == 1,
         )  # fmt: skip
+        degree = max(int(np.diff(nl.indptr).max(initial=0)) for nl in self.layers)
+        self._add_parameter_controls(self.mechanism, degree)
         self._build_figure(height)
         self._finish()
 
@@ -247,10 +251,7 @@ class NeighbourhoodView(AttentionWidget):
         count = len(self.layers)
         if edge_features is None:
             return [None] * count
-        if not isinstance(self.mechanism, (GATConv, GATv2Conv)):
-            raise InvalidConfig(
-                f"{self.name}: edge_features are only used by GATConv/GATv2Conv, not {type(self.mechanism).__name__}."
-            )
+        weight_options(self.name, self.mechanism, edge_features)  # the mechanism must take them
         per_layer: Sequence[Any]
         if isinstance(edge_features, (list, tuple)) and all(
             e is None or isinstance(e, np.ndarray) for e in edge_features
@@ -329,6 +330,7 @@ class NeighbourhoodView(AttentionWidget):
         return ids, weights
 
     def compute(self) -> NeighbourhoodState:
+        self._apply_parameters(self.mechanism)
         n = self.features.shape[0]
         centre = int(self.controls["centre"].value)
         hops = int(self.controls["hops"].value)

@@ -23,6 +23,11 @@ the boundary than that is pulled in and its distance from the new centre shrinks
 distances up to about ``12/√c`` from the clicked point, compressed beyond.
 :meth:`PoincareDiskView.reset` returns to the input points.
 
+**Controls.** The curvature and temperature sliders are the mechanism's own parameter controls,
+derived from their constraints (:func:`~ruvattn.widgets._controls.controls_for`: curvature in
+``(-inf, 0)``, temperature in ``(0, inf)`` on a log scale); moving one calls ``set_params`` on
+the view's :class:`~ruvattn.HyperbolicAttention`.
+
 **Curvature.** The points are kept at a *base* curvature (the one they were given or translated
 at). At another curvature ``c'`` they are ``expmap0_c'(logmap0_c(x))``: the same tangent vectors
 at the origin, mapped into the new ball (always inside: ``expmap0`` projects to radius
@@ -125,8 +130,8 @@ class PoincareDiskView(AttentionWidget):
         super().__init__()
         raw = as_matrix(points, "points", self.name).astype(np.float64)
         n, d = raw.shape
-        mech = HyperbolicAttention(d, curvature=curvature, temperature=temperature)  # validates both
-        ball = mech.ball
+        self.mechanism = HyperbolicAttention(d, curvature=curvature, temperature=temperature)  # validates both
+        ball = PoincareBall(self.mechanism.curvature)
         if projection not in PROJECTIONS:
             raise InvalidConfig(f"{self.name}: projection must be one of {PROJECTIONS}, got {projection!r}.")
         query = check_id(self.name, "query (a point id)", query, n)
@@ -157,15 +162,8 @@ class PoincareDiskView(AttentionWidget):
         self._base: tuple[float | None, np.ndarray] = start
         self.name = f"PoincareDiskView · {d}-D"
         self.controls["query"] = ipw.BoundedIntText(value=int(query), min=0, max=n - 1, description="query")
-        c = float(curvature)
-        self.controls["curvature"] = ipw.FloatSlider(
-            value=c, min=min(-5.0, c), max=max(-0.05, c), step=0.05, description="curvature", readout_format=".2f"
-        )
-        t = float(temperature)
-        self.controls["temperature"] = ipw.FloatLogSlider(
-            value=t, base=10, min=min(-2.0, np.log10(t)), max=max(1.0, np.log10(t)), step=0.05,
-            description="temperature",
-        )  # fmt: skip
+        # the two parameters of the drawn formula softmax(-d_c/τ); the others would change what the arcs mean
+        self._add_parameter_controls(self.mechanism, n, only=("curvature", "temperature"))
         self.reset_button = ipw.Button(description="reset translation", tooltip="back to the input points")
         self.reset_button.on_click(lambda _: self.reset())
         self._build_figure(height)
@@ -275,11 +273,12 @@ class PoincareDiskView(AttentionWidget):
         return np.atleast_2d(ball.expmap0(np.ascontiguousarray(plane))), "pca", explained
 
     def compute(self) -> PoincareState:
-        c = float(self.controls["curvature"].value)
-        tau = float(self.controls["temperature"].value)
+        mech = self.mechanism
+        self._apply_parameters(mech)  # validates c < 0, τ > 0
+        c = float(mech.curvature)
+        tau = float(mech.temperature)
         q = int(self.controls["query"].value)
-        mech = HyperbolicAttention(self.dim, curvature=c, temperature=tau)  # validates c < 0, τ > 0
-        ball = mech.ball
+        ball = PoincareBall(c)
         pts = self._points_at(c)
         n = pts.shape[0]
         check_id(self.name, "query (a point id)", q, n)
@@ -292,8 +291,8 @@ class PoincareDiskView(AttentionWidget):
                 f"{self.name}: point {q} has no keys to attend over"
                 + (" (its neighbour list is empty)." if self.neighbours is not None else " (it is the only point).")
             )
-        weights = np.asarray(mech.attention_weights(pts[q], pts[key_ids]), dtype=np.float64)
-        distances = np.asarray(mech.distances(pts[q], pts[key_ids]), dtype=np.float64)
+        weights = np.asarray(mech.weights(pts[q], pts[key_ids]), dtype=np.float64).mean(axis=0)
+        distances = np.asarray(ball.dist(pts[q], pts[key_ids]), dtype=np.float64)
         shown, projection, explained = self._project(ball, pts)
         arcs = geodesic_arcs(ball, shown[q], shown[key_ids])
         bin_edges, arc_bin = bin_weights(weights)

@@ -35,7 +35,7 @@ from ruvattn.routing import Router, RoutingRecord
 
 from ._base import AttentionWidget, as_matrix, weight_colorscale
 
-__all__ = ["MoERoutingState", "MoERoutingView", "configured_router", "gate_matrix"]
+__all__ = ["MoERoutingState", "MoERoutingView", "configured_router", "gate_matrix", "routing_router"]
 
 _DEAD, _ALIVE, _REROUTED = "#d62728", "#1f77b4", "#ff7f0e"
 
@@ -91,6 +91,20 @@ def configured_router(
     return out.train(noisy)
 
 
+def routing_router(owner: str, moe: Any) -> Router:
+    """The router of anything that routes: a layer with ``router`` and ``routing_record`` (an
+    :class:`~ruvattn.MoEAttention`, or any mechanism offering the same capability), or a router
+    itself (``route`` and ``record``). Tested by capability, not by class."""
+    if callable(getattr(moe, "routing_record", None)) and getattr(moe, "router", None) is not None:
+        return moe.router
+    if callable(getattr(moe, "route", None)) and callable(getattr(moe, "record", None)):
+        return moe
+    raise InvalidConfig(
+        f"{owner}: moe must route queries: an MoEAttention or a Router (anything with router and routing_record, "
+        f"or route and record); got {type(moe).__name__}."
+    )
+
+
 def gate_matrix(record: RoutingRecord) -> np.ndarray:
     """``(m, E)`` gate weight of every query on every expert: ``record.weights`` scattered to the
     chosen experts, 0 elsewhere (and on dropped slots)."""
@@ -138,7 +152,8 @@ class MoERoutingView(AttentionWidget):
     Parameters
     ----------
     moe : MoEAttention or Router
-        The layer (its ``router`` is used) or a bare router; it is never modified.
+        The layer (its ``router`` is used) or a bare router; it is never modified. Anything that routes
+        qualifies (:func:`routing_router`: ``router`` + ``routing_record``, or ``route`` + ``record``).
     queries : (m, d) array
         The batch to route (``d`` = the router's width).
     top_k : int, optional
@@ -181,12 +196,7 @@ class MoERoutingView(AttentionWidget):
         height: int = 560,
     ) -> None:
         super().__init__()
-        if isinstance(moe, MoEAttention):
-            self.router: Router = moe.router
-        elif isinstance(moe, Router):
-            self.router = moe
-        else:
-            raise InvalidConfig(f"{self.name}: moe must be an MoEAttention or a Router; got {type(moe).__name__}.")
+        self.router: Router = routing_router(self.name, moe)
         self.queries = as_matrix(queries, "queries", self.name)
         if self.queries.shape[1] != self.router.dim:
             raise InvalidConfig(

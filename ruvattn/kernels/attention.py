@@ -144,13 +144,6 @@ def rows_axpy(w, v, ids, use_ids, lo, hi, out):
         j += 1
 
 
-@_serial
-def weighted_sum(w, rows, out):
-    """``out = sum_j w[j] * rows[j]`` (``rows`` is ``(n, dv)``; zero weights skip their row)."""
-    out[:] = 0
-    rows_axpy(w, rows, np.empty(0, np.int64), False, 0, rows.shape[1], out)
-
-
 if JIT_DISABLED:
 
     def _f32_from_bits(i):
@@ -261,12 +254,6 @@ def softmax(x):
     return m + math.log(total)
 
 
-@_serial
-def logsumexp(x):
-    """``log(sum(exp(x)))`` without overflow; ``-inf`` for an empty or all ``-inf`` ``x``."""
-    return softmax(x.copy())
-
-
 @_inline
 def online_softmax_update(m, total, acc, scores, rows, ids, use_ids):
     """One step of the online (streaming) softmax used by flash attention.
@@ -294,38 +281,10 @@ def online_softmax_update(m, total, acc, scores, rows, ids, use_ids):
 
 
 @_serial
-def gather_rows(table, ids, out):
-    """``out[i] = table[ids[i]]``."""
-    for i in range(ids.shape[0]):
-        out[i, :] = table[ids[i]]
-
-
-@_serial
 def matvec(w, x, b, out):
     """``out = w @ x + b`` (one row of ``x w^T + b``, PyTorch ``nn.Linear`` layout)."""
     for r in range(w.shape[0]):
         out[r] = dot(w[r], x) + b[r]
-
-
-@_parallel
-def matmat_t(x, w, b, out):
-    """``out = x @ w.T + b`` for a batch of rows, parallel over rows."""
-    for i in prange(x.shape[0]):
-        matvec(w, x[i], b, out[i])
-
-
-@_parallel
-def softmax_rows(x, lse):
-    """Row-wise :func:`softmax` of a 2-D array in place; ``lse[i]`` per row."""
-    for i in prange(x.shape[0]):
-        lse[i] = softmax(x[i])
-
-
-@_parallel
-def gather_rows_parallel(table, ids, out):
-    """:func:`gather_rows`, parallel over the ids."""
-    for i in prange(ids.shape[0]):
-        out[i, :] = table[ids[i]]
 
 
 # --------------------------------------------------------------------------

@@ -22,8 +22,6 @@ __all__ = [
     "axpy",
     "dot",
     "flash_attention",
-    "gather_rows",
-    "logsumexp",
     "matmat_t",
     "matvec",
     "multi_head_attention",
@@ -65,11 +63,6 @@ def softmax(x: Array) -> tuple[Array, np.floating]:
     return e / total, m + np.log(total)
 
 
-def logsumexp(x: Array) -> np.floating:
-    """``log sum exp(x)`` (``-inf`` for an empty or all ``-inf`` input)."""
-    return softmax(x)[1]
-
-
 def online_softmax_update(m: float, total: float, acc: Array, scores: Array, rows: Array) -> tuple[float, float, Array]:
     """Fold a block of scores/value rows into the running ``(max, sum, acc)`` state."""
     live = scores != -np.inf
@@ -79,11 +72,6 @@ def online_softmax_update(m: float, total: float, acc: Array, scores: Array, row
     alpha = np.exp(m - new_m)
     p = np.where(live, np.exp(scores - new_m), 0.0)
     return new_m, total * alpha + p.sum(), acc * alpha + weighted_sum(p, rows)
-
-
-def gather_rows(table: Array, ids: NDArray[np.integer]) -> Array:
-    """``table[ids]``."""
-    return table[ids]
 
 
 def widest_row(indptr: NDArray[np.integer], first: int, last: int) -> int:

@@ -264,20 +264,6 @@ def test_nonfinite_inputs_are_reported_not_returned():
 
 
 @pytest.mark.skipif(JIT_DISABLED, reason="no Numba dispatchers without the JIT")
-def test_cache_of_sibling_kernel_modules_depends_on_the_shared_primitives():
-    """kernels/hyperbolic.py inlines softmax from kernels/attention.py: its cache stamp must cover that file."""
-    import os
-
-    from ruvattn import kernels
-    from ruvattn.kernels import hyperbolic
-
-    assert kernels.SHARED_STAMP_LOCATOR
-    locator = hyperbolic.hyp_fast._cache._impl._locator
-    assert type(locator).__name__.startswith("RuvattnKernel")
-    st = os.stat(kernels._SHARED)
-    assert locator.get_source_stamp()[1] == (st.st_mtime, st.st_size)
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_attend_ids_equals_attention_over_the_gathered_rows(dtype):
     rng = np.random.default_rng(11)

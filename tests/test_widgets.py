@@ -194,6 +194,26 @@ def test_widgets_folder_is_not_a_top_level_package(tmp_path):
     assert out.stdout.strip() == "ruvattn.widgets.heatmap"
 
 
+def test_bare_import_widgets_from_the_repository_root_names_the_package():
+    """From the repository root ``widgets/`` is on sys.path; importing it must fail at once and say what to import."""
+    code = (
+        "import sys\n"
+        "try:\n"
+        "    import widgets\n"
+        "except ImportError as exc:\n"
+        "    print('ImportError:', exc)\n"
+        "assert 'widgets' not in sys.modules and 'plotly' not in sys.modules, 'the guard must come first'\n"
+        "import ruvattn.widgets as w\n"
+        "print(w.AttentionHeatmap.__module__)"
+    )
+    root = Path(__file__).resolve().parents[1]
+    assert (root / "widgets" / "__init__.py").is_file()
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    error, module = out.stdout.strip().splitlines()
+    assert error.startswith("ImportError:") and "`import ruvattn.widgets`" in error and "'widgets'" in error
+    assert module == "ruvattn.widgets.heatmap"
+
+
 def test_heatmap_neighbour_mode_each_row_over_its_own_keys():
     rng = np.random.default_rng(5)
     table = rng.standard_normal((30, 16))

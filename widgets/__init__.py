@@ -17,6 +17,12 @@ Every widget exports a static image (``save_image``: SVG/PNG/PDF) and an offline
 
 from __future__ import annotations
 
+if __name__ != "ruvattn.widgets":  # e.g. `import widgets` with the repository root on sys.path
+    raise ImportError(
+        f"The widgets/ folder is the package ruvattn.widgets (setuptools maps it there); it cannot be imported as "
+        f"{__name__!r}. Use `import ruvattn.widgets` (pip install -e '.[widgets]' from the repository root)."
+    )
+
 try:
     from ._base import AttentionWidget
     from .heads import HeadView

@@ -147,3 +147,84 @@ def test_cli_run_medians_list(tmp_path, capsys):
     assert main(["experiment", "run", "nope", "--dir", str(tmp_path)]) == 2
     assert "experiment 'nope' not found" in capsys.readouterr().err
     assert main(["experiment", "medians", str(spec), "--metric", "nope"]) == 2
+
+
+def _markdown_tables(text: str) -> list[list[list[str]]]:
+    """Every markdown table in ``text`` as rows of cells (the header first, the rule left out)."""
+    tables, current = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            if not set(line) <= set("|-: "):
+                current.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def test_report_writes_the_medians_of_results_csv(tmp_path, capsys):
+    import math
+
+    import numpy as np
+
+    from ruvattn.lab.experiments import code_version, machine_info
+
+    spec = _toy(tmp_path)
+    empty = tmp_path / "no_runs"
+    empty.mkdir()
+    (empty / "toy.experiment.yaml").write_text(spec.read_text())
+    (empty / "toy.ipynb").write_bytes((tmp_path / "toy.ipynb").read_bytes())
+    # nothing measured yet: a message and exit status 2, no traceback, no page
+    assert main(["report", "--dir", str(empty), "--out", str(empty / "b.md")]) == 2
+    err = capsys.readouterr().err
+    assert "ruvattn report: error:" in err and "has results yet" in err and "Traceback" not in err
+    assert not (empty / "b.md").exists()
+    assert main(["report", "toy", "--dir", str(empty), "--out", str(empty / "b.md")]) == 2
+    assert "experiment 'toy' has no results" in capsys.readouterr().err
+
+    run_experiment(spec, workers=2, progress=False)
+    out = tmp_path / "docs" / "benchmarks.md"
+    assert main(["report", "--dir", str(tmp_path), "--out", str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    page = out.read_text()
+    # the stamp: CPU model and cores of this machine, the library's source hash, the current source
+    cpu = machine_info()
+    assert cpu["cpu"] in page and f"{cpu['cores']} cores" in page
+    assert f"`{code_version()}`, which is the current source" in page and "## toy" in page
+
+    # the medians, computed here from results.csv with csv + numpy only
+    with (tmp_path / "runs" / "toy" / "results.csv").open(newline="") as fh:
+        raw = list(csv.DictReader(fh))
+    columns = list(raw[0])
+    metrics = columns[columns.index("key") + 1 :]
+    expected = {}
+    for x in sorted({r["x"] for r in raw}, key=int):
+        members = [r for r in raw if r["x"] == x]
+        ok = [r for r in members if r["status"] == "ok"]
+        expected[x] = {"ok runs": f"{len(ok)}/{len(members)}"}
+        for m in metrics:
+            values = [float(r[m]) for r in ok if r[m] != ""]
+            expected[x][m] = float(np.median(values)) if values else None
+
+    section = page.split("## toy", 1)[1]
+    (table, *_) = _markdown_tables(section)
+    header, body = table[0], table[1:]
+    folded = {}  # columns equal in every row are stated once under the table
+    for line in section.splitlines():
+        if line.startswith("In every row: "):
+            folded = dict(item.split(" = ") for item in line[len("In every row: ") : -1].split(", "))
+            break
+    assert set(header) | set(folded) == {"x", "ok runs", *metrics}
+    assert len(body) == len(expected) == 3
+
+    def same(cell: str, want: object) -> bool:
+        if want is None or isinstance(want, str):
+            return cell == ("-" if want is None else want)
+        return math.isclose(float(cell.replace(",", "")), want, rel_tol=1e-3)
+
+    for row in body:
+        cells = {**folded, **dict(zip(header, row, strict=True))}
+        want = expected[cells["x"]]
+        for name in ("ok runs", *metrics):
+            assert same(cells[name], want[name]), (cells["x"], name, cells[name], want[name])
+    assert expected["2"]["double"] == 4.0 and expected["1"]["seeded"] == 150.5  # medians of (191, 110)

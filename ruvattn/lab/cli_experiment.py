@@ -1,4 +1,6 @@
-"""The ``experiment``, ``benchmark`` and ``compare`` commands of ``ruvattn`` (see :mod:`ruvattn.lab.experiments`).
+"""The ``experiment``, ``benchmark``, ``compare`` and ``report`` commands of ``ruvattn``.
+
+See :mod:`ruvattn.lab.experiments` and :mod:`ruvattn.lab.report`.
 
 - ``ruvattn experiment list`` — the experiment files in ``experiments/``;
 - ``ruvattn experiment run NAME [--workers N | --scheduler ADDRESS] [--ci] [--force]`` — run the
@@ -9,7 +11,9 @@
 - ``ruvattn benchmark`` — runs the ``spec_targets`` experiment and prints the specification's
   latency table with each row met or missed;
 - ``ruvattn compare`` — runs the ``peers`` experiment and prints ruvattn against numpy, PyTorch,
-  PyTorch Geometric and ruvector-attention, as ratios measured in the same run.
+  PyTorch Geometric and ruvector-attention, as ratios measured in the same run;
+- ``ruvattn report [NAME ...] [--out docs/benchmarks.md]`` — writes the benchmarks page from the
+  experiments' results (:mod:`ruvattn.lab.report`); exit status 2 if there are none.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ def _run_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_parsers(sub: Any) -> None:
-    """Add ``experiment``, ``benchmark`` and ``compare`` to the ``ruvattn`` parser."""
+    """Add ``experiment``, ``benchmark``, ``compare`` and ``report`` to the ``ruvattn`` parser."""
     exp = sub.add_parser("experiment", help="parameter grids over papermill notebooks, cached (list/run/medians)")
     esub = exp.add_subparsers(dest="action", required=True)
     ls = esub.add_parser("list", help="the experiment files")
@@ -54,16 +58,16 @@ def add_parsers(sub: Any) -> None:
     peers = sub.add_parser("compare", help="ruvattn against its peers, as ratios (the peers experiment)")
     _run_options(peers)
     peers.add_argument("--json", action="store_true")
-
-
-def _format(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
-    return "-" if value is None else str(value)
+    rep = sub.add_parser("report", help="write docs/benchmarks.md from the experiments' results")
+    rep.add_argument("names", nargs="*", metavar="NAME", help="only these experiments (default: all with results)")
+    rep.add_argument("--dir", default="experiments", help="where the experiment files are (default: experiments)")
+    rep.add_argument("--out", default="docs/benchmarks.md", help="the page to write (default: docs/benchmarks.md)")
 
 
 def print_table(header: list[str], body: list[list[Any]]) -> None:
-    cells = [[_format(v) for v in row] for row in body]
+    from ruvattn.lab.tables import format_value
+
+    cells = [[format_value(v) for v in row] for row in body]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(header)]
     print("  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)))
     print("  ".join("-" * w for w in widths))
@@ -101,6 +105,12 @@ def run(args: argparse.Namespace) -> int:
     """Dispatch one of the commands; returns the exit status."""
     from ruvattn.lab.experiments import find_experiment, list_experiments, load_experiment, median_table
 
+    if args.command == "report":
+        from ruvattn.lab.report import write_report
+
+        path, covered = write_report(args.dir, args.out, args.names or None)
+        print(f"{path}: {', '.join(covered)}")
+        return 0
     if args.command == "experiment" and args.action == "list":
         for path in list_experiments(args.dir):
             exp = load_experiment(path)

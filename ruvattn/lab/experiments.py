@@ -25,7 +25,11 @@ lands under ``experiments/runs/<name>/``:
   (parameters, status, duration, records, or the error);
 - ``results.csv``: the tidy table, one row per point and repeat: the parameters, ``repeat``,
   ``seed``, ``status``, ``seconds``, ``key``, then one column per recorded scalar (nested dicts
-  flattened as ``name.field``).
+  flattened as ``name.field``);
+- ``provenance.json``: what produced the table: the library version and :func:`code_version`,
+  whether it is the ``ci`` version, and when and where it was written. Each point's ``.json`` also
+  says when it finished and on which machine (:func:`machine_info`), so ``ruvattn report``
+  (:mod:`ruvattn.lab.report`) can stamp the numbers with where and with what they were measured.
 
 ``key`` hashes the notebook's bytes, the library's source (:func:`code_version`), the parameters,
 the repeat and the seed, so a point is run again only if one of them changed; ``force=True``
@@ -60,6 +64,7 @@ __all__ = [
     "find_experiment",
     "list_experiments",
     "load_experiment",
+    "machine_info",
     "median_table",
     "read_results",
     "run_experiment",
@@ -89,6 +94,32 @@ def code_version() -> str:
     return digest.hexdigest()[:16]
 
 
+def machine_info() -> dict[str, Any]:
+    """This machine: CPU model (``model name`` in ``/proc/cpuinfo``, else :func:`platform.processor`),
+    logical cores, OS and Python."""
+    import platform
+
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.lower().startswith(("model name", "hardware", "cpu model")) and ":" in line:
+                    cpu = " ".join(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu or platform.processor() or platform.machine() or "unknown",
+        "cores": os.cpu_count() or 1,
+        "system": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+    }
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 @dataclass(frozen=True)
 class Experiment:
     """A parsed experiment file (see the module docstring for the format)."""
@@ -103,6 +134,7 @@ class Experiment:
     repeats: int = 1
     seed: int = 0
     seed_parameter: str | None = "seed"
+    ci: bool = False  # the file's ``ci`` overrides were applied
 
     @property
     def runs_dir(self) -> Path:
@@ -175,6 +207,7 @@ def load_experiment(path: str | Path, *, ci: bool = False) -> Experiment:
         parameters=dict(raw.get("parameters") or {}), grid={k: list(v) for k, v in (raw.get("grid") or {}).items()},
         points=[dict(p) for p in raw.get("points") or []], repeats=int(raw.get("repeats", 1)),
         seed=int(raw.get("seed", 0)), seed_parameter=raw.get("seed_parameter", "seed"),
+        ci=bool(ci and raw.get("ci")),
     )  # fmt: skip
 
 
@@ -232,6 +265,7 @@ def run_point(task: dict[str, Any]) -> dict[str, Any]:
     except Exception as exc:  # a failed point is data, not a crash of the whole experiment
         result.update(status="failed", error=f"{type(exc).__name__}: {str(exc).strip()[-2000:]}", records={})
     result["seconds"] = round(time.perf_counter() - start, 3)
+    result.update(finished=_now(), machine=machine_info(), code=task.get("code"))
     json_path.write_text(json.dumps(result, default=str, indent=1), encoding="utf-8")
     return result
 
@@ -356,7 +390,7 @@ def run_experiment(
                 continue
         todo.append({
             **run, "key": key, "notebook": str(exp.notebook), "out_nb": str(points_dir / f"{key}.ipynb"),
-            "log": str(points_dir / f"{key}.log"), "json": str(cached),
+            "log": str(points_dir / f"{key}.log"), "json": str(cached), "code": code,
         })  # fmt: skip
     cached_count = len(results)
     if todo:
@@ -375,6 +409,14 @@ def run_experiment(
     rows = [_row(r, grid_names) for r in sorted(results.values(), key=lambda r: order[r["key"]])]
     table = exp.runs_dir / "results.csv"
     _write_table(table, rows)
+    from ruvattn import __version__
+
+    provenance = {
+        "experiment": exp.name, "ci": exp.ci, "ruvattn": __version__, "code_version": code,
+        "notebook_sha256": nb_hash, "written": _now(), "machine": machine_info(),
+        "runner": f"dask {scheduler}" if scheduler else "local processes",
+    }  # fmt: skip
+    (exp.runs_dir / "provenance.json").write_text(json.dumps(provenance, indent=1), encoding="utf-8")
     failed = [r for r in results.values() if r["status"] != "ok"]
     return RunReport(exp, executed=len(todo), cached=cached_count, failed=failed, table=table, rows=rows)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-__all__ = ["SPEC_TARGETS", "peer_table", "targets_table"]
+__all__ = ["SPEC_TARGETS", "format_value", "peer_table", "targets_table"]
 
 #: (mechanism, neighbours) -> (recorded metric, bound, wording, where the target comes from)
 SPEC_TARGETS: dict[tuple[str, int], tuple[str, float | None, str, str]] = {
@@ -25,6 +25,18 @@ SPEC_TARGETS: dict[tuple[str, int], tuple[str, float | None, str, str]] = {
     ("moe", 1000): ("latency_us.p95", 180_000.0, "p95 < 180 ms (spec)", "spec, quoted in issue 5"),
     ("scaled_dot_product", 10000): ("ns_per_key", None, "linear in n", "issue 2"),  # checked against n = 1,000
 }
+
+
+def format_value(value: Any) -> str:
+    """A table cell as ``ruvattn`` prints it: ``-`` for none, floats to 4 significant digits
+    (whole numbers with thousands separators from 1,000 on).
+
+    >>> [format_value(v) for v in (None, 3, 12.3456, 52345.6, "moe")]
+    ['-', '3', '12.35', '52,346', 'moe']
+    """
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+    return "-" if value is None else str(value)
 
 
 def _median(rows: list[dict[str, Any]], column: str) -> float | None:

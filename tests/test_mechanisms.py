@@ -244,7 +244,8 @@ def test_config_validation_messages():
         MultiHeadAttention(128, 32)
     with pytest.raises(InvalidConfig, match="'dim' must be a positive integer; got 0"):
         ScaledDotProductAttention(0)
-    with pytest.raises(InvalidConfig, match=r"^ScaledDotProductAttention: 'temperature' must be a number in \(0, inf\); got 0\.$"):
+    msg = r"^ScaledDotProductAttention: 'temperature' must be a number in \(0, inf\); got 0\.$"
+    with pytest.raises(InvalidConfig, match=msg):
         ScaledDotProductAttention(8, temperature=0)
     with pytest.raises(InvalidConfig, match=r"'dropout' must be a number in \[0, 1\); got 1.0"):
         ScaledDotProductAttention(8, dropout=1.0)
@@ -279,7 +280,7 @@ def test_registry_params_and_json_round_trip():
         ruvattn.build({"type": "nope"})
     specs = [{"type": k, "dim": 8} for k in ("scaled_dot_product", "hyperbolic", "mixed_curvature")]
     for spec in [*specs, {"type": "gat", "in_channels": 8, "out_channels": 2}]:
-        with pytest.raises(InvalidConfig, match="got an unexpected keyword argument 'colour'. Parameters: "):
+        with pytest.raises(InvalidConfig, match=r"got an unexpected keyword argument 'colour'\. Parameters: "):
             ruvattn.build({**spec, "colour": "red"})
     with pytest.raises(InvalidConfig, match="missing a required argument: 'dim'"):
         ruvattn.build({"type": "multi_head", "num_heads": 2})

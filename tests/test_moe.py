@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from ruvattn import (
-    DimensionMismatch,
     HyperbolicAttention,
     InvalidConfig,
     LinearAttention,

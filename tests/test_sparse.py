@@ -224,9 +224,7 @@ def test_neighbour_form_cuts_every_list():
         row = w[start[i] : start[i + 1]]
         dropped = np.setdiff1d(np.arange(ids.size), pos)
         np.testing.assert_array_equal(row[dropped], 0)  # entries outside the window and the globals: exactly 0
-        np.testing.assert_allclose(
-            row[pos], attn.attention_weights(nodes[i], table[ids[pos]]), rtol=1e-5
-        )
+        np.testing.assert_allclose(row[pos], attn.attention_weights(nodes[i], table[ids[pos]]), rtol=1e-5)
     glob = attn.forward_neighbours(nodes, table, table, [list(x) for x in lists], global_ids=[0])
     np.testing.assert_allclose(
         glob[0], attn.forward(nodes[0], table, table, ids=lists[0], global_ids=[0]), rtol=1e-5, atol=1e-6

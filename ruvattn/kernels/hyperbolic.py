@@ -42,7 +42,11 @@ from ruvattn.kernels.attention import BADID, EMPTY, NONFINITE, OK, _inline, _par
 ARTANH_MAX = 1.0 - 1e-15
 TANH_MAX = 15.0
 NORM_MIN = 1e-15
-INPUT_EPS = 1e-5  # hyperbolic attention pulls inputs on/outside the boundary to radius (1 - INPUT_EPS)/s
+INPUT_EPS = 1e-5  # hyperbolic attention clamps inputs beyond radius (1 - INPUT_EPS)/s to that radius
+#: Status of the hyperbolic attention kernels (beside OK, EMPTY, NONFINITE and BADID of
+#: :mod:`ruvattn.kernels.attention`): in ``STRICT`` mode, a query, key or value on or outside
+#: the ball (``c|x|² >= 1``).
+OUTSIDE = 4
 
 # ---------------------------------------------------------------------------
 # Scalars (float64)
@@ -367,23 +371,30 @@ def lorentz_to_poincare(x, c, out):
 # Hyperbolic attention (Poincaré ball)
 # ---------------------------------------------------------------------------
 
+# ``mode`` of the attention kernels: the aggregation, plus the STRICT bit (one integer rather than one
+# more argument: each argument costs the hot path's call from Python ~70 ns, measured)
 TANGENT = 0  # expmap0(sum_j w_j logmap0(v_j))
 MIDPOINT = 1  # Einstein midpoint through the Klein model (= Möbius gyromidpoint)
+STRICT = 2  # a point on or outside the ball stops the row with status OUTSIDE (else: it is pulled in)
 
 
 @_inline
-def hyp_row(q, k, v, ids, use_ids, keep, use_keep, kappa, inv_tau, agg, out_eps, w, acc, s1, s2, out):
+def hyp_row(q, k, v, ids, use_ids, keep, use_keep, kappa, inv_tau, mode, out_eps, w, acc, s1, s2, out):
     """One query over its keys on the Poincaré ball of curvature ``kappa < 0``.
 
     ``w[j] = softmax_j(-d(q, k_j) / τ)``; the output is the tangent-space mean
-    ``expmap0(Σ w_j logmap0(v_j))`` (``agg == TANGENT``) or the weighted
-    Einstein midpoint (``agg == MIDPOINT``), pulled inside radius
-    ``(1 - out_eps)/s``.  Queries, keys and values on or outside the boundary are
-    first pulled to radius ``(1 - INPUT_EPS)/s`` (without copying).  Masked keys
-    get weight exactly 0 and their value rows are never read.  ``acc`` is a
-    float64 scratch of the value width (empty: weights only), ``s1``/``s2``
-    float64 scratch of at least ``n``.  Returns a status (``BADID`` for an id
-    outside the tables, which are never read out of range).
+    ``expmap0(Σ w_j logmap0(v_j))`` (``mode`` ``TANGENT``) or the weighted
+    Einstein midpoint (``MIDPOINT``), pulled inside radius
+    ``(1 - out_eps)/s``.  A query, key or value beyond radius ``(1 - INPUT_EPS)/s``
+    is pulled to that radius (without copying) -- except that in ``STRICT`` mode one on
+    or outside the boundary (``c|x|² >= 1``) stops the row with status ``OUTSIDE``
+    (the test sits inside the rarely taken clamp branches, so valid inputs pay
+    nothing for it).  Masked keys get weight exactly 0 and neither their key nor
+    their value rows are read; every other value row is checked, even one whose
+    weight underflows to 0.  ``acc`` is a float64 scratch of the value width
+    (empty: weights only, values not read), ``s1``/``s2`` float64 scratch of at
+    least ``n``.  Returns a status (``BADID`` for an id outside the tables, which
+    are never read out of range; ``NONFINITE``; ``EMPTY``; ``OUTSIDE``).
 
     The work is done in phases -- all squared norms (vector loops over ``d``),
     then all distances, then all ``asinh`` -- so that the per-key scalar maths
@@ -392,12 +403,18 @@ def hyp_row(q, k, v, ids, use_ids, keep, use_keep, kappa, inv_tau, agg, out_eps,
     """
     n = w.shape[0]
     d = q.shape[0]
+    agg = mode & 1
+    strict = mode & STRICT
     c = -kappa
     s = math.sqrt(c)
     maxin = (1.0 - INPUT_EPS) / s
     q2 = _norm2(q)
     fq = 1.0
-    if q2 > maxin * maxin:
+    if q2 > maxin * maxin:  # near, on or outside the boundary (or inf)
+        if strict and c * q2 >= 1.0:
+            w[:] = 0
+            out[:] = 0
+            return OUTSIDE if q2 < np.inf else NONFINITE
         fq = maxin / math.sqrt(q2)
         q2 = maxin * maxin
     live = 0
@@ -423,7 +440,11 @@ def hyp_row(q, k, v, ids, use_ids, keep, use_keep, kappa, inv_tau, agg, out_eps,
             w[:] = 0
             out[:] = 0
             return NONFINITE
-        if k2 > maxin * maxin:  # a key on/outside the boundary: recompute with the pulled-in key
+        if k2 > maxin * maxin:  # a key near, on or outside the boundary: recompute with the pulled-in key
+            if strict and c * k2 >= 1.0:
+                w[:] = 0
+                out[:] = 0
+                return OUTSIDE
             fk = maxin / math.sqrt(k2)
             k2 = maxin * maxin
             d2 = 0.0
@@ -447,25 +468,34 @@ def hyp_row(q, k, v, ids, use_ids, keep, use_keep, kappa, inv_tau, agg, out_eps,
     softmax(w)
     if acc.shape[0] == 0:  # weights only
         return OK
-    # phase 3: per-value factors (s1) from the value norms, then one weighted sum
+    # phase 3: the value norms (s2) and clamp factors (s1) of every unmasked key, then per-value
+    # factors (s1) and one weighted sum over the keys of non-zero weight
     for j in range(n):
-        if w[j] == 0:
+        if s2[j] < 0:  # masked
             continue
         row = v[ids[j]] if use_ids else v[j]
-        s2[j] = _norm2(row)
-        if not (s2[j] < np.inf):  # NaN or inf in this value
+        v2 = _norm2(row)
+        if not (v2 < np.inf):  # NaN or inf in this value
+            w[:] = 0
             out[:] = 0
             return NONFINITE
+        f = 1.0
+        if v2 > maxin * maxin:  # near, on or outside the boundary
+            if strict and c * v2 >= 1.0:
+                w[:] = 0
+                out[:] = 0
+                return OUTSIDE
+            f = maxin / math.sqrt(v2)
+            v2 = maxin * maxin
+        s1[j] = f
+        s2[j] = v2
     den = 0.0
     for j in range(n):
         wj = np.float64(w[j])
         if wj == 0:
             continue
         v2 = s2[j]
-        f = 1.0
-        if v2 > maxin * maxin:
-            f = maxin / math.sqrt(v2)
-            v2 = maxin * maxin
+        f = s1[j]
         if agg == TANGENT:
             f *= logmap0_factor(math.sqrt(v2), kappa)
         else:  # Klein coordinates 2v/(1 + c|v|²) weighted by their Lorentz factor: Σ w γ k_j = Σ w λ_v v
@@ -501,17 +531,17 @@ def hyp_row(q, k, v, ids, use_ids, keep, use_keep, kappa, inv_tau, agg, out_eps,
 
 
 @_serial
-def hyp_one(q, k, v, ids, use_ids, keep, use_keep, kappa, inv_tau, agg, out_eps, w, out):
+def hyp_one(q, k, v, ids, use_ids, keep, use_keep, kappa, inv_tau, mode, out_eps, w, out):
     """:func:`hyp_row` for one query (allocates its own float64 scratch)."""
     n = w.shape[0]
     acc = np.empty(out.shape[0], np.float64)
     s1 = np.empty(n, np.float64)
     s2 = np.empty(n, np.float64)
-    return hyp_row(q, k, v, ids, use_ids, keep, use_keep, kappa, inv_tau, agg, out_eps, w, acc, s1, s2, out)
+    return hyp_row(q, k, v, ids, use_ids, keep, use_keep, kappa, inv_tau, mode, out_eps, w, acc, s1, s2, out)
 
 
 @_serial
-def hyp_fast(q, k, v, kappa, inv_tau, agg, out_eps, w, out):
+def hyp_fast(q, k, v, kappa, inv_tau, mode, out_eps, w, out):
     """:func:`hyp_one` without ids or mask (fewer arguments: a cheaper call from Python)."""
     n = w.shape[0]
     acc = np.empty(out.shape[0], np.float64)
@@ -519,20 +549,40 @@ def hyp_fast(q, k, v, kappa, inv_tau, agg, out_eps, w, out):
     s2 = np.empty(n, np.float64)
     ids = np.empty(0, np.int64)
     keep = np.empty(0, np.bool_)
-    return hyp_row(q, k, v, ids, False, keep, False, kappa, inv_tau, agg, out_eps, w, acc, s1, s2, out)
+    return hyp_row(q, k, v, ids, False, keep, False, kappa, inv_tau, mode, out_eps, w, acc, s1, s2, out)
 
 
 @_serial
-def hyp_dist_one(q, k, kappa, out):
-    """``out[j] = d(q, k_j)`` for one query against every key row (inputs used as given)."""
+def hyp_dist_one(q, k, kappa, mode, out):
+    """``out[j] = d(q, k_j)`` for one query against every key row, the distances :func:`hyp_row` turns
+    into weights: a point beyond radius ``(1 - INPUT_EPS)/s`` is pulled to it, or in ``STRICT`` mode one
+    on or outside the boundary stops with status ``OUTSIDE`` (the inputs are known to be finite)."""
+    strict = mode & STRICT
+    c = -kappa
+    maxin = (1.0 - INPUT_EPS) / math.sqrt(c)
     q2 = _norm2(q)
+    fq = 1.0
+    if q2 > maxin * maxin:
+        if strict and c * q2 >= 1.0:
+            return OUTSIDE
+        fq = maxin / math.sqrt(q2)
     for j in range(k.shape[0]):
         _, _, k2, d2 = _dots(q, k[j])
-        out[j] = dist_from_norms(d2, q2, k2, kappa)
+        if fq != 1.0 or k2 > maxin * maxin:
+            if strict and c * k2 >= 1.0:
+                return OUTSIDE
+            fk = maxin / math.sqrt(k2) if k2 > maxin * maxin else 1.0
+            d2 = 0.0
+            for i in range(q.shape[0]):
+                a = fq * np.float64(q[i]) - fk * np.float64(k[j, i])
+                d2 += a * a
+            k2 = min(k2, maxin * maxin)
+        out[j] = dist_from_norms(d2, min(q2, maxin * maxin), k2, kappa)
+    return OK
 
 
 @_serial
-def hyp_many_chunk(qs, k, v, keep, keep_mode, kappa, inv_tau, agg, out_eps, w, want_weights, out, status, first, last):
+def hyp_many_chunk(qs, k, v, keep, keep_mode, kappa, inv_tau, mode, out_eps, w, want_weights, out, status, first, last):
     """Queries ``first..last-1`` of :func:`hyp_many`, one scratch buffer for the chunk."""
     acc = np.empty(out.shape[1], np.float64)
     scratch = np.empty(k.shape[0], qs.dtype)
@@ -542,12 +592,12 @@ def hyp_many_chunk(qs, k, v, keep, keep_mode, kappa, inv_tau, agg, out_eps, w, w
     for i in range(first, last):
         wi = w[i] if want_weights else scratch
         ki = keep[i] if keep_mode == 2 else keep[0]
-        status[i] = hyp_row(qs[i], k, v, no_ids, False, ki, keep_mode > 0, kappa, inv_tau, agg, out_eps, wi, acc,
+        status[i] = hyp_row(qs[i], k, v, no_ids, False, ki, keep_mode > 0, kappa, inv_tau, mode, out_eps, wi, acc,
                             s1, s2, out[i])  # fmt: skip
 
 
 @_parallel
-def hyp_many(qs, k, v, keep, keep_mode, kappa, inv_tau, agg, out_eps, w, want_weights, out, status, size):
+def hyp_many(qs, k, v, keep, keep_mode, kappa, inv_tau, mode, out_eps, w, want_weights, out, status, size):
     """Hyperbolic attention for many queries over one key set, parallel over chunks of ``size``.
 
     ``keep``/``keep_mode`` as in :mod:`ruvattn.kernels.attention`; ``w`` is
@@ -556,12 +606,12 @@ def hyp_many(qs, k, v, keep, keep_mode, kappa, inv_tau, agg, out_eps, w, want_we
     m = qs.shape[0]
     for c in prange((m + size - 1) // size):
         first = c * size
-        hyp_many_chunk(qs, k, v, keep, keep_mode, kappa, inv_tau, agg, out_eps, w, want_weights, out, status, first,
+        hyp_many_chunk(qs, k, v, keep, keep_mode, kappa, inv_tau, mode, out_eps, w, want_weights, out, status, first,
                        min(first + size, m))  # fmt: skip
 
 
 @_serial
-def hyp_csr_chunk(qs, k, v, indptr, indices, kappa, inv_tau, agg, out_eps, w, want_weights, out, status, first, last):
+def hyp_csr_chunk(qs, k, v, indptr, indices, kappa, inv_tau, mode, out_eps, w, want_weights, out, status, first, last):
     """Nodes ``first..last-1`` of :func:`hyp_csr`, one scratch buffer for the chunk."""
     acc = np.empty(out.shape[1], np.float64)
     widest = widest_row(indptr, first, last)
@@ -577,12 +627,12 @@ def hyp_csr_chunk(qs, k, v, indptr, indices, kappa, inv_tau, agg, out_eps, w, wa
             status[i] = EMPTY
             continue
         wi = w[lo:hi] if want_weights else scratch[: hi - lo]
-        status[i] = hyp_row(qs[i], k, v, indices[lo:hi], True, keep, False, kappa, inv_tau, agg, out_eps, wi, acc,
+        status[i] = hyp_row(qs[i], k, v, indices[lo:hi], True, keep, False, kappa, inv_tau, mode, out_eps, wi, acc,
                             s1, s2, out[i])  # fmt: skip
 
 
 @_parallel
-def hyp_csr(qs, k, v, indptr, indices, kappa, inv_tau, agg, out_eps, w, want_weights, out, status, size):
+def hyp_csr(qs, k, v, indptr, indices, kappa, inv_tau, mode, out_eps, w, want_weights, out, status, size):
     """Node ``i`` over rows ``indices[indptr[i]:indptr[i+1]]`` of the key/value tables, parallel over chunks.
 
     ``w`` (when ``want_weights``) is flat ``(nnz,)``, aligned with ``indices``.
@@ -590,5 +640,5 @@ def hyp_csr(qs, k, v, indptr, indices, kappa, inv_tau, agg, out_eps, w, want_wei
     m = qs.shape[0]
     for c in prange((m + size - 1) // size):
         first = c * size
-        hyp_csr_chunk(qs, k, v, indptr, indices, kappa, inv_tau, agg, out_eps, w, want_weights, out, status, first,
+        hyp_csr_chunk(qs, k, v, indptr, indices, kappa, inv_tau, mode, out_eps, w, want_weights, out, status, first,
                       min(first + size, m))  # fmt: skip

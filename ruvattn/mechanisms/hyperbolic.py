@@ -18,16 +18,26 @@ Ungar's Möbius gyromidpoint), used by hyperbolic attention networks
 ``HyperbolicAttention(128, curvature=-1.0)``; a non-negative value raises
 :class:`~ruvattn.errors.InvalidConfig`.
 
-Robustness: a query, key or value on or outside the boundary is first pulled to
-radius ``(1 - 1e-5)/√c`` (computed in float64), so every distance is finite;
-the output is always strictly inside the ball -- radius at most
-``(1 - eps)/√c`` with geoopt's margin ``eps`` (4e-3 for float32, 1e-5 for
-float64; :data:`ruvattn.geometry.PROJECT_EPS`).
+Inputs must be points of the ball: a query, key or value on or outside the
+boundary (``c|x|² >= 1``) raises :class:`~ruvattn.errors.OutOfBounds` naming the
+argument and the row (map Euclidean data in with :meth:`embed`, or
+``ball.expmap0``).  With ``project_inputs=True`` such points are instead pulled
+to radius ``(1 - 1e-5)/√c`` (computed in float64).  Either way
+a valid point closer than that to the boundary is clamped to that radius, so
+every distance is finite, and the output is always strictly inside the ball --
+radius at most ``(1 - eps)/√c`` with geoopt's margin ``eps`` (4e-3 for float32,
+1e-5 for float64; :data:`ruvattn.geometry.PROJECT_EPS`).  The check is made by
+the kernels inside the (rarely taken) clamp branches, so valid inputs pay
+nothing for it; masked keys and the rows a call does not attend over (outside
+``ids`` / the neighbour lists) are not read, so not checked.
 
 With ``projections=True`` the query, keys and values first go through
 Möbius-linear maps ``x ↦ (W ⊗ x) ⊕ b`` (Ganea et al. 2018), parameters
 ``wq_, wk_, wv_ (dim, dim)`` (Glorot-uniform from ``seed``) and ``bq_, bk_, bv_``
-(points of the ball, initially 0).
+(points of the ball, initially 0).  The ball check then applies to the inputs as
+passed (the maps are defined on the ball, and their outputs are the mechanism's
+own points, always inside it); ``project_inputs=True`` pulls the inputs in before
+the maps.
 
 Shapes: query ``(d,)``, keys ``(n, d)``, values ``(n, dv)`` (points of the ball)
 -> output ``(dv,)``; ``forward_batch`` ``(m, d)`` -> ``(m, dv)``;
@@ -43,19 +53,30 @@ True
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, NoReturn
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ruvattn import _validation as V
 from ruvattn._params import Param
-from ruvattn.errors import DimensionMismatch
+from ruvattn.errors import DimensionMismatch, OutOfBounds
 from ruvattn.geometry import PROJECT_EPS, PoincareBall
 from ruvattn.graph import as_neighbours
 from ruvattn.kernels import hyperbolic as H
-from ruvattn.kernels.attention import chunk_size
-from ruvattn.mechanisms.base import _NO_IDS, _NO_KEEP, DIM, SEED, TEMPERATURE, Attention, _mode_array, register
+from ruvattn.kernels.attention import NONFINITE, chunk_size
+from ruvattn.mechanisms.base import (
+    _NO_IDS,
+    _NO_KEEP,
+    DIM,
+    SEED,
+    TEMPERATURE,
+    Attention,
+    Complexity,
+    _mode_array,
+    register,
+)
 
 __all__ = ["HyperbolicAttention"]
 
@@ -64,6 +85,8 @@ AGGREGATIONS = {"tangent": H.TANGENT, "midpoint": H.MIDPOINT}
 _F32 = np.dtype(np.float32)
 _EPS32 = PROJECT_EPS[_F32]
 _EPS64 = PROJECT_EPS[np.dtype(np.float64)]
+# (name, array (d,) or (N, d), the rows a call reads or None for all): what a ball check scans
+_Item = tuple[str, Array, Any]
 
 
 @register("hyperbolic")
@@ -88,6 +111,12 @@ class HyperbolicAttention(Attention):
         ),
         Param("projections", V.FLAG, False, "Möbius-linear maps of queries, keys and values"),
         SEED,
+        Param(
+            "project_inputs",
+            V.FLAG,
+            False,
+            "pull inputs on or outside the ball to radius (1 - 1e-5)/sqrt(c) instead of raising OutOfBounds",
+        ),
     )
 
     @classmethod
@@ -107,7 +136,10 @@ class HyperbolicAttention(Attention):
         self.ball = PoincareBall(float(cfg.curvature))
         self._kappa = float(cfg.curvature)
         self._inv_tau = 1.0 / float(cfg.temperature)
-        self._agg = AGGREGATIONS[cfg.aggregation]
+        # the kernels' mode: the aggregation, and STRICT (raise OUTSIDE for points on or outside the ball)
+        # when the points they are given are the caller's (no projections) and no projection is asked for
+        strict = not cfg.project_inputs and not cfg.projections
+        self._mode = AGGREGATIONS[cfg.aggregation] | (H.STRICT if strict else 0)
         if cfg.projections:
             d = cfg.dim
             rng = np.random.default_rng(cfg.seed)
@@ -116,8 +148,8 @@ class HyperbolicAttention(Attention):
             self.bq_, self.bk_, self.bv_ = (np.zeros(d, np.float32) for _ in range(3))
 
     @property
-    def complexity(self) -> str:
-        return "O(n·d) time, O(n) memory per query (plus O(n·d²) with projections)"
+    def complexity(self) -> Complexity:
+        return Complexity("linear", "O(n·d) time, O(n) memory per query (plus O(n·d²) with projections)")
 
     @property
     def c(self) -> float:
@@ -130,32 +162,88 @@ class HyperbolicAttention(Attention):
         y = self.ball.mobius_matvec(w.astype(dt, copy=False), x)
         return self.ball.mobius_add(y, b.astype(dt, copy=False)) if np.any(b) else y
 
-    def _project_all(self, q: Array, k: Array, v: Array) -> tuple[Array, Array, Array]:
+    def _project_all(self, op: str, q: _Item, k: _Item, v: _Item) -> tuple[Array, Array, Array]:
+        """The Möbius-linear maps of the ``(name, array, rows read)`` inputs (identity without projections).
+
+        The maps are defined on the ball: the inputs as passed are checked first (or, with
+        ``project_inputs``, pulled in); the kernels then take the mapped points as they are.
+        """
         if not self.config.projections:
-            return q, k, v
-        if v.shape[1] != self.config.dim:
+            return q[1], k[1], v[1]
+        if v[1].shape[1] != self.config.dim:
             raise DimensionMismatch(
-                f"{self.kind}.forward: with projections=True values have shape {v.shape}, "
+                f"{self.kind}.forward: with projections=True values have shape {v[1].shape}, "
                 f"expected (n, {self.config.dim})."
             )
+        if self.config.project_inputs:
+            q, k, v = ((name, self.ball.proj(x, eps=H.INPUT_EPS), rows) for name, x, rows in (q, k, v))
+        else:
+            found = self._outside(q, k, v)
+            if found is not None:
+                self._raise_outside(op, found)
+        q, k, v = q[1], k[1], v[1]
         return (
             self._mobius_linear(self.wq_, self.bq_, q),
             self._mobius_linear(self.wk_, self.bk_, k),
             self._mobius_linear(self.wv_, self.bv_, v),
         )
 
+    # -- inputs on or outside the ball -------------------------------------------
+    def _outside(self, *items: _Item, tol: float = 1.0) -> tuple[str, Array, int, float] | None:
+        """The first finite row with ``c|x|² >= tol`` among the rows read: ``(name, array, row, norm)``."""
+        c = self.c
+        for name, x, rows in items:
+            a = x.reshape(1, -1) if x.ndim == 1 else x
+            idx = np.arange(a.shape[0]) if rows is None else np.unique(np.asarray(rows, np.int64))
+            sub = a[idx].astype(np.float64)
+            x2 = np.einsum("ij,ij->i", sub, sub)
+            for j in np.flatnonzero(c * x2 >= tol):
+                if np.isfinite(sub[j]).all():  # a NaN/inf row is NumericalInstability's, not ours
+                    return name, x, int(idx[j]), math.sqrt(x2[j])
+        return None
+
+    def _raise_outside(self, op: str, found: tuple[str, Array, int, float] | None, *items: _Item) -> NoReturn:
+        """:class:`OutOfBounds` naming the argument and row of ``found`` or else of ``items`` (the error path of
+        an ``OUTSIDE`` status: the kernel sums in its own order, so a point on the boundary to rounding is
+        searched for with a margin if no row passes the exact test)."""
+        if found is None:
+            found = self._outside(*items) or self._outside(*items, tol=1.0 - 1e-12)
+        if found is None:  # not reached: the kernel saw such a row
+            raise OutOfBounds(f"{op}: an input is on or outside the Poincaré ball (norm >= 1/sqrt(c)).")
+        name, x, row, norm = found
+        where = name if x.ndim == 1 else f"{name}[{row}]"
+        raise OutOfBounds(
+            f"{op}: {where} has norm {norm:.6g} >= 1/sqrt(c) = {1.0 / math.sqrt(self.c):.6g}: it is on or outside "
+            "the Poincaré ball. Map Euclidean data in with mech.embed(x) (or ball.expmap0), or pass "
+            "project_inputs=True to pull such points inside."
+        )
+
+    def _raise_for_status(self, op: str, status: Any, *items: _Item, **arrays: Any) -> None:
+        """Turn kernel statuses into errors: ``OUTSIDE`` -> :class:`OutOfBounds` (after any NaN/inf,
+        which takes precedence), the rest through :func:`ruvattn._validation.raise_for_status`."""
+        st = np.asarray(status)
+        if (st == H.OUTSIDE).any():
+            if (st == NONFINITE).any():
+                V.check_finite(op, **{name: x for name, x, _ in items})
+            self._raise_outside(op, None, *items)
+        V.raise_for_status(op, status, **arrays)
+
     # -- one query -------------------------------------------------------------
     def _run_one(self, op: str, query: Any, keys: Any, values: Any, mask: Any, ids: Any) -> tuple[Array, Array]:
         q, k, v, dt = self._tables(op, query, keys, values, "query")
         idx, n = self._key_rows(op, ids, k)
         keep = V.as_keep(op, mask, (n,)) if mask is not None else _NO_KEEP
-        q, k, v = self._project_all(q, k, v)
+        rows = None if idx is None and mask is None else (np.arange(n) if idx is None else idx)
+        if mask is not None:
+            rows = rows[keep]
+        items = (("query", q, None), ("keys", k, rows), ("values", v, rows))  # values is keys for weights only
+        q, k, v = self._project_all(op, *items)
         w = np.empty(n, dt)
         out = np.empty(v.shape[1] if values is not None else 0, dt)
         status = H.hyp_one(q, k, v, idx if idx is not None else _NO_IDS, idx is not None, keep, mask is not None,
-                           self._kappa, self._inv_tau, self._agg, PROJECT_EPS[dt], w, out)  # fmt: skip
+                           self._kappa, self._inv_tau, self._mode, PROJECT_EPS[dt], w, out)  # fmt: skip
         if status:
-            V.raise_for_status(op, status, query=q, keys=k, values=v, ids=idx)
+            self._raise_for_status(op, status, *items, query=q, keys=k, values=v, ids=idx)
         return out, w
 
     def forward(self, query: Any, keys: Any, values: Any = None, *, mask: Any = None, ids: Any = None) -> Array:
@@ -166,7 +254,7 @@ class HyperbolicAttention(Attention):
                 w = np.empty(keys.shape[0], dt)
                 out = np.empty(values.shape[1], dt)
                 eps = _EPS32 if dt is _F32 else _EPS64
-                if H.hyp_fast(query, keys, values, self._kappa, self._inv_tau, self._agg, eps, w, out) == H.OK:
+                if H.hyp_fast(query, keys, values, self._kappa, self._inv_tau, self._mode, eps, w, out) == H.OK:
                     return out
         op = self.kind + ".forward"
         keys, values = self._kv(op, keys, values)
@@ -177,13 +265,16 @@ class HyperbolicAttention(Attention):
         return self._run_one(op, query, self._check_keys(op, keys), None, mask, ids)[1][None, :]
 
     def distances(self, query: Any, keys: Any) -> Array:
-        """``d_c(q, k_j)`` ``(n,)`` (after the projections, if any; inputs used as given)."""
+        """``d_c(q, k_j)`` ``(n,)``: the distances the weights are computed from (after the projections, if
+        any; a point closer than ``1e-5/sqrt(c)`` to the boundary is clamped there, as in :meth:`forward`)."""
         op = self.kind + ".distances"
         q, k, _, dt = self._tables(op, query, keys, None, "query")
         V.check_finite(op, query=q, keys=k)
-        q, k, _ = self._project_all(q, k, k)
+        items = (("query", q, None), ("keys", k, None))
+        q, k, _ = self._project_all(op, *items, ("keys", k, None))
         out = np.empty(k.shape[0], dt)
-        H.hyp_dist_one(q, k, self._kappa, out)
+        if H.hyp_dist_one(q, k, self._kappa, self._mode, out):
+            self._raise_outside(op, None, *items)
         return out
 
     # -- many queries ----------------------------------------------------------
@@ -192,23 +283,26 @@ class HyperbolicAttention(Attention):
     ) -> tuple[Array, Array]:
         qs, k, v, dt = self._tables(op, queries, keys, values)
         m, n = qs.shape[0], k.shape[0]
-        qs, k, v = self._project_all(qs, k, v)
+        if neighbours is not None:
+            nl = as_neighbours(op, neighbours, m, n)
+            qrows, rows = np.flatnonzero(nl.degrees()), nl.indices  # a node without neighbours reads nothing
+        else:
+            keep, keep_mode = _mode_array(op, "mask", mask, m, n, None)
+            qrows, rows = None, (None if keep_mode == 0 else np.flatnonzero(keep.any(axis=0)))
+        items = (("queries", qs, qrows), ("keys", k, rows), ("values", v, rows))  # values is keys for weights
+        qs, k, v = self._project_all(op, *items)
         out = np.empty((m, v.shape[1]), dt)
         status = np.empty(m, np.int8)
         if neighbours is not None:
-            nl = as_neighbours(op, neighbours, m, n)
             w = np.empty(nl.nnz if want_weights else 0, dt)
-            H.hyp_csr(qs, k, v, nl.indptr, nl.indices, self._kappa, self._inv_tau, self._agg, PROJECT_EPS[dt], w,
+            H.hyp_csr(qs, k, v, nl.indptr, nl.indices, self._kappa, self._inv_tau, self._mode, PROJECT_EPS[dt], w,
                       want_weights, out, status, chunk_size(m))  # fmt: skip
-            empty_ok = True
         else:
-            keep, keep_mode = _mode_array(op, "mask", mask, m, n, None)
             w = np.empty((m, n) if want_weights else (1, 1), dt)
-            H.hyp_many(qs, k, v, keep, keep_mode, self._kappa, self._inv_tau, self._agg, PROJECT_EPS[dt], w,
+            H.hyp_many(qs, k, v, keep, keep_mode, self._kappa, self._inv_tau, self._mode, PROJECT_EPS[dt], w,
                        want_weights, out, status, chunk_size(m))  # fmt: skip
-            empty_ok = False
         if status.any():
-            V.raise_for_status(op, status, query=qs, keys=k, values=v, empty_ok=empty_ok)
+            self._raise_for_status(op, status, *items, query=qs, keys=k, values=v, empty_ok=neighbours is not None)
         return out, w
 
     def forward_batch(self, queries: Any, keys: Any, values: Any = None, *, mask: Any = None) -> Array:

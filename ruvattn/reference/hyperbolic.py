@@ -152,10 +152,32 @@ def lorentz_to_poincare(x: NDArray, c: float) -> Array:
 
 
 def hyperbolic_attention(
-    q: NDArray, keys: NDArray, values: NDArray, c: float, tau: float, aggregation: str = "tangent"
+    q: NDArray,
+    keys: NDArray,
+    values: NDArray,
+    c: float,
+    tau: float,
+    aggregation: str = "tangent",
+    project_inputs: bool = False,
+    eps: float = 1e-5,
 ) -> tuple[Array, Array]:
-    """``(output, weights)``: ``w = softmax(-d_c(q, k_j)/τ)``; tangent mean at 0 or Einstein midpoint."""
+    """``(output, weights)``: ``w = softmax(-d_c(q, k_j)/τ)``; tangent mean at 0 or Einstein midpoint.
+
+    The inputs must be points of the ball (``c|x|² < 1``; otherwise ``ValueError``), unless
+    ``project_inputs``: then every point beyond radius ``(1 - eps)/√c`` is first pulled to it
+    (:func:`project`) -- the kernel's treatment, which also clamps valid points that close to the
+    boundary (this twin uses those as given when ``project_inputs`` is false).
+    """
     k = -c
+    if project_inputs:
+        q, keys, values = project(q, k, eps)[0], project(keys, k, eps), project(values, k, eps)
+    else:
+        for name, x in (("query", q), ("keys", keys), ("values", values)):
+            x = np.asarray(x, np.float64)
+            if np.any(c * np.sum(x * x, -1) >= 1):
+                raise ValueError(
+                    f"hyperbolic_attention: {name} has a point on or outside the ball of radius 1/sqrt(c)."
+                )
     d = dist(np.broadcast_to(np.asarray(q, np.float64), np.shape(keys)), keys, k)
     s = -d / tau
     w = np.exp(s - s.max())

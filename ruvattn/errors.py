@@ -44,7 +44,8 @@ class InvalidConfig(AttentionError):
 
 
 class OutOfBounds(AttentionError, IndexError):
-    """An id or index points outside the table it indexes."""
+    """An id or index points outside the table it indexes, or a point lies outside the domain its
+    mechanism is defined on (a query, key or value on or outside the Poincaré ball)."""
 
 
 class Unsupported(AttentionError):

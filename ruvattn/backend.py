@@ -9,9 +9,9 @@ import numba
 import numpy as np
 
 from ruvattn import _config
-from ruvattn.kernels import attention as K
+from ruvattn.mechanisms import Attention, Example
 
-__all__ = ["backend_info", "warmup"]
+__all__ = ["backend_info", "warm_mechanism", "warmup"]
 
 
 def backend_info() -> dict[str, Any]:
@@ -43,23 +43,12 @@ def _threading_layer() -> str:
         return "not started"
 
 
-def _warm_geometry(q: np.ndarray, k: np.ndarray) -> None:
-    """Every hyperbolic / geometry kernel through the public classes (so with their exact argument types)."""
+def _warm_geometry(dt: type) -> None:
+    """The geometry module's own kernels (every manifold operation), outside any mechanism."""
     from ruvattn.geometry import Lorentz, PoincareBall, Sphere
-    from ruvattn.mechanisms.hyperbolic import HyperbolicAttention
 
-    hyp = HyperbolicAttention(8, projections=True)
-    plain = HyperbolicAttention(8)
-    keep = np.array([True, False, True, True, True])
-    plain.forward(q[0], k, k)
-    plain.forward(q[0], k, k, mask=keep, ids=[0, 1, 2, 3, 4])
-    hyp.forward(q[0], k, k)
-    plain.attention_weights(q[0], k)
-    plain.distances(q[0], k)
-    plain.forward_batch(q, k, k, mask=keep)
-    plain.attention_weights_batch(q, k)
-    plain.forward_neighbours(q, k, k, [[0, 1], [], [4]])
-    plain.neighbour_weights(q, k, [[0, 1], [], [4]])
+    rng = np.random.default_rng(0)
+    q = (0.1 * rng.standard_normal((3, 8))).astype(dt)
     for m in (PoincareBall(-1.0), Sphere(1.0)):
         m.mobius_add(q, q[::-1])
         m.dist(q, q[::-1])
@@ -79,76 +68,54 @@ def _warm_geometry(q: np.ndarray, k: np.ndarray) -> None:
     lor.proj(x)
 
 
+def warm_mechanism(mech: Attention, ex: Example) -> None:
+    """Run every form of the contract on ``mech`` with the example's data: forward (raw, prepared, with each
+    generic option it takes), forward_batch, forward_neighbours and the three weights forms, then the
+    mechanism's own extra entry points (:meth:`~ruvattn.mechanisms.Attention._warmup`)."""
+    q, qs, k, v, nl = ex.query, ex.queries, ex.keys, ex.values, ex.neighbours
+    n = k.shape[0]
+    options: dict[str, Any] = {}
+    if "mask" in mech.forward_options:
+        options["mask"] = np.arange(n) % 3 != 1
+    if "bias" in mech.forward_options:
+        options["bias"] = np.zeros(n, k.dtype)
+    mech.forward(q, k, v)
+    mech.forward(q, k, v)  # a mechanism may cache per key-set size on the first call and take a fast path after
+    for name, value in options.items():
+        mech.forward(q, k, v, **{name: value})
+    if options:
+        mech.forward(q, k, v, **options)
+        mech.forward_batch(qs, k, v, **options)
+    if "ids" in mech.forward_options:
+        mech.forward(q, k, v, ids=np.arange(0, n, 2))
+    prepared = mech.prepare(k, v)
+    mech.forward(q, prepared)
+    mech.forward_batch(qs, prepared)
+    mech.forward_batch(qs, k, v)
+    mech.forward_neighbours(qs, k, v, nl)
+    mech.weights(q, k)
+    mech.weights(qs, k)
+    mech.weights(qs, k, neighbours=nl)
+    mech._warmup(ex)
+
+
 def warmup(verbose: bool = False) -> dict[str, float]:
     """Compile every kernel for float32 and float64 once; returns seconds per dtype.
 
-    With the on-disk cache (``NUMBA_CACHE_DIR``) a second process loads the
-    serial kernels instead of compiling them.
+    It iterates over the registry: every kind's :meth:`~ruvattn.mechanisms.Attention.example` in each dtype
+    through every form of the contract (:func:`warm_mechanism`), plus the geometry module's kernels.  A
+    mechanism registered tomorrow is warmed without an edit here.  With the on-disk cache
+    (``NUMBA_CACHE_DIR``) a second process loads the kernels instead of compiling them.
     """
+    from ruvattn.mechanisms import available, mechanism_class
+
     timings: dict[str, float] = {}
     for dt in (np.float32, np.float64):
         t0 = time.perf_counter()
-        rng = np.random.default_rng(0)
-        q = rng.standard_normal((3, 8)).astype(dt)
-        k = rng.standard_normal((5, 8)).astype(dt)
-        w = np.empty((2, 5), dt)
-        out = np.empty(8, dt)
-        lse = np.empty(2, dt)
-        ids = np.array([0, 2, 4], np.int64)
-        keep = np.ones(5, np.bool_)
-        K.dot(q[0], k[0])
-        K.axpy(dt(0.5), q[0], out)
-        K.softmax(w[0])
-        K.exp_sum(k[:, 0].copy(), dt(0))
-        K.max_value(k[:, 0].copy())
-        K.online_softmax_update(dt(-np.inf), dt(0), out, k[:, 0].copy(), k, ids, False)
-        K.matvec(np.eye(8, dtype=dt), q[0], q[1], out)
-        kt = np.ascontiguousarray(k.T)
-        for heads in (1, 2):
-            K.attend_one(q[0], k, k, heads, dt(0.3), w[:heads], out, lse[:heads])
-            eye = np.eye(8, dtype=dt)
-            K.multi_head_one(q[0], eye, q[1], kt, kt, eye, q[2], heads, dt(0.3), w[:heads], np.empty(24 + heads, dt))
-            K.attend_one_general(q[0], k, k, ids, True, keep[:3], True, q[0, :3], True, heads, dt(0.3),
-                                 w[:heads, :3], out, lse[:heads])  # fmt: skip
-            K.attend_weights(q[0], k, ids, True, keep[:3], True, q[0, :3], True, heads, dt(0.3), w[:heads, :3],
-                             lse[:heads])  # fmt: skip
-        K.attend_ids(q[0], k, k, ids, dt(0.3), out)
-        st = np.empty(3, np.int8)
-        kk = np.ones((1, 5), np.bool_)
-        bb = np.zeros((1, 5), dt)
-        for heads in (1, 2):
-            K.attend_many(q, k, k, kk, 1, bb, 1, heads, dt(0.3), np.empty((3, heads, 5), dt), True,
-                          np.empty((3, 8), dt), np.empty((3, heads), dt), st, 2)  # fmt: skip
-            K.attend_csr(q, k, k, np.array([0, 1, 3, 3]), ids, heads, dt(0.3), np.empty(heads * 3, dt), True,
-                         np.empty((3, 8), dt), np.empty((3, heads), dt), st, 2)  # fmt: skip
-        K.flash_many(q, k, k, kk, 1, bb, 1, dt(0.3), 2, np.empty((3, 8), dt), np.empty(3, dt), st, 2)
-        from ruvattn.mechanisms.gat import GATConv, GATv2Conv  # the layers pass the graph kernels their exact types
-
-        edges, attrs = np.array([[0, 1, 2, 2], [1, 2, 0, 2]]), k[:4, :2].copy()
-        for conv in (GATConv(8, 2, heads=2, edge_dim=2), GATv2Conv(8, 2, heads=2, edge_dim=2)):
-            conv(q, edges, attrs)
-            conv(q, edges)
-            conv.forward_with_edges(q[0], k, k, k[:, :2].copy())
-        _warm_geometry(q * dt(0.1), k * dt(0.1))
-        from ruvattn.mechanisms.local_global import LocalGlobalAttention
-        from ruvattn.routing import Router
-
-        Router(8, 3, top_k=2).choose(q[0])  # the MoE per-query routing kernel
-        lg = LocalGlobalAttention(8, local_window=2, global_nodes=1)
-        lg.forward(q[0], k, k)
-        lg.forward(q[0], k, k)  # the cached fast path
-        lg.attention_weights(q[0], k, global_ids=[4])
-        lg.forward_neighbours(q, k, k, [[0, 1, 2, 3], [], [4]])
-        from ruvattn.mechanisms.linear import LinearAttention  # every linear kernel, with the class's argument types
-
-        for lin in (LinearAttention(8), LinearAttention(8, "favor", num_features=4)):
-            summary = lin.summarize(k, k, mask=keep)
-            lin.forward(q[0], summary)
-            lin.forward_batch(q, summary)
-            lin.forward(q[0], k, k)
-            lin.attention_weights(q[0], k)
-            lin.features(k)
-            lin.forward_neighbours(q, k, k, [[0, 1], [], [4]])
+        for kind in available():
+            ex = mechanism_class(kind).example(dt)
+            warm_mechanism(ex.mechanism, ex)
+        _warm_geometry(dt)
         timings[np.dtype(dt).name] = time.perf_counter() - t0
         if verbose:
             print(f"warmup {np.dtype(dt).name}: {timings[np.dtype(dt).name]:.2f} s")

@@ -4,23 +4,37 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
+from pathlib import Path
 
 import numba
 from numba.extending import is_jitted
 
+import ruvattn
 import ruvattn.kernels
 from ruvattn import _config
 from ruvattn.backend import backend_info, warmup
 
 
+def _python_callers() -> str:
+    """The source of every module outside ruvattn.kernels (where kernels are called from Python)."""
+    root = Path(ruvattn.__file__).parent
+    files = [p for p in root.rglob("*.py") if "kernels" not in p.relative_to(root).parts]
+    return "\n".join(p.read_text(encoding="utf-8") for p in files)
+
+
 def _entry_kernels() -> dict[str, object]:
-    """Every @njit function of ruvattn.kernels that is compiled on its own (the inlined helpers are not)."""
+    """Every @njit function of ruvattn.kernels that Python calls (the inlined helpers are not compiled on their
+    own, and a serial chunk called only inside a parallel kernel is compiled as part of it, or loaded with it
+    from the cache, without a signature of its own)."""
+    callers = _python_callers()
     found = {}
     for info in pkgutil.iter_modules(ruvattn.kernels.__path__):
         module = importlib.import_module(f"ruvattn.kernels.{info.name}")
         for name, obj in vars(module).items():
             own = is_jitted(obj) and obj.py_func.__module__ == module.__name__
-            if own and obj.targetoptions.get("inline") != "always":
+            called = re.search(rf"\b{re.escape(name)}\(", callers) is not None
+            if own and called and obj.targetoptions.get("inline") != "always":
                 found[f"{info.name}.{name}"] = obj
     return found
 

@@ -345,6 +345,10 @@ class Attention(Parametrized, ABC):
     def _example_value_dim(self) -> int:
         return self.hidden_dim
 
+    def _warmup(self, ex: Example) -> None:
+        """Exercise entry points beyond the contract's forms (other parameter variants, extra methods) so that
+        :func:`ruvattn.warmup` compiles their kernels too; nothing by default."""
+
     # -- gradients (the training hook) -----------------------------------------------
     def backward(self, query: Any, keys: Any, values: Any, grad_output: Any, **kwargs: Any) -> Any:
         """Gradients of ``sum(grad_output * forward(query, keys, values))`` w.r.t. the inputs.

@@ -70,7 +70,7 @@ from ruvattn.errors import (
     Unsupported,
 )
 from ruvattn.kernels import attention as K
-from ruvattn.mechanisms.base import DROPOUT, SEED, Complexity, register
+from ruvattn.mechanisms.base import DROPOUT, SEED, Complexity, Example, register
 from ruvattn.mechanisms.multi_head import MultiHeadAttention, ProjectedKeysValues
 
 __all__ = ["DynamicHeadAttention"]
@@ -143,6 +143,12 @@ class DynamicHeadAttention(MultiHeadAttention):
 
     def _state_shapes(self) -> dict[str, tuple[int, ...]]:
         return {**super()._state_shapes(), "head_importance": (self.num_heads,)}
+
+    def _warmup(self, ex: Example) -> None:
+        """A subset of the heads (the transposed per-head kernel), with raw and projected keys."""
+        self.forward_with_heads(ex.query, ex.keys, ex.values, heads=[0])
+        self.forward_with_heads(ex.query, self.project(ex.keys, ex.values), heads=[0])
+        self.forward_batch(ex.queries, ex.keys, ex.values, heads=[0])
 
     def _state_optional(self) -> frozenset[str]:
         """A ``torch.nn.MultiheadAttention`` state dict (no importances) loads as it is."""

@@ -74,6 +74,7 @@ from ruvattn.mechanisms.base import (
     TEMPERATURE,
     Attention,
     Complexity,
+    Example,
     _mode_array,
     register,
 )
@@ -123,6 +124,18 @@ class HyperbolicAttention(Attention):
     def example_params(cls, dim: int = 8, heads: int | None = None) -> dict[str, Any]:
         """With the Möbius-linear projections (the form with learned state)."""
         return {"dim": dim, "projections": True}
+
+    def _warmup(self, ex: Example) -> None:
+        """The hot path (no projections), the midpoint aggregation, projected inputs and distances."""
+        for variant in ({"projections": False}, {"projections": False, "aggregation": "midpoint"},
+                        {"projections": False, "project_inputs": True}):  # fmt: skip
+            m = type(self)(**{**self.get_params(), **variant})
+            m.forward(ex.query, ex.keys, ex.values)
+            m.forward(ex.query, ex.keys, ex.values, mask=np.arange(len(ex.keys)) % 2 == 0, ids=np.arange(len(ex.keys)))
+            m.forward_batch(ex.queries, ex.keys, ex.values)
+            m.forward_neighbours(ex.queries, ex.keys, ex.values, ex.neighbours)
+            m.weights(ex.queries, ex.keys, neighbours=ex.neighbours)
+            m.distances(ex.query, ex.keys)
 
     def _state_shapes(self) -> dict[str, tuple[int, ...]]:
         """The Möbius-linear maps ``w{q,k,v} (d, d)`` and ``b{q,k,v} (d,)`` when ``projections``."""

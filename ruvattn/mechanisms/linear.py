@@ -79,7 +79,7 @@ from ruvattn.errors import DimensionMismatch, InvalidConfig, NumericalInstabilit
 from ruvattn.graph import as_neighbours
 from ruvattn.kernels import linear as L
 from ruvattn.kernels.attention import OK, chunk_size
-from ruvattn.mechanisms.base import _NO_KEEP, DIM, SEED, Attention, Complexity, register
+from ruvattn.mechanisms.base import _NO_KEEP, DIM, SEED, Attention, Complexity, Example, register
 
 __all__ = ["LinearAttention", "LinearSummary", "draw_projection"]
 
@@ -223,6 +223,20 @@ class LinearAttention(Attention):
     def example_params(cls, dim: int = 8, heads: int | None = None) -> dict[str, Any]:
         """FAVOR+ with ``2·dim`` features (the form with random state)."""
         return {"dim": dim, "feature_map": "favor", "num_features": 2 * dim}
+
+    def _warmup(self, ex: Example) -> None:
+        """Both feature maps through the summary, one-query, weights, features and neighbour kernels."""
+        keep = np.arange(len(ex.keys)) % 3 != 1
+        for fmap in ("elu", "favor"):
+            m = type(self)(**{**self.get_params(), "feature_map": fmap})
+            summary = m.summarize(ex.keys, ex.values, mask=keep)
+            m.forward(ex.query, summary)
+            m.forward_batch(ex.queries, summary)
+            m.forward(ex.query, ex.keys, ex.values)
+            m.forward(ex.query, ex.keys, ex.values, mask=keep)
+            m.weights(ex.query, ex.keys)
+            m.features(ex.keys)
+            m.forward_neighbours(ex.queries, ex.keys, ex.values, ex.neighbours)
 
     def _state_shapes(self) -> dict[str, tuple[int, ...]]:
         """FAVOR+'s projection ``(m, d)`` (elu+1 holds no random state)."""

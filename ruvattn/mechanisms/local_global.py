@@ -46,7 +46,7 @@ from ruvattn._params import Param
 from ruvattn.errors import InvalidConfig
 from ruvattn.graph import NeighbourList, as_neighbours
 from ruvattn.kernels import attention as K
-from ruvattn.mechanisms.base import _NO_KEEP, DIM, SCALE, TEMPERATURE, Attention, Complexity, register
+from ruvattn.mechanisms.base import _NO_KEEP, DIM, SCALE, TEMPERATURE, Attention, Complexity, Example, register
 from ruvattn.sparse import SparsityPattern
 
 __all__ = ["LocalGlobalAttention", "SparseGraphAttention"]
@@ -90,6 +90,13 @@ class LocalGlobalAttention(Attention):
         self._kept_cache: dict[tuple[int, int], Ids] = {}
         # (n, dtype) -> (kept positions at position 0, typed scale): the hot path's one dict look-up
         self._fast: dict[tuple[int, np.dtype], tuple[Ids, np.floating]] = {}
+
+    def _warmup(self, ex: Example) -> None:
+        """Global ids given explicitly, in one query and in the neighbour form."""
+        self.forward(ex.query, ex.keys, ex.values, global_ids=[len(ex.keys) - 1])
+        self.weights(ex.query, ex.keys, global_ids=[len(ex.keys) - 1])
+        self.forward_neighbours(ex.queries, ex.keys, ex.values, ex.neighbours, global_ids=[0])
+        self.forward_batch(ex.queries, ex.keys, ex.values, positions=np.arange(len(ex.queries)))
 
     @property
     def complexity(self) -> Complexity:

@@ -58,7 +58,7 @@ from ruvattn.errors import DimensionMismatch, EmptyInput, InvalidConfig
 from ruvattn.geometry import Manifold, get_manifold
 from ruvattn.graph import as_neighbours
 from ruvattn.kernels import attention as K
-from ruvattn.mechanisms.base import DIM, TEMPERATURE, Attention, Complexity, _mode_array, register
+from ruvattn.mechanisms.base import DIM, TEMPERATURE, Attention, Complexity, Example, _mode_array, register
 
 __all__ = ["ManifoldAttention", "MixedCurvatureAttention"]
 
@@ -166,6 +166,15 @@ class ManifoldAttention(Attention):
     @property
     def _space(self) -> Manifold:
         return self._manifold
+
+    def _warmup(self, ex: Example) -> None:
+        """Every registered manifold (each has its own kernels), on data embedded into it."""
+        for name in ("euclidean", "poincare", "sphere", "lorentz"):
+            m = type(self)(self.hidden_dim, name)
+            x = m.embed(np.vstack([ex.keys, ex.queries]).astype(np.float64)).astype(ex.keys.dtype)
+            k, qs = x[: len(ex.keys)], x[len(ex.keys) :]
+            m.forward(qs[0], k, k)
+            m.forward_neighbours(qs, k, k, ex.neighbours)
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()

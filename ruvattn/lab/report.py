@@ -165,14 +165,14 @@ def benchmarks_page(directory: str | Path = "experiments", names: Sequence[str] 
     else:
         paths = list_experiments(directory)
         if not paths:
-            raise InvalidConfig(f"report: no experiment files (*.experiment.yaml) in {str(directory)!r}.")
+            raise InvalidConfig(f"no experiment files (*.experiment.yaml) in {str(directory)!r}.")
     found = []
     for path in paths:
         exp = load_experiment(path)
         if not (exp.runs_dir / "results.csv").is_file():
             if names:
                 raise InvalidConfig(
-                    f"report: experiment {exp.name!r} has no results ({exp.runs_dir / 'results.csv'}); "
+                    f"experiment {exp.name!r} has no results ({exp.runs_dir / 'results.csv'}); "
                     f"run `ruvattn experiment run {exp.name}` first."
                 )
             continue
@@ -182,7 +182,7 @@ def benchmarks_page(directory: str | Path = "experiments", names: Sequence[str] 
     if not found:
         known = ", ".join(load_experiment(p).name for p in paths)
         raise InvalidConfig(
-            f"report: no experiment in {str(directory)!r} has results yet (experiments: {known}); run "
+            f"no experiment in {str(directory)!r} has results yet (experiments: {known}); run "
             "`ruvattn benchmark`, `ruvattn compare` or `ruvattn experiment run NAME` first."
         )
     from ruvattn import __version__

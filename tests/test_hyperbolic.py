@@ -429,3 +429,27 @@ def test_validation_messages():
     # the spec's negative-curvature convention round-trips through build()
     b = build({"type": "hyperbolic", "dim": 3, "curvature": -0.5, "temperature": 2.0})
     assert isinstance(b, HyperbolicAttention) and b.c == 0.5 and b.to_dict()["curvature"] == -0.5
+
+
+def test_projection_state_round_trips_through_the_base_protocol(tmp_path):
+    """With projections the Möbius-linear maps are learned state: state_dict / load_state_dict / safetensors
+    round-trip them, and a bad load changes nothing (the contract's state check, on this variant)."""
+    rng = np.random.default_rng(4)
+    ball = PoincareBall(-1.0)
+    pts = ball.expmap0(0.3 * rng.standard_normal((6, 8)))
+    src = HyperbolicAttention(8, projections=True, seed=1)
+    state = src.state_dict()
+    assert set(state) == {"wq", "wk", "wv", "bq", "bk", "bv"}
+    dst = HyperbolicAttention(8, projections=True, seed=2)
+    assert not np.allclose(dst.forward(pts[0], pts, pts), src.forward(pts[0], pts, pts))
+    dst.load_state_dict(state)
+    np.testing.assert_array_equal(dst.forward(pts[0], pts, pts), src.forward(pts[0], pts, pts))
+    path = tmp_path / "hyp.safetensors"
+    src.save_safetensors(path, prefix="layer")
+    third = HyperbolicAttention(8, projections=True, seed=3).load_safetensors(path)
+    np.testing.assert_array_equal(third.forward(pts[0], pts, pts), src.forward(pts[0], pts, pts))
+    before = dst.forward(pts[0], pts, pts)
+    with pytest.raises(DimensionMismatch, match="wq has shape"):
+        dst.load_state_dict({**state, "wq": np.zeros((8, 9))})
+    np.testing.assert_array_equal(dst.forward(pts[0], pts, pts), before)
+    assert HyperbolicAttention(8).state_dict() == {}  # no projections: no state

@@ -75,8 +75,13 @@ FIXED_COLUMNS = ("repeat", "seed", "status", "seconds", "key")
 _KNOWN = {"notebook", "description", "parameters", "grid", "points", "repeats", "seed", "seed_parameter", "ci"}
 
 
+#: lab modules that only parse, print or write reports: a change to them cannot change a measurement
+_PRESENTATION = frozenset({"lab/cli.py", "lab/cli_experiment.py", "lab/report.py", "lab/tables.py", "lab/analyze.py"})
+
+
 def code_version() -> str:
-    """A hash of the installed library's source files (``ruvattn`` and ``ruvattn.widgets``)."""
+    """A hash of the installed library's source files (``ruvattn`` and ``ruvattn.widgets``) that can change a
+    measurement: everything but the lab's presentation modules (:data:`_PRESENTATION`)."""
     import ruvattn
 
     roots = [Path(ruvattn.__file__).parent]
@@ -89,6 +94,8 @@ def code_version() -> str:
     digest = hashlib.sha256()
     for root in roots:
         for path in sorted(root.rglob("*.py")):
+            if path.relative_to(root).as_posix() in _PRESENTATION:
+                continue
             digest.update(path.relative_to(root).as_posix().encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]

@@ -122,13 +122,12 @@ class HyperbolicAttention(Attention):
 
     @classmethod
     def example_params(cls, dim: int = 8, heads: int | None = None) -> dict[str, Any]:
-        """With the Möbius-linear projections (the form with learned state)."""
-        return {"dim": dim, "projections": True}
+        """The specification's form: distances on the ball, no projections (their state is tested on its own)."""
+        return {"dim": dim}
 
     def _warmup(self, ex: Example) -> None:
         """The hot path (no projections), the midpoint aggregation, projected inputs and distances."""
-        for variant in ({"projections": False}, {"projections": False, "aggregation": "midpoint"},
-                        {"projections": False, "project_inputs": True}):  # fmt: skip
+        for variant in ({"projections": True}, {"aggregation": "midpoint"}, {"project_inputs": True}):
             m = type(self)(**{**self.get_params(), **variant})
             m.forward(ex.query, ex.keys, ex.values)
             m.forward(ex.query, ex.keys, ex.values, mask=np.arange(len(ex.keys)) % 2 == 0, ids=np.arange(len(ex.keys)))

@@ -1,4 +1,4 @@
-"""Numba kernels for graph attention layers over an edge list (GAT and GATv2).
+"""Numba kernels for graph attention layers (GAT and GATv2) over a graph grouped by target.
 
 Every kernel here has a plain-numpy twin of the same name in
 :mod:`ruvattn.reference.gat`; ``tests/test_gat.py`` holds them to each other.
@@ -11,25 +11,52 @@ both): on 10,000 nodes / 330,000 slots this took the kernel from 27 ms to
 locator of :mod:`ruvattn.kernels` stamps this module's cached code with
 ``attention.py`` too, so a change to a primitive recompiles these kernels.
 
-The edge-list layout
---------------------
-An edge ``e`` goes from source ``src[e]`` to target ``dst[e]`` (a message
-``j -> i`` is aggregated at ``i``).  :func:`group_by_target` sorts the edges by
-target in O(E + N) (a stable counting sort) into *slots*: node ``i`` owns
-slots ``indptr[i]:indptr[i+1]``; slot ``k`` holds the source ``slot_src[k]``
-and the edge id ``slot_edge[k]``.  With ``self_loops`` every edge ``i -> i`` of
-the input is dropped and node ``i`` gets one extra slot, the last of its
-group, with source ``i`` and edge id ``num_edges + i`` (PyG's
-``remove_self_loops`` then ``add_self_loops``: the loops come after the
-original edges).  Per-edge arrays (``edge_attr``, ``drop``, ``alpha``) are
-indexed by edge id, so the loop of node ``i`` is row ``num_edges + i`` of
-``drop`` and ``alpha``; GAT's edge term ``a_edge`` is in slot order instead
-(carried there by :func:`group_by_target`: read sequentially, not gathered).
+The slot layout (:class:`Slots`)
+--------------------------------
+An edge ``e`` goes from a source ``j`` to a target ``i`` (a message ``j -> i``
+is aggregated at ``i``).  The kernels read the graph grouped by target, which is
+what a CSR adjacency already is: node ``i`` owns slots ``indptr[i]:indptr[i+1]``;
+slot ``k`` holds the source ``src[k]`` (a row of the source-side tables) and the
+edge id ``edge[k]`` (a row of the per-edge arrays ``edge_attr``, ``drop``,
+``alpha``).  Two ways in:
+
+* a CSR adjacency (row ``i`` lists the sources of target ``i``) *is* the slots:
+  ``Slots(indptr, indices, arange(nnz), nnz, False)``, edge ids = CSR positions;
+  with ``self_loops``, :func:`csr_with_self_loops` copies it once without the
+  entries ``i -> i`` and with one loop slot per node;
+* an edge list ``(src, dst)`` is sorted by target once, by
+  :func:`group_by_target` (a stable counting sort, O(E + N)).
+
+With ``self_loops`` every edge ``i -> i`` of the input is dropped and node ``i``
+gets one extra slot, the last of its group, with source ``i`` and edge id
+``num_edges + i`` (PyG's ``remove_self_loops`` then ``add_self_loops``: the
+loops come after the original edges).  So the loop of node ``i`` is row
+``num_edges + i`` of ``drop`` and ``alpha``; GAT's edge term ``a_edge`` is in
+slot order instead (carried there by the grouping: read sequentially, not
+gathered).
 
 The edge attribute of an added self loop (PyG's ``fill_value``) is
 ``fill_mode``: :data:`FILL_CONST` (a constant, passed in), :data:`FILL_MEAN`,
 :data:`FILL_ADD`, :data:`FILL_MAX` or :data:`FILL_MIN` of the attributes of the
 node's other incoming edges (zeros for a node without any).
+
+The arguments
+-------------
+A kernel call is ``kernel(tables, graph, edge_attr, drop, alpha, out, status, ...)``:
+
+* ``tables`` -- :class:`GATTables` or :class:`GATv2Tables`: one layer kind's
+  per-call arrays (the projected source and target rows, the folded weights,
+  the bias) and its options, built by the layer's ``_prepare``;
+* ``graph`` -- :class:`Slots`;
+* per edge id: ``edge_attr (E, edge_dim)`` (``(0, 0)`` without edge features),
+  ``drop (E', heads)`` the dropout multipliers and ``alpha (E', heads)`` the
+  weights out, ``E' = num_edges (+ N with self loops)``;
+* per node: ``out (N, width)`` and ``status (N,)``.
+
+Numba takes the NamedTuples as they are (a tuple of typed fields, no Python
+objects), so nothing is unpacked at the call site.  An **empty array switches
+its feature off**: ``bias (0,)`` no bias, ``drop (0, heads)`` no dropout,
+``alpha (0, heads)`` weights not wanted.
 
 Status per node: :data:`~ruvattn.kernels.attention.OK`,
 :data:`~ruvattn.kernels.attention.EMPTY` (no incoming edge: the output row is
@@ -40,8 +67,11 @@ inputs; :mod:`ruvattn.mechanisms.gat` does.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import prange
+from numpy.typing import NDArray
 
 from ruvattn.kernels.attention import (
     EMPTY,
@@ -61,6 +91,10 @@ __all__ = [
     "FILL_MAX",
     "FILL_MEAN",
     "FILL_MIN",
+    "GATTables",
+    "GATv2Tables",
+    "Slots",
+    "csr_with_self_loops",
     "gat_attend",
     "gat_chunk",
     "gatv2_attend",
@@ -73,6 +107,84 @@ FILL_MEAN = 1
 FILL_ADD = 2
 FILL_MAX = 3
 FILL_MIN = 4
+
+Array = NDArray[np.floating]
+Ids = NDArray[np.int64]
+
+
+class Slots(NamedTuple):
+    """A graph grouped by target (see the module docstring): node ``i`` owns slots ``indptr[i]:indptr[i+1]``."""
+
+    indptr: Ids
+    """``(N + 1,)`` int64; ``indptr[N]`` is the number of slots ``S``."""
+    src: Ids
+    """``(S,)`` int64: the source of each slot, a row of the source-side tables."""
+    edge: Ids
+    """``(S,)`` int64: the edge id of each slot, a row of ``edge_attr``/``drop``/``alpha``
+    (``num_edges + i`` for node ``i``'s added self loop)."""
+    num_edges: int
+    """``E``: the number of input edges; ids from ``E`` on are added self loops."""
+    self_loops: bool
+    """Whether the last slot of every node is its added self loop."""
+
+
+class GATTables(NamedTuple):
+    """What :class:`~ruvattn.mechanisms.gat.GATConv` gives :func:`gat_attend` (``H`` heads of ``C`` channels).
+
+    ``Ns`` source rows, ``Nd`` target rows (the same ``N`` nodes for a whole graph).
+    """
+
+    msg: Array
+    """``(Ns, H·C)``: the messages ``W x_j`` (head-major columns)."""
+    a_src: Array
+    """``(Ns, H)``: ``att_src[h] · (W x_j)_h``."""
+    a_dst: Array
+    """``(Nd, H)``: ``att_dst[h] · (W x_i)_h``."""
+    a_edge: Array
+    """``(S, H)``: the edge term ``att_edge[h] · (W_e x_e)_h`` **in slot order**; ``(0, H)`` without edge features."""
+    me: Array
+    """``(edge_dim, H)``: the edge term folded into one matrix (``a_edge = edge_attr @ me``); for a loop's max/min
+    attribute."""
+    use_edge: bool
+    """Whether this call has edge features (``a_edge``, the loop terms)."""
+    fill_mode: int
+    """:data:`FILL_CONST` ... :data:`FILL_MIN`: the attribute of an added self loop."""
+    fill_vec: Array
+    """``(H,)``: the edge term of a constant ``fill_value`` (:data:`FILL_CONST`)."""
+    slope: np.floating
+    """The LeakyReLU's negative slope, in the arrays' dtype."""
+    concat: bool
+    """Concatenate the heads (``out (N, H·C)``), else average them (``(N, C)``)."""
+    bias: Array
+    """``(width,)`` added to every output row; ``(0,)``: no bias."""
+
+
+class GATv2Tables(NamedTuple):
+    """What :class:`~ruvattn.mechanisms.gat.GATv2Conv` gives :func:`gatv2_attend` (fields as :class:`GATTables`
+    where the names agree)."""
+
+    msg: Array
+    """``(Ns, H·C)``: the messages ``W_l x_j + b_l``."""
+    xl: Array
+    """``(Ns, H·C)``: the source side of the score, ``W_l x_j + b_l`` (usually ``msg`` itself)."""
+    xr: Array
+    """``(Nd, H·C)``: the target side, ``W_r x_i + b_r``."""
+    att: Array
+    """``(H, C)``: the attention vector per head."""
+    we_t: Array
+    """``(edge_dim, H·C)``: ``lin_edge.weight`` transposed, applied edge by edge; ``(0, H·C)`` without ``edge_dim``."""
+    use_edge: bool
+    """Whether this call has edge features."""
+    fill_mode: int
+    """:data:`FILL_CONST` ... :data:`FILL_MIN`: the attribute of an added self loop."""
+    fill_vec: Array
+    """``(edge_dim,)``: a constant ``fill_value``'s attribute (:data:`FILL_CONST`)."""
+    slope: np.floating
+    """The LeakyReLU's negative slope, in the arrays' dtype."""
+    concat: bool
+    """Concatenate the heads, else average them."""
+    bias: Array
+    """``(width,)`` added to every output row; ``(0,)``: no bias."""
 
 
 @_serial
@@ -118,6 +230,39 @@ def group_by_target(src, dst, num_nodes, self_loops, rows, use_rows, indptr, slo
             slot_src[k] = i
             slot_edge[k] = num_edges + i
     return -1
+
+
+@_serial
+def csr_with_self_loops(indptr, indices, rows, use_rows, slot_indptr, slot_src, slot_edge, slot_rows):
+    """The slots of a CSR adjacency with PyG's self-loop handling, in one sequential pass.
+
+    Row ``i`` keeps its entries other than ``i`` itself, in order (edge id = CSR
+    position), then gets one loop slot with source ``i`` and edge id ``nnz + i``.
+    ``slot_src``/``slot_edge`` need room for ``nnz + N`` slots; ``slot_indptr[N]``
+    is the number used.  When ``use_rows``, ``slot_rows[k] = rows[slot_edge[k]]``
+    for the kept entries (loop slots are left untouched).  The CSR is trusted
+    (validated by :class:`~ruvattn.graph.NeighbourList`).
+    """
+    num_nodes = indptr.shape[0] - 1
+    nnz = indices.shape[0]
+    width = rows.shape[1]
+    k = 0
+    slot_indptr[0] = 0
+    for i in range(num_nodes):
+        for p in range(indptr[i], indptr[i + 1]):
+            j = indices[p]
+            if j == i:
+                continue
+            slot_src[k] = j
+            slot_edge[k] = p
+            if use_rows:
+                for t in range(width):
+                    slot_rows[k, t] = rows[p, t]
+            k += 1
+        slot_src[k] = i
+        slot_edge[k] = nnz + i
+        k += 1
+        slot_indptr[i + 1] = k
 
 
 @_inline
@@ -222,10 +367,16 @@ def _no_edges(row, bias, use_bias):
 
 
 @_serial
-def gat_chunk(a_src, a_dst, msg, indptr, slot_src, slot_edge, num_edges, self_loops, a_edge, edge_attr, me,
-              use_edge, fill_mode, fill_vec, slope, drop, use_drop, bias, use_bias, concat, alpha, want_alpha, out,
-              status, first, last):  # fmt: skip
+def gat_chunk(t, graph, edge_attr, drop, alpha, out, status, first, last):
     """Target nodes ``first..last-1`` of :func:`gat_attend`, one scratch buffer for the whole chunk."""
+    # every field read once, before the node loop (a tuple member read in the loop costs a reference count)
+    a_src, a_dst, msg, a_edge, me = t.a_src, t.a_dst, t.msg, t.a_edge, t.me
+    use_edge, fill_mode, fill_vec, slope, concat, bias = t.use_edge, t.fill_mode, t.fill_vec, t.slope, t.concat, t.bias
+    indptr, slot_src, slot_edge = graph.indptr, graph.src, graph.edge
+    num_edges, self_loops = graph.num_edges, graph.self_loops
+    use_drop = drop.shape[0] > 0
+    want_alpha = alpha.shape[0] > 0
+    use_bias = bias.shape[0] > 0
     heads = a_src.shape[1]
     dt = a_src.dtype
     widest = widest_row(indptr, first, last)
@@ -257,8 +408,8 @@ def gat_chunk(a_src, a_dst, msg, indptr, slot_src, slot_edge, num_edges, self_lo
                 _loop_attr(edge_attr, eids[: n - 1], fill_mode, fill_vec, la)
                 for h in range(heads):
                     total = dt.type(0)
-                    for t in range(la.shape[0]):
-                        total += la[t] * me[t, h]
+                    for tt in range(la.shape[0]):
+                        total += la[tt] * me[tt, h]
                     loop_term[h] = total
         w = w_buf[: heads * n].reshape((heads, n))
         check = dt.type(0)
@@ -283,42 +434,41 @@ def gat_chunk(a_src, a_dst, msg, indptr, slot_src, slot_edge, num_edges, self_lo
 
 
 @_parallel
-def gat_attend(a_src, a_dst, msg, indptr, slot_src, slot_edge, num_edges, self_loops, a_edge, edge_attr, me,
-               use_edge, fill_mode, fill_vec, slope, drop, use_drop, bias, use_bias, concat, alpha, want_alpha, out,
-               status, size):  # fmt: skip
-    """GAT attention at every target node, parallel over chunks of ``size`` nodes (see
+def gat_attend(t, graph, edge_attr, drop, alpha, out, status, size):
+    """GAT attention at every target node of ``graph`` (:class:`Slots`) with the tables ``t``
+    (:class:`GATTables`), parallel over chunks of ``size`` nodes (see
     :func:`~ruvattn.kernels.attention.chunk_size`; the work per chunk is :func:`gat_chunk`).
 
     For node ``i``'s slot ``k`` (source ``j``, edge id ``e``)::
 
         s[h, k] = LeakyReLU_slope(a_src[j, h] + a_dst[i, h] + a_edge[k, h])
-        w[h, :] = softmax(s[h, :]) (* drop[e, h] when use_drop)
+        w[h, :] = softmax(s[h, :]) (* drop[e, h] with dropout)
         out[i, head block h] = sum_k w[h, k] msg[j, head block h]
 
-    ``a_src, a_dst (N, heads)``, ``msg (N, heads * C)``; ``a_edge (E [+ N], heads)``
-    is the edge term **in slot order** (``a_edge[k]`` for slot ``k``, see
-    :func:`group_by_target`'s ``rows``) when ``use_edge``.  The self loop's edge
-    term is ``fill_vec[h]`` (:data:`FILL_CONST`; the constant's term), the mean
-    or sum of the node's other slots' terms (:data:`FILL_MEAN`/:data:`FILL_ADD`, by
-    linearity), or ``la . me[:, h]`` with ``la`` the max/min of the node's
-    ``edge_attr (E, edge_dim)`` rows and ``me (edge_dim, heads)``.  ``out`` is
-    ``(N, heads * C)`` when ``concat``, else ``(N, C)`` (mean over heads); the
-    bias is added when ``use_bias``; ``alpha (E [+ N], heads)`` receives the
-    weights (after dropout) when ``want_alpha``.
+    The self loop's edge term is ``fill_vec[h]`` (:data:`FILL_CONST`; the
+    constant's term), the mean or sum of the node's other slots' terms
+    (:data:`FILL_MEAN`/:data:`FILL_ADD`, by linearity), or ``la . me[:, h]`` with
+    ``la`` the max/min of the node's ``edge_attr (E, edge_dim)`` rows.  ``out`` is
+    ``(N, heads * C)`` with ``concat``, else ``(N, C)`` (mean over heads), plus
+    the bias; ``alpha (E', heads)`` receives the weights (after dropout) unless
+    empty.
     """
-    n = indptr.shape[0] - 1
+    n = graph.indptr.shape[0] - 1
     for c in prange((n + size - 1) // size):
         first = c * size
-        gat_chunk(a_src, a_dst, msg, indptr, slot_src, slot_edge, num_edges, self_loops, a_edge, edge_attr, me,
-                  use_edge, fill_mode, fill_vec, slope, drop, use_drop, bias, use_bias, concat, alpha, want_alpha,
-                  out, status, first, min(first + size, n))  # fmt: skip
+        gat_chunk(t, graph, edge_attr, drop, alpha, out, status, first, min(first + size, n))
 
 
 @_serial
-def gatv2_chunk(xl, xr, msg, att, indptr, slot_src, slot_edge, num_edges, self_loops, edge_attr, we_t, use_edge,
-                fill_mode, fill_vec, slope, drop, use_drop, bias, use_bias, concat, alpha, want_alpha, out, status,
-                first, last):  # fmt: skip
+def gatv2_chunk(t, graph, edge_attr, drop, alpha, out, status, first, last):
     """Target nodes ``first..last-1`` of :func:`gatv2_attend`, one scratch buffer for the whole chunk."""
+    xl, xr, msg, att, we_t = t.xl, t.xr, t.msg, t.att, t.we_t
+    use_edge, fill_mode, fill_vec, slope, concat, bias = t.use_edge, t.fill_mode, t.fill_vec, t.slope, t.concat, t.bias
+    indptr, slot_src, slot_edge = graph.indptr, graph.src, graph.edge
+    num_edges, self_loops = graph.num_edges, graph.self_loops
+    use_drop = drop.shape[0] > 0
+    want_alpha = alpha.shape[0] > 0
+    use_bias = bias.shape[0] > 0
     heads, ch = att.shape
     width = heads * ch
     dt = xl.dtype
@@ -348,10 +498,10 @@ def gatv2_chunk(xl, xr, msg, att, indptr, slot_src, slot_edge, num_edges, self_l
                 z[c] = xl[j, c] + xr[i, c]
             if use_edge:
                 e = eids[k]
-                for t in range(la.shape[0]):
-                    xe = edge_attr[e, t] if e < num_edges else la[t]
+                for tt in range(la.shape[0]):
+                    xe = edge_attr[e, tt] if e < num_edges else la[tt]
                     for c in range(width):
-                        z[c] += xe * we_t[t, c]
+                        z[c] += xe * we_t[tt, c]
             for h in range(heads):
                 s = dt.type(0)
                 for c in range(ch):
@@ -370,26 +520,22 @@ def gatv2_chunk(xl, xr, msg, att, indptr, slot_src, slot_edge, num_edges, self_l
 
 
 @_parallel
-def gatv2_attend(xl, xr, msg, att, indptr, slot_src, slot_edge, num_edges, self_loops, edge_attr, we_t, use_edge,
-                 fill_mode, fill_vec, slope, drop, use_drop, bias, use_bias, concat, alpha, want_alpha, out, status,
-                 size):  # fmt: skip
-    """GATv2 attention at every target node, parallel over chunks of ``size`` nodes (:func:`gatv2_chunk`).
+def gatv2_attend(t, graph, edge_attr, drop, alpha, out, status, size):
+    """GATv2 attention at every target node of ``graph`` with the tables ``t`` (:class:`GATv2Tables`),
+    parallel over chunks of ``size`` nodes (:func:`gatv2_chunk`).
 
     For node ``i``'s slot ``k`` (source ``j``, edge id ``e``)::
 
         z = xl[j] + xr[i] + we_t^T edge_attr[e]            (heads * C,)
         s[h, k] = sum_c att[h, c] LeakyReLU_slope(z[h * C + c])
-        w[h, :] = softmax(s[h, :]) (* drop[e, h] when use_drop)
+        w[h, :] = softmax(s[h, :]) (* drop[e, h] with dropout)
         out[i, head block h] = sum_k w[h, k] msg[j, head block h]
 
-    ``we_t (edge_dim, heads * C)`` is the transposed edge projection, applied
-    edge by edge (no ``(E, heads * C)`` array).  A self loop's attribute comes
-    from ``fill_mode``/``fill_vec (edge_dim,)``.  ``out``, ``bias``, ``alpha``
-    and ``drop`` as in :func:`gat_attend`.
+    The edge projection is applied edge by edge (no ``(E, heads * C)`` array).  A
+    self loop's attribute comes from ``fill_mode``/``fill_vec``.  ``out``,
+    ``bias``, ``alpha`` and ``drop`` as in :func:`gat_attend`.
     """
-    n = indptr.shape[0] - 1
+    n = graph.indptr.shape[0] - 1
     for c in prange((n + size - 1) // size):
         first = c * size
-        gatv2_chunk(xl, xr, msg, att, indptr, slot_src, slot_edge, num_edges, self_loops, edge_attr, we_t, use_edge,
-                    fill_mode, fill_vec, slope, drop, use_drop, bias, use_bias, concat, alpha, want_alpha, out,
-                    status, first, min(first + size, n))  # fmt: skip
+        gatv2_chunk(t, graph, edge_attr, drop, alpha, out, status, first, min(first + size, n))

@@ -43,13 +43,21 @@ Initialisation follows PyG from ``seed``: Glorot-uniform weights and ``att*``,
 ``U(±1/sqrt(in))`` for ``lin_l.bias``/``lin_r.bias``, zero ``bias``.
 
 Shapes:
-    - whole graph: ``x (N, in)``, ``edge_index (2, E)`` integers with **row 0 the sources
-      j and row 1 the targets i** (messages flow ``j -> i``), or a CSR adjacency --
-      a scipy sparse matrix or ``(indptr, indices)`` -- whose row ``i`` lists the
-      sources of target ``i``; ``edge_attr (E, edge_dim)`` in edge order (CSR order
-      for a CSR adjacency) -> ``(N, H·C)`` or ``(N, C)``; ``alpha (E', H)``
-    - one target node: ``query (in,)``, ``keys``/``values (n, in)``,
-      ``edge_features (n, edge_dim)`` -> ``(H·C,)`` or ``(C,)``; weights ``(H, n)``
+    - whole graph (:meth:`~GATConv.forward_graph`, PyG's semantics): ``x (N, in)``,
+      ``edge_index (2, E)`` integers with **row 0 the sources j and row 1 the targets
+      i** (messages flow ``j -> i``), or a CSR adjacency -- a
+      :class:`~ruvattn.graph.NeighbourList`, ``(indptr, indices)`` or a scipy sparse
+      matrix -- whose row ``i`` lists the sources of target ``i`` (read by the kernel
+      as it is: grouped by target is what CSR is); ``edge_attr (E, edge_dim)`` in edge
+      order (CSR order for a CSR adjacency) -> ``(N, H·C)`` or ``(N, C)``; ``alpha (E', H)``
+    - one target node (:meth:`~GATConv.forward`): ``query (in,)``, ``keys``/``values
+      (n, in)``, ``edge_features (n, edge_dim)`` -> ``(H·C,)`` or ``(C,)``; weights
+      ``(H, n)``.  No neighbours: the bias (an isolated node)
+    - every node over its own rows of key/value tables (:meth:`~GATConv.forward_neighbours`,
+      the contract's form; no self loop added): ``queries (N, in)``, ``keys``/``values
+      (n, in)``, ``neighbours`` (CSR or padded ids), ``edge_features (nnz, edge_dim)`` ->
+      ``(N, H·C)`` or ``(N, C)``, row ``i`` = ``forward(queries[i], keys[ids_i],
+      values[ids_i])``; weights ``(H, nnz)``.  No neighbours: a zero row (the contract)
 
 >>> import numpy as np
 >>> from ruvattn import GATConv
@@ -64,8 +72,8 @@ Shapes:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from types import SimpleNamespace
-from typing import Any, Literal, overload
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal, overload
 
 import numpy as np
 import scipy.sparse as sp
@@ -77,13 +85,15 @@ from ruvattn.errors import DimensionMismatch, InvalidConfig, NumericalInstabilit
 from ruvattn.graph import NeighbourList, as_neighbours
 from ruvattn.kernels import attention as K
 from ruvattn.kernels import gat as G
-from ruvattn.mechanisms.base import DROPOUT, SEED, Attention, register
+from ruvattn.mechanisms.base import DROPOUT, SEED, Attention, Complexity, Example, Prepared, register
 from ruvattn.mechanisms.scaled_dot import DropoutMixin
 
 __all__ = ["GATConv", "GATv2Conv"]
 
 Array = NDArray[np.floating]
 Ids = NDArray[np.int64]
+#: The kernel's tables of one call (one NamedTuple per layer kind, see :mod:`ruvattn.kernels.gat`).
+Tables = G.GATTables | G.GATv2Tables
 #: ``fill_value`` names (PyG's scatter reductions) and their kernel codes.
 FILL_MODES = {"mean": G.FILL_MEAN, "add": G.FILL_ADD, "sum": G.FILL_ADD, "max": G.FILL_MAX, "min": G.FILL_MIN}
 
@@ -117,15 +127,19 @@ GAT_PARAMS = (
 
 
 class _GraphConv(DropoutMixin, Attention, ABC):
-    """What :class:`GATConv` and :class:`GATv2Conv` share: parameters by PyG name, edge-list
-    handling (validation, grouping by target, self loops), dropout and the two forward forms.
+    """What :class:`GATConv` and :class:`GATv2Conv` share: parameters by PyG name, graph input
+    handling (validation, grouping by target, self loops), dropout and the three forward forms.
 
-    Subclasses give ``_shapes`` (PyG names -> shapes, in PyG's order), ``_aliases``
-    (shared tensors), ``_prepare`` (project the nodes) and ``_attend`` (run a kernel).
+    Subclasses give ``_state_shapes`` (PyG names -> shapes, in PyG's order), ``_state_aliases``
+    (shared tensors), ``_prepare`` (project the rows into the kernel's tables, a
+    :class:`~ruvattn.kernels.gat.GATTables` or :class:`~ruvattn.kernels.gat.GATv2Tables`),
+    ``_messages`` and ``_kernels`` (the parallel kernel and its serial chunk).
     """
 
     forward_options = frozenset({"edge_features"})
     empty_keys_raise = False
+    #: ``(parallel kernel, serial chunk)`` of :mod:`ruvattn.kernels.gat` for this layer kind.
+    _kernels: ClassVar[tuple[Callable[..., Any], Callable[..., Any]]]
 
     @property
     def hidden_dim(self) -> int:
@@ -143,14 +157,28 @@ class _GraphConv(DropoutMixin, Attention, ABC):
     def _example_value_dim(self) -> int:
         return self.hidden_dim
 
+    def _warmup(self, ex: Example) -> None:
+        """:meth:`forward_graph`'s own kernels (the contract's forms do not reach them): the example's
+        neighbour lists as a graph over its key rows, as an edge list (sorted by target) and as CSR (self
+        loops added), with attention weights returned."""
+        nl = ex.neighbours
+        n = max(ex.keys.shape[0], nl.num_nodes)
+        x = np.resize(ex.keys, (n, ex.keys.shape[1]))
+        targets = np.repeat(np.arange(nl.num_nodes, dtype=np.int64), nl.degrees())
+        self.forward_graph(x, np.stack([nl.indices, targets]), return_attention_weights=True)
+        indptr = np.concatenate([nl.indptr, np.full(n - nl.num_nodes, nl.nnz)])
+        self.forward_graph(x, (indptr, nl.indices), return_attention_weights=True)
+
     @property
     def output_dim(self) -> int:
         """Width of an output row: ``heads * out_channels`` with ``concat``, else ``out_channels``."""
         return self.heads * self.out_channels if self.config.concat else self.out_channels
 
     @property
-    def complexity(self) -> str:
-        return "O(N·d·H·C + E·H·C) time for a whole graph (each node projected once), O(E·H) memory for alpha"
+    def complexity(self) -> Complexity:
+        return Complexity(
+            "linear", "O(N·d·H·C + E·H·C) time for a whole graph (each node projected once), O(E·H) memory for alpha"
+        )
 
     # -- parameters -------------------------------------------------------
     @abstractmethod
@@ -192,8 +220,10 @@ class _GraphConv(DropoutMixin, Attention, ABC):
         return ""
 
     # -- inputs -----------------------------------------------------------
-    def _edge_index(self, op: str, edge_index: Any, n: int) -> Ids:
-        """``(2, E)`` int64 from an edge list, a scipy sparse adjacency or CSR ``(indptr, indices)``."""
+    def _adjacency(self, op: str, edge_index: Any, n: int) -> Ids | NeighbourList:
+        """The graph as given: a ``(2, E)`` int64 edge list, or a :class:`~ruvattn.graph.NeighbourList` for a
+        CSR adjacency (a scipy sparse matrix, ``(indptr, indices)`` or a NeighbourList; row ``i`` lists the
+        sources of target ``i``), which the kernels read as it is."""
         if sp.issparse(edge_index) or isinstance(edge_index, (tuple, NeighbourList)):
             if sp.issparse(edge_index):
                 if edge_index.shape != (n, n):
@@ -208,8 +238,7 @@ class _GraphConv(DropoutMixin, Attention, ABC):
                     f"got {len(edge_index)} item(s), the first of shape {np.shape(edge_index[0])}. "
                     "For an edge list pass np.stack([sources, targets])."
                 )
-            nl = as_neighbours(op, edge_index, n, n)
-            return np.stack([nl.indices, np.repeat(np.arange(n, dtype=np.int64), nl.degrees())])
+            return as_neighbours(op, edge_index, n, n)
         try:
             arr = np.asarray(edge_index)
         except ValueError:
@@ -221,6 +250,14 @@ class _GraphConv(DropoutMixin, Attention, ABC):
         if arr.size and arr.dtype.kind not in "iu":
             raise DimensionMismatch(f"{op}: edge_index must hold integer node ids; got dtype {arr.dtype}.")
         return np.ascontiguousarray(arr, dtype=np.int64)
+
+    @staticmethod
+    def _edge_list(adj: Ids | NeighbourList) -> Ids:
+        """``(2, E)`` sources and targets (a CSR adjacency in CSR order)."""
+        if not isinstance(adj, NeighbourList):
+            return adj
+        targets = np.repeat(np.arange(adj.num_nodes, dtype=np.int64), adj.degrees())
+        return np.stack([adj.indices, targets])
 
     def _edge_attr(self, op: str, edge_attr: Any, num_edges: int, what: str = "edges") -> Array | None:
         if edge_attr is None:
@@ -250,17 +287,31 @@ class _GraphConv(DropoutMixin, Attention, ABC):
         return V.common_dtype(*(a for a in arrays if a is not None))
 
     def _group(
-        self, op: str, ei: Ids, n: int, rows: Array | None, dt: np.dtype
-    ) -> tuple[tuple[Ids, Ids, Ids], Array | None]:
-        """Slots of :func:`~ruvattn.kernels.graph.group_by_target` (with self loops when configured),
-        and the per-edge table ``rows`` carried into slot order."""
+        self, op: str, adj: Ids | NeighbourList, n: int, rows: Array | None, dt: np.dtype
+    ) -> tuple[G.Slots, Array | None]:
+        """The graph grouped by target (:class:`~ruvattn.kernels.gat.Slots`, with self loops when
+        configured), and the per-edge table ``rows`` carried into slot order.
+
+        A CSR adjacency already is grouped by target: without self loops it is used as it is (edge
+        ids = CSR positions, ``rows`` already in slot order); with them it is copied once, without its
+        entries ``i -> i`` and with one loop per node.  An edge list is sorted by target once.
+        """
         loops = bool(self.config.add_self_loops)
-        count = ei.shape[1] + (n if loops else 0)
-        indptr = np.empty(n + 1, np.int64)
-        slot_src = np.empty(count, np.int64)
-        slot_edge = np.empty(count, np.int64)
         use_rows = rows is not None
         table = rows if use_rows else np.empty((0, 0), dt)
+        if isinstance(adj, NeighbourList):
+            e = adj.nnz
+            if not loops:
+                return G.Slots(adj.indptr, adj.indices, np.arange(e, dtype=np.int64), e, False), rows
+            indptr = np.empty(n + 1, np.int64)
+            slot_src, slot_edge = np.empty(e + n, np.int64), np.empty(e + n, np.int64)
+            slot_rows = np.empty((e + n, table.shape[1]), table.dtype) if use_rows else table
+            G.csr_with_self_loops(adj.indptr, adj.indices, table, use_rows, indptr, slot_src, slot_edge, slot_rows)
+            return G.Slots(indptr, slot_src, slot_edge, e, True), (slot_rows if use_rows else None)
+        ei = adj
+        count = ei.shape[1] + (n if loops else 0)
+        indptr = np.empty(n + 1, np.int64)
+        slot_src, slot_edge = np.empty(count, np.int64), np.empty(count, np.int64)
         slot_rows = np.empty((count, table.shape[1]), table.dtype) if use_rows else table
         bad = int(G.group_by_target(ei[0], ei[1], n, loops, table, use_rows, indptr, slot_src, slot_edge, slot_rows))
         if bad >= 0:
@@ -269,10 +320,10 @@ class _GraphConv(DropoutMixin, Attention, ABC):
                 f"{op}: edge_index[{r}, {bad}] = {ei[r, bad]} is not a node id; ids must be in [0, {n}) "
                 f"(x has {n} rows)."
             )
-        return (indptr, slot_src, slot_edge), (slot_rows if use_rows else None)
+        return G.Slots(indptr, slot_src, slot_edge, ei.shape[1], loops), (slot_rows if use_rows else None)
 
     def _drop(self, rows: int, dt: np.dtype, use: bool) -> Array:
-        """Dropout multipliers ``(rows, heads)``: 0 with probability p, else ``1/(1-p)``."""
+        """Dropout multipliers ``(rows, heads)``: 0 with probability p, else ``1/(1-p)``; ``(0, heads)`` for none."""
         if not use:
             return np.empty((0, self.heads), dt)
         p = self.config.dropout
@@ -287,25 +338,66 @@ class _GraphConv(DropoutMixin, Attention, ABC):
             "Scale the inputs down or use float64."
         )
 
-    # -- the two forms ----------------------------------------------------
+    # -- the kernel's tables ----------------------------------------------
     @abstractmethod
-    def _prepare(self, xs: Array, xd: Array, dt: np.dtype) -> SimpleNamespace:
-        """The kernel's per-call arrays: projections of the source rows ``xs`` and target rows ``xd``."""
+    def _prepare(self, xs: Array, xd: Array, dt: np.dtype) -> Tables:
+        """The kernel's tables for source rows ``xs`` and target rows ``xd`` (no edge features yet)."""
 
     @abstractmethod
     def _messages(self, v: Array, dt: np.dtype) -> Array:
         """The messages ``(n, heads * C)`` sent by rows ``v`` (the source-side projection)."""
 
-    def _edge_rows(self, k: SimpleNamespace, edge_attr: Array | None) -> Array | None:
+    def _edge_rows(self, t: Tables, edge_attr: Array) -> Array | None:
         """A per-edge table the kernel wants in slot order (GAT's edge term), or None."""
         return None
 
-    @abstractmethod
-    def _attend(self, k: SimpleNamespace, slots: tuple[Ids, Ids, Ids], num_edges: int, self_loops: bool,
-                edge_attr: Array | None, slot_rows: Array | None, drop: Array, alpha: Array, out: Array,
-                status: NDArray[np.int8], serial: bool) -> None:  # fmt: skip
-        """Run the kernel (the parallel one, or the serial chunk for ``serial``) into ``alpha``/``out``/``status``."""
+    def _with_edges(self, t: Tables, slot_rows: Array | None) -> Tables:
+        """``t`` for a call with edge features (``slot_rows``: :meth:`_edge_rows` in slot order)."""
+        return t._replace(use_edge=True)
 
+    def _fill_mode(self) -> int:
+        fill = self.config.fill_value
+        return FILL_MODES[fill] if isinstance(fill, str) else G.FILL_CONST
+
+    def _attend(self, t: Tables, graph: G.Slots, edge_attr: Array | None, drop: Array, alpha: Array, out: Array,
+                status: NDArray[np.int8], serial: bool) -> None:  # fmt: skip
+        """Run the parallel kernel (or, for ``serial``, its chunk over every node) into ``alpha``/``out``/``status``."""
+        ea = edge_attr if edge_attr is not None else np.empty((0, 0), out.dtype)
+        parallel, chunk = self._kernels
+        if serial:
+            chunk(t, graph, ea, drop, alpha, out, status, 0, out.shape[0])
+        else:
+            parallel(t, graph, ea, drop, alpha, out, status, K.chunk_size(out.shape[0]))
+
+    def _over_rows(
+        self,
+        queries: Array,
+        keys: Array,
+        messages: Array | None,
+        graph: G.Slots,
+        edge_features: Array | None,
+        dropout: bool,
+        serial: bool,
+    ) -> tuple[Array, Array, NDArray[np.int8]]:
+        """``(out, weights (S, heads), status)``: each query row (a target) over its slots' rows of ``keys``
+        (the sources; ``graph`` has no self loops, so edge features are already in slot order).  Messages
+        come from ``messages`` (the values) when given, else from the keys."""
+        dt = queries.dtype
+        with np.errstate(over="ignore", invalid="ignore"):  # NaN/inf are reported by the caller, as a typed error
+            t = self._prepare(keys, queries, dt)
+            if messages is not None:  # scores from the keys, messages from the values
+                t = t._replace(msg=self._messages(messages, dt))
+            if edge_features is not None:
+                t = self._with_edges(t, self._edge_rows(t, edge_features))
+            s = graph.num_edges
+            w = np.empty((s, self.heads), dt)
+            out = np.empty((queries.shape[0], self.output_dim), dt)
+            status = np.empty(queries.shape[0], np.int8)
+            drop = self._drop(s, dt, dropout)
+            self._attend(t, graph, edge_features, drop, w, out, status, serial)
+        return out, w, status
+
+    # -- the whole graph --------------------------------------------------
     @overload
     def forward_graph(
         self, x: Any, edge_index: Any, edge_attr: Any = ..., return_attention_weights: Literal[False] = ...
@@ -330,14 +422,18 @@ class _GraphConv(DropoutMixin, Attention, ABC):
         ----------
         x : (N, in_channels) float32 or float64 node features.
         edge_index : (2, E) integers, row 0 the source ``j`` and row 1 the target
-            ``i`` of each edge (messages ``j -> i``); or a CSR adjacency -- a scipy
-            sparse ``(N, N)`` matrix or ``(indptr, indices)`` -- whose row ``i``
-            lists the sources of target ``i`` (structure only; values are ignored).
+            ``i`` of each edge (messages ``j -> i``); or a CSR adjacency -- a
+            :class:`~ruvattn.graph.NeighbourList`, ``(indptr, indices)`` or a scipy
+            sparse ``(N, N)`` matrix -- whose row ``i`` lists the sources of target
+            ``i`` (structure only; values are ignored).  A CSR adjacency is what the
+            kernel reads (grouped by target), so it is used as it is; an edge list is
+            sorted by target once.
         edge_attr : (E, edge_dim) edge features in the order of the edges (CSR
             order for an adjacency); needs ``edge_dim``.  ``None``: no edge term.
         return_attention_weights : also return ``(edge_index used, alpha)``: the
             edges with PyG's self-loop handling applied ``(2, E')`` and the weights
-            ``(E', heads)`` in that order (after dropout in training mode).
+            ``(E', heads)`` in that order (after dropout in training mode).  For a
+            CSR adjacency the edges are listed in CSR order.
 
         Returns
         -------
@@ -348,8 +444,8 @@ class _GraphConv(DropoutMixin, Attention, ABC):
         xa = V.as_array(x, op, "x", 2)
         V.check_width(op, "x", xa, self.in_channels)
         n = xa.shape[0]
-        ei = self._edge_index(op, edge_index, n)
-        e = ei.shape[1]
+        adj = self._adjacency(op, edge_index, n)
+        e = adj.nnz if isinstance(adj, NeighbourList) else adj.shape[1]
         ea = self._edge_attr(op, edge_attr, e)
         dt = self._dtype(xa, ea)
         xa = xa.astype(dt, copy=False)
@@ -360,18 +456,21 @@ class _GraphConv(DropoutMixin, Attention, ABC):
         out = np.empty((n, self.output_dim), dt)
         status = np.empty(n, np.int8)
         with np.errstate(over="ignore", invalid="ignore"):  # NaN/inf are reported below, as a typed error
-            kernel = self._prepare(xa, xa, dt)
-            slots, slot_rows = self._group(op, ei, n, self._edge_rows(kernel, ea), dt)
+            t = self._prepare(xa, xa, dt)
+            graph, slot_rows = self._group(op, adj, n, None if ea is None else self._edge_rows(t, ea), dt)
+            if ea is not None:
+                t = self._with_edges(t, slot_rows)
             drop = self._drop(rows, dt, self._dropping)  # after the checks: a bad call draws no mask
-            self._attend(kernel, slots, e, loops, ea, slot_rows, drop, alpha, out, status, False)
+            self._attend(t, graph, ea, drop, alpha, out, status, False)
         if (status == K.NONFINITE).any():
             self._raise_nonfinite(op, dt, x=xa, edge_attr=ea)
         if not return_attention_weights:
             return out
+        ei = self._edge_list(adj)
         if not loops:
             return out, (ei, alpha)
         nodes = np.arange(n, dtype=np.int64)
-        if slots[0][n] == rows:  # no self loop in the input: alpha is already in PyG's order
+        if graph.indptr[n] == rows:  # no self loop in the input: alpha is already in PyG's order
             return out, (np.concatenate([ei, np.stack([nodes, nodes])], axis=1), alpha)
         kept = ei[0] != ei[1]
         used = np.concatenate([ei[:, kept], np.stack([nodes, nodes])], axis=1)
@@ -379,27 +478,23 @@ class _GraphConv(DropoutMixin, Attention, ABC):
 
     __call__ = forward_graph
 
+    # -- one target node --------------------------------------------------
     def _single(
         self, op: str, query: Any, keys: Any, values: Any, edge_features: Any, dropout: bool
     ) -> tuple[Array, Array]:
         """One target node over its ``n`` incoming neighbours: ``(output, weights (n, heads))``."""
         q, k, v, _ = self._tables(op, query, keys, values, "query")
+        if values is not None:
+            V.check_width(op, "values", v, self.in_channels)
         n = k.shape[0]
         ef = self._edge_attr(op, edge_features, n, "neighbours")
         dt = self._dtype(q, ef)
         q, k, v = (a.astype(dt, copy=False) for a in (q, k, v))
         ef = None if ef is None else ef.astype(dt, copy=False)
-        with np.errstate(over="ignore", invalid="ignore"):  # NaN/inf are reported below, as a typed error
-            kernel = self._prepare(k, q.reshape(1, -1), dt)
-            if values is not None and v is not k:  # messages from the values, scores from the keys
-                kernel.msg = self._messages(v, dt)
-            ids = np.arange(n, dtype=np.int64)
-            slots = (np.array([0, n], np.int64), ids, ids)
-            w = np.empty((n, self.heads), dt)
-            out = np.empty((1, self.output_dim), dt)
-            status = np.empty(1, np.int8)
-            drop = self._drop(n, dt, dropout)
-            self._attend(kernel, slots, n, False, ef, self._edge_rows(kernel, ef), drop, w, out, status, True)
+        ids = np.arange(n, dtype=np.int64)
+        graph = G.Slots(np.array([0, n], np.int64), ids, ids, n, False)
+        msg = v if values is not None and v is not k else None
+        out, w, status = self._over_rows(q.reshape(1, -1), k, msg, graph, ef, dropout, True)
         if status[0] == K.NONFINITE:
             self._raise_nonfinite(op, dt, query=q, keys=k, values=v, edge_features=ef)
         return out[0], w
@@ -412,7 +507,7 @@ class _GraphConv(DropoutMixin, Attention, ABC):
         source-side map.  No self loop is added: include the node among its own
         neighbours for one.  With ``values = keys`` this is row ``i`` of
         :meth:`forward_graph` on the star graph of ``i``'s incoming edges.  No
-        neighbours give the bias (or zeros).
+        neighbours give the bias (or zeros), as for an isolated node of a graph.
 
         Parameters
         ----------
@@ -438,6 +533,70 @@ class _GraphConv(DropoutMixin, Attention, ABC):
         return np.ascontiguousarray(self._single(op, query, self._check_keys(op, keys), None, edge_features,
                                                  False)[1].T)  # fmt: skip
 
+    # -- every node over its own neighbour rows ---------------------------
+    def _neighbours_form(
+        self, op: str, queries: Any, keys: Any, values: Any, neighbours: Any, edge_features: Any, dropout: bool
+    ) -> tuple[Array, Array]:
+        """``(out (N, width), weights (nnz, heads))`` of every query row over its neighbour rows, in one
+        parallel kernel call; nodes without neighbours get zero rows."""
+        q, k, v, _ = self._tables(op, queries, keys, values)
+        if values is not None:
+            V.check_width(op, "values", v, self.in_channels)
+        nl = as_neighbours(op, neighbours, q.shape[0], k.shape[0])
+        ef = self._edge_attr(op, edge_features, nl.nnz, "neighbour entries")
+        dt = self._dtype(q, ef)
+        q, k, v = (a.astype(dt, copy=False) for a in (q, k, v))
+        ef = None if ef is None else ef.astype(dt, copy=False)
+        graph = G.Slots(nl.indptr, nl.indices, np.arange(nl.nnz, dtype=np.int64), nl.nnz, False)
+        msg = v if values is not None and v is not k else None
+        out, w, status = self._over_rows(q, k, msg, graph, ef, dropout, False)
+        if (status == K.NONFINITE).any():
+            self._raise_nonfinite(op, dt, queries=q, keys=k, values=v, edge_features=ef)
+        out[status == K.EMPTY] = 0  # the contract's zero row, not the bias of forward()'s empty neighbourhood
+        return out, w
+
+    def forward_neighbours(
+        self, queries: Any, keys: Any, values: Any, neighbours: Any, *, edge_features: Any = None
+    ) -> Array:
+        """Every node over its own neighbour rows of the key/value tables, in one parallel kernel call.
+
+        Node ``i`` is the target: query row ``i`` gives its side of the scores; the
+        rows ``ids_i`` of ``keys`` (scores) and ``values`` (messages) are its
+        sources.  Row ``i`` equals ``forward(queries[i], keys[ids_i], values[ids_i])``
+        (with ``edge_features`` of those entries); the tables are projected once,
+        not per node.  No self loop is added (list ``i`` among its own neighbours for
+        one), and nothing else of :meth:`forward_graph`'s PyG handling applies.
+
+        A node without neighbours gets a **zero row** (the contract of this form),
+        whereas :meth:`forward` over an empty neighbourhood returns the bias (PyG's
+        output for an isolated node, which :meth:`forward_graph` also gives).
+
+        Parameters
+        ----------
+        queries : (N, in_channels) the target nodes.
+        keys, values : (n, in_channels) tables of the source nodes (or ``keys`` from
+            :meth:`prepare` and ``values=None``).
+        neighbours : a :class:`~ruvattn.graph.NeighbourList`, ``(indptr, indices)``,
+            a scipy CSR matrix, padded ``(N, k)`` ids with -1, or one list per node.
+        edge_features : (nnz, edge_dim), one row per neighbour entry in CSR order
+            (padded ids: row by row, the non-negative entries), or None.
+
+        Returns
+        -------
+        ``(N, heads * out_channels)`` (concat) or ``(N, out_channels)``.
+        """
+        op = f"{type(self).__name__}.forward_neighbours"
+        if isinstance(keys, Prepared):
+            keys, values = self._unprepare(op, keys, values)
+        return self._neighbours_form(op, queries, keys, values, neighbours, edge_features, self._dropping)[0]
+
+    def _weights_neighbours(
+        self, op: str, queries: Any, keys: Any, neighbours: Any, *, edge_features: Any = None
+    ) -> Array:
+        """``(heads, nnz)`` weights of every node over its neighbour entries (before dropout), one kernel call."""
+        w = self._neighbours_form(op, queries, self._check_keys(op, keys), None, neighbours, edge_features, False)[1]
+        return np.ascontiguousarray(w.T)
+
 
 @register("gat")
 class GATConv(_GraphConv):
@@ -451,6 +610,7 @@ class GATConv(_GraphConv):
     bias_: Array
 
     params = GAT_PARAMS
+    _kernels = (G.gat_attend, G.gat_chunk)
 
     def _state_shapes(self) -> dict[str, tuple[int, ...]]:
         c = self.config
@@ -465,8 +625,9 @@ class GATConv(_GraphConv):
             shapes["lin_edge.weight"] = (h * ch, c.edge_dim)
         return shapes
 
-    def _prepare(self, xs: Array, xd: Array, dt: np.dtype) -> SimpleNamespace:
+    def _prepare(self, xs: Array, xd: Array, dt: np.dtype) -> G.GATTables:
         """Project the source rows ``xs`` (messages, ``a_src``) and target rows ``xd`` (``a_dst``)."""
+        c = self.config
         h, ch = self.heads, self.out_channels
         w = self.lin_weight_.astype(dt, copy=False)
         att = np.zeros((h * ch, 2 * h), dt)  # block columns: head h's att_src | att_dst
@@ -479,16 +640,16 @@ class GATConv(_GraphConv):
             a_src, a_dst = np.ascontiguousarray(a[:, :h]), np.ascontiguousarray(a[:, h:])
         else:
             a_src, a_dst = msg @ att[:, :h], (xd @ w.T) @ att[:, h:]
-        ed = self.config.edge_dim
         me = np.empty((0, h), dt)
         fill_vec = np.zeros(h, dt)
-        fill = self.config.fill_value
-        if ed is not None:  # a_edge[e, h] = x_e . (W_e[head h block]^T att_edge[h])
-            we = self.lin_edge_weight_.astype(dt, copy=False).reshape(h, ch, ed)
+        if c.edge_dim is not None:  # a_edge[e, h] = x_e . (W_e[head h block]^T att_edge[h])
+            we = self.lin_edge_weight_.astype(dt, copy=False).reshape(h, ch, c.edge_dim)
             me = np.ascontiguousarray(np.einsum("hco,hc->oh", we, self.att_edge_[0].astype(dt, copy=False)))
-            if not isinstance(fill, str):
-                fill_vec = (dt.type(fill) * me.sum(axis=0)).astype(dt)
-        return SimpleNamespace(msg=msg, a_src=a_src, a_dst=a_dst, me=me, fill_vec=fill_vec, bias=self._bias(dt))
+            if not isinstance(c.fill_value, str):
+                fill_vec = (dt.type(c.fill_value) * me.sum(axis=0)).astype(dt)
+        return G.GATTables(msg=msg, a_src=a_src, a_dst=a_dst, a_edge=np.empty((0, h), dt), me=me, use_edge=False,
+                           fill_mode=self._fill_mode(), fill_vec=fill_vec, slope=dt.type(c.negative_slope),
+                           concat=bool(c.concat), bias=self._bias(dt))  # fmt: skip
 
     def _messages(self, v: Array, dt: np.dtype) -> Array:
         return v @ self.lin_weight_.astype(dt, copy=False).T
@@ -502,26 +663,12 @@ class GATConv(_GraphConv):
     def _bias(self, dt: np.dtype) -> Array:
         return self.bias_.astype(dt, copy=False) if self.config.bias else np.empty(0, dt)
 
-    def _edge_rows(self, k: SimpleNamespace, edge_attr: Array | None) -> Array | None:
+    def _edge_rows(self, t: Tables, edge_attr: Array) -> Array:
         """The edge term ``a_edge = edge_attr @ me (E, heads)``, carried into slot order by the grouping."""
-        return None if edge_attr is None else edge_attr @ k.me
+        return edge_attr @ t.me
 
-    def _attend(self, k: SimpleNamespace, slots: tuple[Ids, Ids, Ids], num_edges: int, self_loops: bool,
-                edge_attr: Array | None, slot_rows: Array | None, drop: Array, alpha: Array, out: Array,
-                status: NDArray[np.int8], serial: bool) -> None:  # fmt: skip
-        c = self.config
-        dt = out.dtype
-        use_edge = edge_attr is not None
-        a_edge = slot_rows if slot_rows is not None else np.empty((0, c.heads), dt)
-        ea = edge_attr if edge_attr is not None else np.empty((0, 0), dt)
-        fill_mode = FILL_MODES[c.fill_value] if isinstance(c.fill_value, str) else G.FILL_CONST
-        args = (k.a_src, k.a_dst, k.msg, *slots, num_edges, self_loops, a_edge, ea, k.me, use_edge, fill_mode,
-                k.fill_vec, dt.type(c.negative_slope), drop, drop.shape[0] > 0, k.bias, bool(c.bias),
-                bool(c.concat), alpha, alpha.shape[0] > 0, out, status)  # fmt: skip
-        if serial:
-            G.gat_chunk(*args, 0, out.shape[0])
-        else:
-            G.gat_attend(*args, K.chunk_size(out.shape[0]))
+    def _with_edges(self, t: Tables, slot_rows: Array | None) -> Tables:
+        return t._replace(use_edge=True, a_edge=slot_rows)
 
 
 @register("gatv2")
@@ -543,6 +690,7 @@ class GATv2Conv(_GraphConv):
 
     params = (*GAT_PARAMS[:-1], Param("share_weights", V.FLAG, False, "one linear map for sources and targets"),
               GAT_PARAMS[-1])  # fmt: skip
+    _kernels = (G.gatv2_attend, G.gatv2_chunk)
 
     def _state_shapes(self) -> dict[str, tuple[int, ...]]:
         c = self.config
@@ -570,7 +718,7 @@ class GATv2Conv(_GraphConv):
             y += getattr(self, f"{side}_bias_").astype(dt, copy=False)
         return y
 
-    def _prepare(self, xs: Array, xd: Array, dt: np.dtype) -> SimpleNamespace:
+    def _prepare(self, xs: Array, xd: Array, dt: np.dtype) -> G.GATv2Tables:
         """``xl = lin_l(xs)`` (sources: scores and messages), ``xr = lin_r(xd)`` (targets)."""
         c = self.config
         xl = self._linear("lin_l", xs, dt)
@@ -584,7 +732,9 @@ class GATv2Conv(_GraphConv):
                 fill_vec[:] = c.fill_value
         att = np.ascontiguousarray(self.att_.reshape(c.heads, c.out_channels), dtype=dt)
         bias = self.bias_.astype(dt, copy=False) if c.bias else np.empty(0, dt)
-        return SimpleNamespace(xl=xl, xr=xr, msg=xl, att=att, we_t=we_t, fill_vec=fill_vec, bias=bias)
+        return G.GATv2Tables(msg=xl, xl=xl, xr=xr, att=att, we_t=we_t, use_edge=False, fill_mode=self._fill_mode(),
+                             fill_vec=fill_vec, slope=dt.type(c.negative_slope), concat=bool(c.concat),
+                             bias=bias)  # fmt: skip
 
     def _messages(self, v: Array, dt: np.dtype) -> Array:
         return self._linear("lin_l", v, dt)
@@ -594,21 +744,5 @@ class GATv2Conv(_GraphConv):
         op = f"{type(self).__name__}.project"
         xa = V.as_array(x, op, "x", 2)
         V.check_width(op, "x", xa, self.in_channels)
-        k = self._prepare(xa, xa, xa.dtype)
-        return k.xl, k.xr
-
-    def _attend(self, k: SimpleNamespace, slots: tuple[Ids, Ids, Ids], num_edges: int, self_loops: bool,
-                edge_attr: Array | None, slot_rows: Array | None, drop: Array, alpha: Array, out: Array,
-                status: NDArray[np.int8], serial: bool) -> None:  # fmt: skip
-        c = self.config
-        dt = out.dtype
-        use_edge = edge_attr is not None
-        ea = edge_attr if use_edge else np.empty((0, 0), dt)
-        fill_mode = FILL_MODES[c.fill_value] if isinstance(c.fill_value, str) else G.FILL_CONST
-        args = (k.xl, k.xr, k.msg, k.att, *slots, num_edges, self_loops, ea, k.we_t, use_edge, fill_mode,
-                k.fill_vec, dt.type(c.negative_slope), drop, drop.shape[0] > 0, k.bias, bool(c.bias),
-                bool(c.concat), alpha, alpha.shape[0] > 0, out, status)  # fmt: skip
-        if serial:
-            G.gatv2_chunk(*args, 0, out.shape[0])
-        else:
-            G.gatv2_attend(*args, K.chunk_size(out.shape[0]))
+        t = self._prepare(xa, xa, xa.dtype)
+        return t.xl, t.xr

@@ -1,10 +1,13 @@
 r"""Plain-numpy twins of :mod:`ruvattn.kernels.gat`, and whole GAT/GATv2 layers in numpy.
 
-The kernel twins (:func:`group_by_target`, :func:`gat_attend`,
-:func:`gatv2_attend`; the latter two also cover the per-chunk kernels) take
-the same arguments as the kernels minus the output buffers, and return new
-arrays.  :func:`gat_conv` and :func:`gatv2_conv` are the layers written
-straight from PyG's definition, edge by edge, with no grouping, no folding of
+The kernel twins (:func:`group_by_target`, :func:`csr_with_self_loops`,
+:func:`gat_attend`, :func:`gatv2_attend`; the latter two also cover the
+per-chunk kernels) take the same arguments as the kernels minus the output
+buffers -- the same :class:`~ruvattn.kernels.gat.Slots`,
+:class:`~ruvattn.kernels.gat.GATTables` and
+:class:`~ruvattn.kernels.gat.GATv2Tables` -- and return new arrays.
+:func:`gat_conv` and :func:`gatv2_conv` are the layers written straight from
+PyG's definition, edge by edge, with no grouping, no folding of
 the edge term and no shared code with the kernels -- the independent yardstick
 for :class:`ruvattn.mechanisms.gat.GATConv` and ``GATv2Conv``:
 
@@ -34,10 +37,18 @@ from collections.abc import Callable
 import numpy as np
 from numpy.typing import NDArray
 
-from ruvattn.kernels.gat import FILL_ADD, FILL_CONST, FILL_MAX, FILL_MEAN, FILL_MIN
+from ruvattn.kernels.gat import FILL_ADD, FILL_CONST, FILL_MAX, FILL_MEAN, FILL_MIN, GATTables, GATv2Tables, Slots
 from ruvattn.reference import softmax
 
-__all__ = ["add_self_loops", "gat_attend", "gat_conv", "gatv2_attend", "gatv2_conv", "group_by_target"]
+__all__ = [
+    "add_self_loops",
+    "csr_with_self_loops",
+    "gat_attend",
+    "gat_conv",
+    "gatv2_attend",
+    "gatv2_conv",
+    "group_by_target",
+]
 
 Array = NDArray[np.floating]
 Ids = NDArray[np.int64]
@@ -83,6 +94,33 @@ def group_by_target(
     return -1, indptr, src[order].astype(np.int64), slot_edge, slot_rows
 
 
+def csr_with_self_loops(indptr: Ids, indices: Ids, rows: Array, use_rows: bool) -> tuple[Ids, Ids, Ids, Array]:
+    """``(slot_indptr, slot_src, slot_edge, slot_rows)``: a CSR adjacency without its entries ``i -> i`` and
+    with one loop slot per node (edge id ``nnz + i``) at the end of each row, see the kernel.
+
+    ``slot_rows[k] = rows[slot_edge[k]]`` when ``use_rows`` (NaN in self-loop slots), else empty.
+    """
+    indptr = np.asarray(indptr, np.int64)
+    indices = np.asarray(indices, np.int64)
+    n, nnz = indptr.size - 1, indices.size
+    target = np.repeat(np.arange(n), np.diff(indptr))
+    kept = np.flatnonzero(indices != target)
+    # kept entries keep their CSR order inside a row; each row's loop sorts after them
+    edge = np.concatenate([kept, nnz + np.arange(n)])
+    src = np.concatenate([indices[kept], np.arange(n)])
+    dst = np.concatenate([target[kept], np.arange(n)])
+    order = np.argsort(dst, kind="stable")
+    slot_indptr = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(dst, minlength=n), out=slot_indptr[1:])
+    slot_edge = edge[order]
+    slot_rows = np.empty((0, 0))
+    if use_rows:
+        real = slot_edge < nnz
+        slot_rows = np.full((slot_edge.size, rows.shape[1]), np.nan, rows.dtype)
+        slot_rows[real] = rows[slot_edge[real]]
+    return slot_indptr, src[order].astype(np.int64), slot_edge.astype(np.int64), slot_rows
+
+
 def _loop_attr(edge_attr: Array, eids: Ids, fill_mode: int, fill_vec: Array) -> Array:
     """PyG's ``fill_value`` for a self loop: a constant, or a reduction of the other incoming attributes."""
     if fill_mode == FILL_CONST:
@@ -122,21 +160,19 @@ def _finish(
 
 def _attend(
     node_scores: Callable[[int, int, int], Array],
-    indptr: Ids,
-    slot_src: Ids,
-    slot_edge: Ids,
+    graph: Slots,
     msg: Array,
     heads: int,
     drop: Array,
-    use_drop: bool,
     bias: Array,
-    use_bias: bool,
     concat: bool,
-    rows: int,
 ) -> tuple[Array, Array, NDArray[np.int8]]:
     """Run ``node_scores(i, lo, hi) -> (heads, n)`` (node ``i``, slots ``lo:hi``) and :func:`_finish` at every
-    node."""
+    node.  Empty ``drop``/``bias`` switch dropout/the bias off, as for the kernels."""
+    indptr, slot_src, slot_edge = graph.indptr, graph.src, graph.edge
     n_nodes = indptr.size - 1
+    rows = graph.num_edges + (n_nodes if graph.self_loops else 0)
+    use_drop, use_bias = drop.shape[0] > 0, bias.shape[0] > 0
     width = msg.shape[1] if concat else msg.shape[1] // heads
     out = np.empty((n_nodes, width), msg.dtype)
     alpha = np.full((rows, heads), np.nan, msg.dtype)
@@ -158,95 +194,53 @@ def _leaky(z: Array, slope: float) -> Array:
     return np.where(z > 0, z, z * slope)
 
 
-def gat_attend(
-    a_src: Array,
-    a_dst: Array,
-    msg: Array,
-    indptr: Ids,
-    slot_src: Ids,
-    slot_edge: Ids,
-    num_edges: int,
-    self_loops: bool,
-    a_edge: Array,
-    edge_attr: Array,
-    me: Array,
-    use_edge: bool,
-    fill_mode: int,
-    fill_vec: Array,
-    slope: float,
-    drop: Array,
-    use_drop: bool,
-    bias: Array,
-    use_bias: bool,
-    concat: bool,
-) -> tuple[Array, Array, NDArray[np.int8]]:
+def gat_attend(t: GATTables, graph: Slots, edge_attr: Array, drop: Array) -> tuple[Array, Array, NDArray[np.int8]]:
     """Twin of :func:`ruvattn.kernels.gat.gat_attend`: ``(out, alpha, status)``.
 
-    ``a_edge`` is in slot order, as for the kernel.  ``alpha`` has ``num_edges + N`` rows
+    ``t.a_edge`` is in slot order, as for the kernel.  ``alpha`` has ``num_edges + N`` rows
     (self-loop ids included); rows of edges with no slot are NaN.
     """
-    heads = a_src.shape[1]
+    heads = t.a_src.shape[1]
+    slot_src, slot_edge, num_edges = graph.src, graph.edge, graph.num_edges
 
     def scores(i: int, lo: int, hi: int) -> Array:
         ids, eids = slot_src[lo:hi], slot_edge[lo:hi]
-        s = a_src[ids] + a_dst[i]  # (n, heads)
-        if use_edge:
+        s = t.a_src[ids] + t.a_dst[i]  # (n, heads)
+        if t.use_edge:
             real = eids < num_edges
             term = np.zeros_like(s)
-            term[real] = a_edge[lo:hi][real]  # a_edge is in slot order
-            if self_loops:
-                if fill_mode == FILL_CONST:
-                    loop = np.asarray(fill_vec)
+            term[real] = t.a_edge[lo:hi][real]  # a_edge is in slot order
+            if graph.self_loops:
+                if t.fill_mode == FILL_CONST:
+                    loop = np.asarray(t.fill_vec)
                 else:  # the loop's edge attribute, then its term: no linearity shortcut
-                    loop = _loop_attr(edge_attr, eids[real], fill_mode, fill_vec) @ me
+                    loop = _loop_attr(edge_attr, eids[real], t.fill_mode, t.fill_vec) @ t.me
                 term[~real] = loop
             s = s + term
-        return _leaky(s, slope).T
+        return _leaky(s, t.slope).T
 
-    rows = num_edges + (indptr.size - 1 if self_loops else 0)
-    return _attend(scores, indptr, slot_src, slot_edge, msg, heads, drop, use_drop, bias, use_bias, concat, rows)
+    return _attend(scores, graph, t.msg, heads, drop, t.bias, t.concat)
 
 
-def gatv2_attend(
-    xl: Array,
-    xr: Array,
-    msg: Array,
-    att: Array,
-    indptr: Ids,
-    slot_src: Ids,
-    slot_edge: Ids,
-    num_edges: int,
-    self_loops: bool,
-    edge_attr: Array,
-    we_t: Array,
-    use_edge: bool,
-    fill_mode: int,
-    fill_vec: Array,
-    slope: float,
-    drop: Array,
-    use_drop: bool,
-    bias: Array,
-    use_bias: bool,
-    concat: bool,
-) -> tuple[Array, Array, NDArray[np.int8]]:
+def gatv2_attend(t: GATv2Tables, graph: Slots, edge_attr: Array, drop: Array) -> tuple[Array, Array, NDArray[np.int8]]:
     """Twin of :func:`ruvattn.kernels.gat.gatv2_attend`: ``(out, alpha, status)`` (``alpha`` as in
     :func:`gat_attend`)."""
-    heads, ch = att.shape
+    heads, ch = t.att.shape
+    slot_src, slot_edge, num_edges = graph.src, graph.edge, graph.num_edges
 
     def scores(i: int, lo: int, hi: int) -> Array:
         ids, eids = slot_src[lo:hi], slot_edge[lo:hi]
-        z = xl[ids] + xr[i]  # (n, heads * C)
-        if use_edge:
+        z = t.xl[ids] + t.xr[i]  # (n, heads * C)
+        if t.use_edge:
             real = eids < num_edges
             attrs = np.empty((eids.size, edge_attr.shape[1]), edge_attr.dtype)
             attrs[real] = edge_attr[eids[real]]
-            if self_loops:
-                attrs[~real] = _loop_attr(edge_attr, eids[real], fill_mode, fill_vec)
-            z = z + attrs @ we_t
-        return (_leaky(z, slope).reshape(-1, heads, ch) * att).sum(axis=-1).T
+            if graph.self_loops:
+                attrs[~real] = _loop_attr(edge_attr, eids[real], t.fill_mode, t.fill_vec)
+            z = z + attrs @ t.we_t
+        return (_leaky(z, t.slope).reshape(-1, heads, ch) * t.att).sum(axis=-1).T
 
-    rows = num_edges + (indptr.size - 1 if self_loops else 0)
-    return _attend(scores, indptr, slot_src, slot_edge, msg, heads, drop, use_drop, bias, use_bias, concat, rows)
+    return _attend(scores, graph, t.msg, heads, drop, t.bias, t.concat)
 
 
 # --------------------------------------------------------------------------

@@ -342,7 +342,9 @@ class Parametrized:
             loaded[name] = np.array(a, dtype=dt)
         for name, target in aliases.items():
             if name in loaded and target in loaded and not np.array_equal(loaded[name], loaded[target]):
-                raise InvalidConfig(f"{op}: {name} must equal {target} (they are one shared tensor).")
+                raise InvalidConfig(
+                    f"{op}: {name} must equal {target} (they are one shared tensor).{self._state_hint([name])}"
+                )
         before = dict(self.__dict__)
         try:
             for name, value in loaded.items():

@@ -82,6 +82,7 @@ def test_moe_reports_routing_balance_of_its_example_layer(capsys, graph):
     x = graph.embeddings
     params = MoEAttention.example_params(DIM)
     moe = build({"type": "moe", **params, "top_k": 1, "seed": SEED})
+    x = moe.embed(x)  # into its experts' space (the hyperbolic expert's ball), as the tool does
     rec = moe.routing_record(x[:M])
     routing = row["routing"]
     expect = analysis.routing_balance(rec)

@@ -217,6 +217,8 @@ class _GraphConv(DropoutMixin, Attention, ABC):
             return f" The layer has bias={self.config.bias}; build it with bias={not self.config.bias} to match."
         if any(n.startswith("res.") for n in names):
             return " residual=True layers are not supported."
+        if any(n.startswith("lin_r.") for n in names) and getattr(self.config, "share_weights", False):
+            return " The layer has share_weights=True (one linear map); build it with share_weights=False to load two."
         return ""
 
     # -- inputs -----------------------------------------------------------

@@ -291,6 +291,10 @@ class Attention(Parametrized, ABC):
             return keys.keys, keys.values
         if values is None:
             raise InvalidConfig(f"{op}: values are required (or pass keys prepared with prepare(keys, values)).")
+        return self._key_value_tables(op, keys, values)
+
+    def _key_value_tables(self, op: str, keys: Any, values: Any) -> tuple[Array, Array]:
+        """Validated ``keys (n, d)`` and ``values (n, dv)`` as C-contiguous arrays of one dtype."""
         k = V.as_array(keys, op, "keys", 2)
         v = V.as_array(values, op, "values", 2)
         dt = V.common_dtype(k, v)

@@ -406,12 +406,7 @@ class LinearAttention(Attention):
         op = f"{self.kind}.summarize"
         if values is None:
             raise DimensionMismatch(f"{op}: values are required.")
-        k = V.as_array(keys, op, "keys", 2)
-        v = V.as_array(values, op, "values", 2)
-        dt = V.common_dtype(k, v)
-        k, v = k.astype(dt, copy=False), v.astype(dt, copy=False)
-        V.check_width(op, "keys", k, self.hidden_dim)
-        V.check_keys_values(op, k, v)
+        k, v = self._key_value_tables(op, keys, values)
         summary = self._summary(op, k, v, *self._keep(op, mask, k.shape[0]))
         self._tick()
         return summary

@@ -402,6 +402,9 @@ class Attention(Parametrized, ABC):
         return value
 
     # -- shared machinery: one query, many queries, neighbour lists ---------
+    #: the last (keys, values) pair found C-contiguous by :meth:`_plain_arrays` (held until the next pair)
+    _contiguous: tuple[Any, Any] = (None, None)
+
     def _plain_arrays(self, query: Any, keys: Any, values: Any) -> np.dtype | None:
         """The dtype when ``query (d,)``, ``keys (n, d)`` and ``values (n, dv)`` are C-contiguous
         float32/float64 numpy arrays of one dtype (the hot path's check: a few attribute reads), else ``None``."""
@@ -417,11 +420,14 @@ class Attention(Parametrized, ABC):
                 and values.ndim == 2
                 and keys.shape[1] == d
                 and keys.shape[0] == values.shape[0]
-                and keys.flags.c_contiguous
-                and values.flags.c_contiguous
                 and query.flags.c_contiguous
             ):  # another layout would compile a new kernel specialisation: the general path copies it
-                return dt
+                seen = self._contiguous
+                if keys is seen[0] and values is seen[1]:  # an array's layout never changes: checked once per pair
+                    return dt
+                if keys.flags.c_contiguous and values.flags.c_contiguous:
+                    self._contiguous = (keys, values)
+                    return dt
         return None
 
     def _tables(

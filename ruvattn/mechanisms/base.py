@@ -408,26 +408,24 @@ class Attention(Parametrized, ABC):
     def _plain_arrays(self, query: Any, keys: Any, values: Any) -> np.dtype | None:
         """The dtype when ``query (d,)``, ``keys (n, d)`` and ``values (n, dv)`` are C-contiguous
         float32/float64 numpy arrays of one dtype (the hot path's check: a few attribute reads), else ``None``."""
-        if type(query) is np.ndarray and type(keys) is np.ndarray and type(values) is np.ndarray:
+        if type(query) is _NDARRAY and type(keys) is _NDARRAY and type(values) is _NDARRAY:
             dt = query.dtype
-            d = self.config.dim
-            if (
-                (dt is _F32 or dt is _F64)
-                and keys.dtype is dt
-                and values.dtype is dt
-                and query.shape == (d,)
-                and keys.ndim == 2
-                and values.ndim == 2
-                and keys.shape[1] == d
-                and keys.shape[0] == values.shape[0]
-                and query.flags.c_contiguous
-            ):  # another layout would compile a new kernel specialisation: the general path copies it
-                seen = self._contiguous
-                if keys is seen[0] and values is seen[1]:  # an array's layout never changes: checked once per pair
-                    return dt
-                if keys.flags.c_contiguous and values.flags.c_contiguous:
-                    self._contiguous = (keys, values)
-                    return dt
+            if (dt is _F32 or dt is _F64) and keys.dtype is dt and values.dtype is dt:
+                ks, vs, d = keys.shape, values.shape, self.config.dim
+                if (
+                    len(ks) == 2
+                    and len(vs) == 2
+                    and ks[1] == d
+                    and ks[0] == vs[0]
+                    and query.shape == (d,)
+                    and query.flags.c_contiguous
+                ):  # another layout would compile a new kernel specialisation: the general path copies it
+                    seen = self._contiguous
+                    if keys is seen[0] and values is seen[1]:  # a layout never changes: checked once per pair
+                        return dt
+                    if keys.flags.c_contiguous and values.flags.c_contiguous:
+                        self._contiguous = (keys, values)
+                        return dt
         return None
 
     def _tables(
@@ -559,6 +557,7 @@ def _edge_major(flat: Array, nl: NeighbourList, heads: int) -> Array:
 
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
+_NDARRAY = np.ndarray
 _NO_KEEP = np.empty(0, np.bool_)
 _NO_IDS = np.empty(0, np.int64)
 

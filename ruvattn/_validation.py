@@ -9,6 +9,7 @@ inputs scanned to name the culprit (:func:`raise_for_status`).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
@@ -235,8 +236,10 @@ def _message(owner: str, name: str, text: str, value: Any, none: bool, hint: str
     return InvalidConfig(f"{owner}: '{name}' must be {text}{alt}; got {value!r}.{hint}")
 
 
-class Constraint:
-    """What a parameter's value must be.  :meth:`check` returns the normalised value or raises
+class Constraint(ABC):
+    """What a parameter's value must be (abstract: a subclass missing a method cannot be instantiated).
+
+    :meth:`check` returns the normalised value or raises
     :class:`InvalidConfig` as ``"<owner>: '<name>' must be <describe()>; got <value>."``.
 
     ``control`` names the widget that edits it (``"int"``, ``"float"``, ``"bool"``, ``"choice"``
@@ -249,11 +252,13 @@ class Constraint:
     choices: tuple[Any, ...] = ()
     hint: str = ""
 
+    @abstractmethod
     def check(self, owner: str, name: str, value: Any, none: bool = False) -> Any:
-        raise NotImplementedError
+        """The normalised value, or :class:`InvalidConfig` in the one message format."""
 
+    @abstractmethod
     def describe(self) -> str:
-        raise NotImplementedError
+        """The constraint in words (``"a positive integer"``), for messages and docstrings."""
 
 
 def _is_int(value: Any) -> bool:

@@ -36,3 +36,17 @@ def test_every_section_5_latency_row_is_in_the_table():
     wording, result = spec_verdict([_row("scaled_dot_product", 100, 5000.0, 1.0, 1.0, 1.0)],
                                    SPEC_TABLE[("scaled_dot_product", 100)])  # fmt: skip
     assert result == "missed: p50<5ms" and wording.startswith("p50<5ms")
+
+
+def test_a_constraint_must_implement_check_and_describe():
+    import pytest
+
+    from ruvattn._validation import Constraint, Integer
+
+    class Half(Constraint):
+        def describe(self) -> str:
+            return "half a constraint"
+
+    with pytest.raises(TypeError, match="abstract"):
+        Half()
+    assert Integer(1).describe() == "a positive integer"

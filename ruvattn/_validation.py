@@ -9,6 +9,7 @@ inputs scanned to name the culprit (:func:`raise_for_status`).
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -75,6 +76,26 @@ def common_dtype(*arrays: NDArray[np.floating]) -> np.dtype:
         if a is not None and a.dtype == np.float64:
             return np.dtype(np.float64)
     return np.dtype(np.float32)
+
+
+def values_required(op: str, prepared: str | None = "keys prepared with prepare(keys, values)") -> InvalidConfig:
+    """The one error for omitted values (every mechanism: values are never replaced by the keys or
+    silently dropped)."""
+    alt = f" (or pass {prepared} as keys, values=None)" if prepared else ""
+    return InvalidConfig(f"{op}: values are required with raw keys{alt}.")
+
+
+def stale_prepared(op: str, what: str = "mechanism") -> InvalidConfig:
+    """The one error for keys prepared by another instance, or by this one before its learned state
+    changed (``load_state_dict``, ``set_params``): they would mix old and new weights."""
+    return InvalidConfig(
+        f"{op}: these keys were prepared by another {what} or before its state was loaded; call prepare() again."
+    )
+
+
+def values_with_prepared(op: str) -> InvalidConfig:
+    """The one error for values passed next to keys that already carry theirs."""
+    return InvalidConfig(f"{op}: these keys were prepared with their values; pass values=None.")
 
 
 def check_width(op: str, name: str, arr: NDArray[Any], expected: int) -> None:
@@ -148,7 +169,7 @@ def positive_float(owner: str, name: str, value: Any, allow_none: bool = False) 
         return None
     try:
         f = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InvalidConfig(f"{owner}: '{name}' must be a positive number; got {value!r}.") from None
     if not np.isfinite(f) or f <= 0:
         raise InvalidConfig(f"{owner}: '{name}' must be a positive finite number; got {value!r}.")
@@ -158,7 +179,7 @@ def positive_float(owner: str, name: str, value: Any, allow_none: bool = False) 
 def non_negative_float(owner: str, name: str, value: Any) -> float:
     try:
         f = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InvalidConfig(f"{owner}: '{name}' must be a non-negative number; got {value!r}.") from None
     if not np.isfinite(f) or f < 0:
         raise InvalidConfig(f"{owner}: '{name}' must be a non-negative finite number; got {value!r}.")
@@ -168,7 +189,7 @@ def non_negative_float(owner: str, name: str, value: Any) -> float:
 def unit_interval(owner: str, name: str, value: Any) -> float:
     try:
         f = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InvalidConfig(f"{owner}: '{name}' must be a number in [0, 1); got {value!r}.") from None
     if not (0.0 <= f < 1.0):
         raise InvalidConfig(f"{owner}: '{name}' must be in [0, 1); got {value!r}.")
@@ -194,6 +215,45 @@ def check_finite(op: str, **arrays: NDArray[Any]) -> None:
         found = _first_nonfinite(name, arr)
         if found is not None:
             raise NumericalInstability(f"{op}: {name} must be finite; got {found}. Remove or replace NaN/inf.")
+
+
+def check_ball(op: str, name: str, x: NDArray[Any], c: float) -> None:
+    """:class:`OutOfBounds` for the first row of ``x`` on or outside the Poincaré ball ``c|x|² < 1``."""
+    a = np.atleast_2d(x).astype(np.float64, copy=False)
+    top = np.abs(a).max(axis=1, initial=0.0)
+    scaled = a / np.where(top > 0, top, 1.0)[:, None]  # no overflow of |x|² for huge rows
+    norms = top * np.sqrt(np.einsum("ij,ij->i", scaled, scaled))
+    bad = np.flatnonzero(np.sqrt(c) * norms >= 1.0)
+    if bad.size:
+        where = name if np.ndim(x) == 1 else f"{name}[{bad[0]}]"
+        raise OutOfBounds(
+            f"{op}: {where} has norm {norms[bad[0]]:.6g} >= 1/sqrt(c) = {1.0 / np.sqrt(c):.6g}: it is on or outside "
+            "the Poincaré ball. Map Euclidean data in with mech.embed(x) first."
+        )
+
+
+def check_scores(op: str, scores: NDArray[Any], keep: NDArray[np.bool_] | None = None) -> None:
+    """:class:`NumericalInstability` if a live score (a key not masked out) is NaN or infinite: the
+    inputs were checked finite, so a distance or score overflowed.  Never a softmax of ``-inf``
+    rows (zeros) or NaN."""
+    live = scores if keep is None else scores[keep]
+    if not np.isfinite(live).all():
+        raise NumericalInstability(
+            f"{op}: a distance or score overflowed float64 (inputs are finite but too large, or the "
+            "temperature too small). Scale the inputs down or raise the temperature."
+        )
+
+
+def check_output(op: str, out: NDArray[Any], dtype: np.dtype) -> NDArray[Any]:
+    """``out`` cast to ``dtype``; :class:`NumericalInstability` if it is not finite there (a finite
+    float64 result too large for float32 is an error, never ``inf``)."""
+    res = np.asarray(out).astype(dtype, copy=False)
+    if not np.isfinite(res).all():
+        raise NumericalInstability(
+            f"{op}: the output overflowed {np.dtype(dtype).name} (inputs are finite but too large). "
+            "Scale the inputs down or use float64."
+        )
+    return res
 
 
 def raise_for_status(
@@ -269,6 +329,16 @@ def _is_real(value: Any) -> bool:
     return not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, float, np.integer, np.floating))
 
 
+def _finite_real(value: Any) -> bool:
+    """A real number representable as a finite float (an int beyond float range is not)."""
+    if not _is_real(value):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
 class Integer(Constraint):
     """An integer in ``[low, high]`` (either bound may be open-ended)."""
 
@@ -307,7 +377,7 @@ class Real(Constraint):
         self.low, self.high, self.closed, self.hint = low, high, closed, hint
 
     def check(self, owner: str, name: str, value: Any, none: bool = False) -> float:
-        ok = _is_real(value) and bool(np.isfinite(value))
+        ok = _finite_real(value)
         if ok:
             f = float(value)
             left = self.closed in ("both", "left")
@@ -426,7 +496,7 @@ def float_list(owner: str, name: str, value: Any, length: int | None = None, low
     """A list of finite numbers ``>= low`` (of ``length`` entries when given)."""
     try:
         arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         arr = None
     if (
         arr is None

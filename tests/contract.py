@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ruvattn import DimensionMismatch, EmptyInput, InvalidConfig, NumericalInstability, build
+from ruvattn import AttentionError, DimensionMismatch, EmptyInput, InvalidConfig, NumericalInstability, build
 from ruvattn.mechanisms import Attention, Example, mechanism_class
 
 
@@ -279,6 +279,139 @@ def check_contract_methods(kind: str) -> None:
             raise AssertionError(f"{kind}: backward without supports_backward must raise Unsupported")
 
 
+def check_missing_values(kind: str) -> None:
+    """One rule for omitted values: InvalidConfig from every form, never an empty result or the keys
+    used as values."""
+    ex = example(kind)
+    m = ex.mechanism
+    _raises(InvalidConfig, kind, "values=None", lambda: m.forward(ex.query, ex.keys, None))
+    _raises(InvalidConfig, kind, "values=None (batch)", lambda: m.forward_batch(ex.queries, ex.keys, None))
+    _raises(InvalidConfig, kind, "values=None (neighbours)",
+            lambda: m.forward_neighbours(ex.queries, ex.keys, None, ex.neighbours))  # fmt: skip
+    prepared = m.prepare(ex.keys, ex.values)
+    _raises(InvalidConfig, kind, "values next to prepared keys", lambda: m.forward(ex.query, prepared, ex.values))
+
+
+def check_integer_ids(kind: str) -> None:
+    """Neighbour ids and offsets must be integers in every form: a float id is refused, never truncated."""
+    ex = example(kind)
+    m = ex.mechanism
+    nl = ex.neighbours
+    forms = {
+        "float indices": (nl.indptr, nl.indices.astype(np.float64) + 0.9),
+        "float indptr": (nl.indptr.astype(np.float64), nl.indices),
+        "bool indices": (nl.indptr, nl.indices.astype(bool)),
+        "float padded": nl.to_padded().astype(np.float64),
+        "float lists": [list(np.asarray(nl.neighbours(i), np.float64)) for i in range(nl.num_nodes)],
+    }
+    for what, bad in forms.items():
+        _raises(
+            DimensionMismatch, kind, what, lambda bad=bad: m.forward_neighbours(ex.queries, ex.keys, ex.values, bad)
+        )
+        _raises(DimensionMismatch, kind, f"{what} (weights)", lambda bad=bad: m.weights(ex.queries, ex.keys,
+                                                                                         neighbours=bad))  # fmt: skip
+
+
+def _finite_or_typed(kind: str, what: str, fn: Any) -> Any:
+    """The call returns a finite result or raises a typed error (never NaN/inf, never an untyped error)."""
+    try:
+        out = fn()
+    except AttentionError:
+        return None
+    arrays = out if isinstance(out, tuple) else (out,)
+    for a in arrays:
+        assert np.isfinite(np.asarray(a, np.float64)).all(), f"{kind}: {what} returned NaN/inf"
+    return out
+
+
+def check_magnitudes(kind: str) -> None:
+    """Inputs up to each dtype's largest finite value: a finite answer whose weights still sum to 1, or
+    NumericalInstability / OutOfBounds -- never NaN, inf, or all-zero weights."""
+    for dt in (np.float32, np.float64):
+        ex = example(kind, dt)
+        m = ex.mechanism
+        big = np.finfo(dt).max
+        for scale in (big**0.25, big**0.5, big / 4, big):
+            q = np.clip(ex.query.astype(np.float64) * scale, -big, big).astype(dt)
+            k = np.clip(-ex.keys.astype(np.float64) * scale, -big, big).astype(dt)
+            v = np.clip(ex.values.astype(np.float64) * scale, -big, big).astype(dt)
+            for what, args in (("query", (q, ex.keys, ex.values)), ("keys", (ex.query, k, ex.values)),
+                               ("values", (ex.query, ex.keys, v)), ("all", (q, k, v))):  # fmt: skip
+                label = f"{np.dtype(dt).name} {what} x {scale:.3g}"
+                _finite_or_typed(kind, f"forward ({label})", lambda a=args, m=m: m.forward(*a))
+                w = _finite_or_typed(kind, f"weights ({label})", lambda a=args, m=m: m.weights(a[0], a[1]))
+                if w is not None:
+                    np.testing.assert_allclose(w.sum(axis=-1), 1.0, rtol=1e-3, err_msg=f"{kind}: weights ({label})")
+                qs = np.vstack([args[0]] * 2)
+                _finite_or_typed(
+                    kind, f"forward_batch ({label})", lambda a=args, qs=qs, m=m: m.forward_batch(qs, a[1], a[2])
+                )
+
+
+def check_mixed_dtypes(kind: str) -> None:
+    """One promotion rule: float64 if any of query/keys/values is float64 (else float32), in every form,
+    with the float64 run's answer."""
+    ex32, ex64 = example(kind, np.float32), example(kind, np.float64)
+    m = ex64.mechanism
+    want = m.forward(ex32.query.astype(np.float64), ex32.keys.astype(np.float64), ex32.values.astype(np.float64))
+    for qd, kd, vd in ((np.float32, np.float64, np.float32), (np.float64, np.float32, np.float32),
+                       (np.float32, np.float32, np.float64)):  # fmt: skip
+        q, k, v = ex32.query.astype(qd), ex32.keys.astype(kd), ex32.values.astype(vd)
+        label = f"{kind}: query {np.dtype(qd)}, keys {np.dtype(kd)}, values {np.dtype(vd)}"
+        out = m.forward(q, k, v)
+        assert out.dtype == np.float64, f"{label} -> {out.dtype}, expected float64"
+        np.testing.assert_allclose(out, want, rtol=2e-4, atol=2e-4, err_msg=label)
+        qs = np.vstack([q, q])
+        assert m.forward_batch(qs, k, v).dtype == np.float64, label
+        nl = ex32.neighbours
+        assert m.forward_neighbours(ex32.queries.astype(qd), k, v, nl).dtype == np.float64, label
+
+
+def check_gradients_refuse_nan(kind: str) -> None:
+    """A NaN or inf upstream gradient is NumericalInstability, never NaN gradients."""
+    ex = example(kind)
+    m = ex.mechanism
+    if not m.supports_backward:
+        return
+    for bad in (np.nan, np.inf):
+        g = np.ones_like(ex.values[0])
+        g[-1] = bad
+        _raises(
+            NumericalInstability, kind, f"grad_output {bad}", lambda g=g: m.backward(ex.query, ex.keys, ex.values, g)
+        )
+
+
+def check_rejected_changes(kind: str) -> None:
+    """A refused set_params or load_state_dict changes nothing (config, learned arrays, outputs), and keys
+    prepared before a successful load are refused afterwards (never a mix of old and new weights)."""
+    ex = example(kind)
+    m = ex.mechanism
+    cls = type(m)
+    before, out = m.to_dict(), m.forward(ex.query, ex.keys, ex.values)
+    state = {k: v.copy() for k, v in m.state_dict().items()}
+    for p in cls.params:
+        for bad in (-1, 0, 1.5, float("nan"), float("inf"), "abc", -(2**70), [1], None):
+            try:
+                m.set_params(**{p.name: bad})
+            except InvalidConfig:
+                assert m.to_dict() == before, f"{kind}: set_params({p.name}={bad!r}) raised but changed the config"
+                for k, v in m.state_dict().items():
+                    np.testing.assert_array_equal(v, state[k], err_msg=f"{kind}: set_params({p.name}={bad!r})")
+            else:
+                m.set_params(**{p.name: before.get(p.name, getattr(m, p.name, None))})  # valid: put it back
+                m.load_state_dict(state)
+    _close(m.forward(ex.query, ex.keys, ex.values), out)
+    if state:  # keys prepared before a load: refused, or answered with the state they were prepared with
+        prepared = m.prepare(ex.keys, ex.values)
+        old = m.forward(ex.query, prepared)
+        m.load_state_dict({k: v * 1.5 + 0.25 if v.dtype.kind == "f" else v for k, v in state.items()})
+        try:
+            mixed = m.forward(ex.query, prepared)
+        except InvalidConfig:
+            return
+        _close(mixed, old)
+
+
 CHECKS = (
     check_weights,
     check_forms,
@@ -288,4 +421,10 @@ CHECKS = (
     check_bad_inputs,
     check_layouts,
     check_contract_methods,
+    check_missing_values,
+    check_integer_ids,
+    check_magnitudes,
+    check_mixed_dtypes,
+    check_gradients_refuse_nan,
+    check_rejected_changes,
 )

@@ -465,7 +465,7 @@ def test_input_errors(fm):
         attn.forward(np.zeros(4), k, v)
     with pytest.raises(DimensionMismatch, match="same number of rows"):
         attn.forward_batch(q[None], k, v[:3])
-    with pytest.raises(DimensionMismatch, match="values are required"):
+    with pytest.raises(InvalidConfig, match="values are required"):
         attn.forward(q, k)
     with pytest.raises(EmptyInput):
         attn.forward(q, k[:0], v[:0])
@@ -482,7 +482,7 @@ def test_input_errors(fm):
     summary = attn.summarize(k, v)
     with pytest.raises(Unsupported, match="mask when the summary is made"):
         attn.forward(q, summary, mask=np.ones(4, bool))
-    with pytest.raises(DimensionMismatch, match="values=None"):
+    with pytest.raises(InvalidConfig, match="values=None"):
         attn.forward_batch(q[None], summary, v)
     with pytest.raises(DimensionMismatch, match="query"):
         attn.forward(np.zeros(5), summary)

@@ -151,7 +151,7 @@ def test_mha_projected_batch_and_neighbours_agree():
     # head_output -> out_proj is forward
     ho = mha.head_output(x[0], table, table).reshape(-1)
     np.testing.assert_allclose(ho @ mha.out_proj_weight_.T + mha.out_proj_bias_, single[0], atol=1e-5)
-    with pytest.raises(Unsupported, match="projected by another MultiHeadAttention"):
+    with pytest.raises(InvalidConfig, match="prepared by another MultiHeadAttention"):
         MultiHeadAttention(16, 4).forward(x[0], kv)
 
 
@@ -268,7 +268,7 @@ def test_registry_params_and_json_round_trip():
         spec = json.loads(json.dumps(mech.to_dict()))
         again = ruvattn.build(spec)
         assert type(again) is type(mech) and again.to_dict() == mech.to_dict()
-        x = 0.3 * RNG.standard_normal((5, 8)).astype(np.float32)
+        x = mech.embed(0.3 * RNG.standard_normal((5, 8))).astype(np.float32)  # valid points of its space
         np.testing.assert_array_equal(again.forward(x[0], x, x), mech.forward(x[0], x, x))
     m = MultiHeadAttention(8, 2)
     m.set_params(num_heads=4)

@@ -235,7 +235,7 @@ class _Stereographic(Manifold):
     def __init__(self, curvature: float) -> None:
         try:
             k = float(curvature)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise InvalidConfig(f"{type(self).__name__}: curvature must be a number; got {curvature!r}.") from None
         if not math.isfinite(k) or k == 0 or (k > 0) != (self._sign > 0):
             want = "negative (e.g. -1.0 for the unit ball)" if self._sign < 0 else "positive (e.g. 1.0)"
@@ -384,7 +384,7 @@ class Lorentz(Manifold):
     def __init__(self, curvature: float = -1.0) -> None:
         try:
             k = float(curvature)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise InvalidConfig(f"Lorentz: curvature must be a number; got {curvature!r}.") from None
         if not math.isfinite(k) or k >= 0:
             raise InvalidConfig(f"Lorentz: curvature must be negative (e.g. -1.0); got {curvature!r}.")

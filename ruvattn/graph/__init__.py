@@ -23,6 +23,25 @@ from ruvattn.errors import DimensionMismatch, OutOfBounds
 __all__ = ["NeighbourList", "as_neighbours"]
 
 
+def _integer_ids(op: str, name: str, ids: Any) -> NDArray[np.int64]:
+    """``ids`` as a contiguous int64 array; anything but integers (floats, bools, objects) is refused,
+    never cast: a float id such as ``1.9`` would otherwise silently become ``1``."""
+    if type(ids) is np.ndarray and ids.dtype == np.int64 and ids.flags.c_contiguous:
+        return ids
+    try:
+        arr = np.asarray(ids)
+    except ValueError:
+        raise DimensionMismatch(f"{op}: {name} must be a flat array of integer ids; got ragged rows.") from None
+    if arr.size and arr.dtype.kind not in "iu":
+        raise DimensionMismatch(
+            f"{op}: {name} must hold integers; got dtype {arr.dtype}. Ids are never rounded or truncated: "
+            "convert them yourself (e.g. ids.astype(np.int64)) if the values are whole numbers."
+        )
+    if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
+        raise OutOfBounds(f"{op}: {name} holds an id too large for int64; got {arr.max()}.")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class NeighbourList:
     """Node ``i``'s neighbours are ``indices[indptr[i]:indptr[i+1]]`` (rows of a key table).
@@ -36,8 +55,10 @@ class NeighbourList:
 
     def __post_init__(self) -> None:
         op = "NeighbourList"
-        indptr = np.ascontiguousarray(self.indptr, dtype=np.int64)
-        indices = np.ascontiguousarray(self.indices, dtype=np.int64)
+        indptr = _integer_ids(op, "indptr", self.indptr)
+        indices = _integer_ids(op, "indices", self.indices)
+        if isinstance(self.num_keys, bool) or not isinstance(self.num_keys, (int, np.integer)) or self.num_keys < 0:
+            raise DimensionMismatch(f"{op}: num_keys must be a non-negative integer; got {self.num_keys!r}.")
         if indptr.ndim != 1 or indptr.size < 1:
             raise DimensionMismatch(f"{op}: indptr has shape {indptr.shape}, expected (N + 1,) with N >= 0.")
         if indices.ndim != 1:

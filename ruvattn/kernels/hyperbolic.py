@@ -462,9 +462,21 @@ def hyp_row(q, k, v, ids, use_ids, keep, use_keep, kappa, inv_tau, mode, out_eps
     for j in range(n):
         if s2[j] >= 0:
             s1[j] = s * math.sqrt(s1[j] / (aq * max(1.0 - c * s2[j], NORM_MIN)))
+    # scores relative to the largest (the nearest key), formed in float64 before they are stored in
+    # w's dtype: with a tiny temperature -d/τ overflows float32 for every key at once (all weights
+    # would be 0), while (d_min - d)/τ keeps the nearest at exactly 0 (the argmax limit)
     coef = -(2.0 / s) * inv_tau
+    amin = np.inf
     for j in range(n):
-        w[j] = coef * math.asinh(s1[j]) if s2[j] >= 0 else -np.inf
+        if s2[j] >= 0:
+            s1[j] = math.asinh(s1[j])
+            amin = min(amin, s1[j])
+    for j in range(n):
+        if s2[j] >= 0:
+            gap = s1[j] - amin
+            w[j] = coef * gap if gap > 0 else 0.0
+        else:
+            w[j] = -np.inf
     softmax(w)
     if acc.shape[0] == 0:  # weights only
         return OK

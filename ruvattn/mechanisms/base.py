@@ -24,6 +24,7 @@ and neighbour forms have correct (looping) defaults that fast mechanisms overrid
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from abc import ABC, abstractmethod
@@ -109,6 +110,14 @@ def build(spec: Mapping[str, Any] | str) -> Attention:
     return mechanism_class(spec["type"]).from_dict(spec)
 
 
+_VALUE_CHECKED: set[Callable[..., Any]] = set()  # forward_neighbours wrappers already installed
+
+
+def _raw(keys: Any) -> bool:
+    """Keys given as a plain array or list (not a prepared form that carries its values)."""
+    return isinstance(keys, np.ndarray) or type(keys) in (list, tuple)
+
+
 class Complexity(str):
     """The specification's ``Complexity``: a description (the string itself) and its ``kind`` in the
     number of keys ``n`` -- ``"linear"``, ``"linearithmic"``, ``"quadratic"`` or ``"custom"``.
@@ -160,6 +169,22 @@ class Attention(Parametrized, ABC):
     empty_keys_raise: ClassVar[bool] = True
     #: Whether :meth:`backward` is implemented (the training hook).
     supports_backward: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every ``forward_neighbours`` a mechanism defines refuses ``values=None`` with raw keys (one
+        rule for all forms: values are never taken from the keys or silently dropped)."""
+        super().__init_subclass__(**kwargs)
+        fn = cls.__dict__.get("forward_neighbours")
+        if fn is not None and fn not in _VALUE_CHECKED:
+
+            @functools.wraps(fn)
+            def forward_neighbours(self: Attention, queries: Any, keys: Any, values: Any, *args: Any, **kw: Any) -> Any:
+                if values is None and _raw(keys):
+                    raise V.values_required(f"{self.kind}.forward_neighbours")
+                return fn(self, queries, keys, values, *args, **kw)
+
+            _VALUE_CHECKED.add(forward_neighbours)
+            type.__setattr__(cls, "forward_neighbours", forward_neighbours)
 
     def train(self: _A, mode: bool = True) -> _A:
         """Training mode turns on dropout / noise (if configured); returns ``self``."""
@@ -284,13 +309,12 @@ class Attention(Parametrized, ABC):
         """``(keys, values)`` from raw arrays or a :class:`Prepared` of this mechanism."""
         if isinstance(keys, Prepared):
             if values is not None:
-                raise InvalidConfig(f"{op}: keys were prepared with their values; pass values=None.")
+                raise V.values_with_prepared(op)
             if keys.owner is not self or keys.version != self.state_version:
-                raise InvalidConfig(f"{op}: these keys were prepared by another mechanism or before its state "
-                                    "was loaded; call prepare() again.")  # fmt: skip
+                raise V.stale_prepared(op)
             return keys.keys, keys.values
         if values is None:
-            raise InvalidConfig(f"{op}: values are required (or pass keys prepared with prepare(keys, values)).")
+            raise V.values_required(op)
         return self._key_value_tables(op, keys, values)
 
     def _key_value_tables(self, op: str, keys: Any, values: Any) -> tuple[Array, Array]:

@@ -71,7 +71,7 @@ from ruvattn.errors import (
 )
 from ruvattn.kernels import attention as K
 from ruvattn.mechanisms.base import DROPOUT, SEED, Complexity, Example, register
-from ruvattn.mechanisms.multi_head import MultiHeadAttention, ProjectedKeysValues
+from ruvattn.mechanisms.multi_head import MultiHeadAttention, ProjectedKeysValues, _wide
 
 __all__ = ["DynamicHeadAttention"]
 
@@ -90,7 +90,7 @@ def _importance(owner: str, value: Any, heads: int) -> NDArray[np.float64]:
     """``value`` as a validated read-only float64 array ``(heads,)``: finite and non-negative."""
     try:
         arr = np.array(value, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InvalidConfig(f"{owner}: 'importance' must hold real numbers; got {value!r}.") from None
     if arr.shape != (heads,):
         raise DimensionMismatch(f"{owner}: 'importance' has shape {arr.shape}, expected ({heads},) (one per head).")
@@ -139,7 +139,10 @@ class DynamicHeadAttention(MultiHeadAttention):
                 f"{owner}: 'budget' must be an integer in [1, num_heads={h}] or None; got {p.budget!r}."
             )
         if p.importance is not None:
-            _importance(owner, p.importance, h)
+            try:
+                _importance(owner, p.importance, h)
+            except DimensionMismatch as exc:  # a parameter of the wrong length is a configuration error
+                raise InvalidConfig(str(exc)) from None
 
     def _state_shapes(self) -> dict[str, tuple[int, ...]]:
         return {**super()._state_shapes(), "head_importance": (self.num_heads,)}
@@ -259,10 +262,13 @@ class DynamicHeadAttention(MultiHeadAttention):
             cache[1][key] = got
         return got
 
-    def _active_kv(self, op: str, keys: Any, values: Any, active: IntArray) -> tuple[Array, Array, np.dtype]:
-        """Transposed keys/values ``(k·d/H, n)`` of the active heads only."""
+    def _active_kv(
+        self, op: str, keys: Any, values: Any, active: IntArray, query: Any
+    ) -> tuple[Array, Array, np.dtype]:
+        """Transposed keys/values ``(k·d/H, n)`` of the active heads only, in the call's dtype (float64
+        if ``query``, keys or values are)."""
         if isinstance(keys, ProjectedKeysValues):
-            kv = self._projected_kv(op, keys, values)  # owner and values=None checks
+            kv = self._projected_kv(op, keys, values, query)  # owner, values=None and dtype checks
             key = tuple(active.tolist())
             cached = self._kv_cache
             if cached is not None and cached[0] is kv and cached[1] == key:
@@ -276,10 +282,10 @@ class DynamicHeadAttention(MultiHeadAttention):
             self._kv_cache = (kv, key, kt, vt)
             return kt, vt, kv.keys.dtype
         if values is None:
-            raise DimensionMismatch(f"{op}: values are required with raw keys.")
+            raise V.values_required(op)
         k = V.as_array(keys, op, "keys", 2)
         v = V.as_array(values, op, "values", 2)
-        dt = V.common_dtype(k, v)
+        dt = np.dtype(np.float64) if _wide(query) else V.common_dtype(k, v)
         V.check_width(op, "keys", k, self.hidden_dim)
         V.check_width(op, "values", v, self.hidden_dim)
         V.check_keys_values(op, k, v)
@@ -335,7 +341,7 @@ class DynamicHeadAttention(MultiHeadAttention):
             out = super().forward(query, keys, values, mask=mask, bias=bias, ids=ids)
         else:
             self._subset_only(op, mask, bias, ids)
-            kt, vt, dt = self._active_kv(op, keys, values, active)
+            kt, vt, dt = self._active_kv(op, keys, values, active, query)
             out = self._forward_active(op, query, kt, vt, dt, active)
         self.last_active_heads = active
         return out, active
@@ -355,7 +361,7 @@ class DynamicHeadAttention(MultiHeadAttention):
             out = super().forward_batch(queries, keys, values, mask=mask, bias=bias)
         else:
             self._subset_only(op, mask, bias, None)
-            kt, vt, dt = self._active_kv(op, keys, values, active)
+            kt, vt, dt = self._active_kv(op, keys, values, active, queries)
             qs = V.as_array(queries, op, "queries", 2, dt)
             V.check_width(op, "queries", qs, self.hidden_dim)
             out = np.empty((qs.shape[0], self.hidden_dim), dt)

@@ -355,7 +355,7 @@ class LinearAttention(Attention):
                 f"this mechanism has feature_map={self.config.feature_map!r}, dim {self.hidden_dim}."
             )
         if values is not None:
-            raise DimensionMismatch(f"{op}: pass values=None with a LinearSummary (it carries the values).")
+            raise V.values_with_prepared(op)
         if mask is not None:
             raise Unsupported(f"{op}: apply a mask when the summary is made: summarize(keys, values, mask=...).")
 
@@ -405,7 +405,7 @@ class LinearAttention(Attention):
         to keep), in ``O(n·F·(d + dv))``; then ``forward(query, summary)`` is ``O(F·(d + dv))`` per query."""
         op = f"{self.kind}.summarize"
         if values is None:
-            raise DimensionMismatch(f"{op}: values are required.")
+            raise V.values_required(op, None)
         k, v = self._key_value_tables(op, keys, values)
         summary = self._summary(op, k, v, *self._keep(op, mask, k.shape[0]))
         self._tick()
@@ -434,7 +434,7 @@ class LinearAttention(Attention):
                     return out
         op = f"{self.kind}.forward"
         if values is None:
-            raise DimensionMismatch(f"{op}: values are required with raw keys (or pass a LinearSummary as keys).")
+            raise V.values_required(op, "a LinearSummary")
         q, k, v, dt = self._tables(op, query, keys, values, "query")
         keep, use_keep = self._keep(op, mask, k.shape[0])
         out = np.empty(v.shape[1], dt)
@@ -484,7 +484,7 @@ class LinearAttention(Attention):
             raw = False
         else:
             if values is None:
-                raise DimensionMismatch(f"{op}: values are required with raw keys (or pass a LinearSummary as keys).")
+                raise V.values_required(op, "a LinearSummary")
             qs, k, v, _ = self._tables(op, queries, keys, values)
             summary = self._summary(op, k, v, *self._keep(op, mask, k.shape[0], batch=True))
             raw = True

@@ -101,15 +101,36 @@ def _weight_list(owner: str, name: str, value: Any) -> list[float]:
     return V.float_list(owner, name, value)
 
 
+def _is_ball(m: Manifold) -> bool:
+    return m.name == "poincare" and m.curvature < 0
+
+
 def _keep(op: str, mask: Any, n: int) -> NDArray[np.bool_] | None:
     return None if mask is None else V.as_keep(op, mask, (n,))
+
+
+_F64 = np.dtype(np.float64)
+
+
+def _inputs(
+    attn: ManifoldAttention | MixedCurvatureAttention, op: str, query: Any, keys: Any, values: Any, name: str
+) -> tuple[Array, Array, Array, np.dtype]:
+    """``attn._tables`` plus the checks the generic path makes up front, in the caller's names: every
+    input finite, and query/key/value rows inside a Poincaré factor's ball (:class:`OutOfBounds`)."""
+    q, k, v, dt = attn._tables(op, query, keys, values, name)
+    arrays = {name: q, "keys": k} if values is None else {name: q, "keys": k, "values": v}
+    V.check_finite(op, **arrays)
+    for m, sl in attn._balls():
+        for arg, x in arrays.items():
+            V.check_ball(op, arg, x[..., sl], m.c)
+    return q, k, v, dt
 
 
 def _batch(
     attn: ManifoldAttention | MixedCurvatureAttention, op: str, queries: Any, keys: Any, values: Any, mask: Any
 ) -> Array:
     """``attn.forward`` for each query row (validated once; an empty batch gives an empty result)."""
-    qs, k, v, dt = attn._tables(op, queries, keys, values)
+    qs, k, v, dt = attn._inputs(op, queries, keys, values, "queries")
     m, n = qs.shape[0], k.shape[0]
     keep, mode = _mode_array(op, "mask", mask, m, n, None)
     out = np.empty((m, v.shape[1]), dt)
@@ -129,7 +150,7 @@ def _neighbours(
     origin: Callable[[int, np.dtype], Array],
 ) -> Array:
     """``attn.forward`` of node ``i`` over its own neighbour rows; ``origin(width, dtype)`` for no neighbours."""
-    qs, k, v, dt = attn._tables(op, queries, keys, values)
+    qs, k, v, dt = attn._inputs(op, queries, keys, values, "queries")
     nl = as_neighbours(op, neighbours, qs.shape[0], k.shape[0])
     out = np.empty((qs.shape[0], v.shape[1]), dt)
     for i in range(qs.shape[0]):
@@ -190,22 +211,31 @@ class ManifoldAttention(Attention):
         keep = _keep(op, mask, n)
         if n == 0 or (keep is not None and not keep.any()):
             raise EmptyInput(f"{op}: nothing to attend over: the key set is empty or every key is masked out.")
-        scores = -self._manifold.dist(q, k).astype(np.float64) / float(self.config.temperature)
+        # distances in float64 whatever the input dtype (a float32 distance overflows at ~1.8e19 per
+        # coordinate); a score that still overflows is an error, never a zero weight
+        scores = -self._manifold.dist(q.astype(_F64), k.astype(_F64)) / float(self.config.temperature)
         if keep is not None:
             scores[~keep] = -np.inf
+        V.check_scores(op, scores, keep)
         return _softmax(scores)
 
+    def _balls(self) -> list[tuple[Manifold, slice]]:
+        """The Poincaré-ball factors (their points must lie inside the ball) and their columns."""
+        return [(self._manifold, slice(None))] if _is_ball(self._manifold) else []
+
+    _inputs = _inputs
+
     def _weights_one(self, op: str, query: Any, keys: Any, *, mask: Any = None) -> Array:
-        q, k, _, dt = self._tables(op, query, self._check_keys(op, keys), None, "query")
+        q, k, _, dt = self._inputs(op, query, self._check_keys(op, keys), None, "query")
         return self._weights(op, q, k, mask).astype(dt)[None, :]
 
     def forward(self, query: Any, keys: Any, values: Any = None, *, mask: Any = None) -> Array:
         op = self.kind + ".forward"
         keys, values = self._kv(op, keys, values)
-        q, k, v, dt = self._tables(op, query, keys, values, "query")
+        q, k, v, dt = self._inputs(op, query, keys, values, "query")
         w = self._weights(op, q, k, mask)
         live = w > 0
-        return np.asarray(self._manifold.midpoint(v[live], w[live]), dt)
+        return V.check_output(op, self._manifold.midpoint(v[live].astype(_F64), w[live]), dt)
 
     def forward_batch(self, queries: Any, keys: Any, values: Any = None, *, mask: Any = None) -> Array:
         """``(m, d)`` queries over one key set -> ``(m, dv)``; ``mask`` ``(n,)`` or ``(m, n)`` (a loop)."""
@@ -314,10 +344,15 @@ class MixedCurvatureAttention(Attention):
         return Complexity("linear", "O(n·d) time and memory per query (one distance per factor)")
 
     def _distances(self, q: Array, k: Array) -> NDArray[np.float64]:
-        """``(p, n)`` per-factor distances."""
-        return np.stack(
-            [m.dist(q[sl], k[:, sl]).astype(np.float64) for (m, _), sl in zip(self.factors, self._slices, strict=True)]
-        )
+        """``(p, n)`` per-factor distances, in float64 whatever the input dtype."""
+        q, k = q.astype(_F64), k.astype(_F64)
+        return np.stack([m.dist(q[sl], k[:, sl]) for (m, _), sl in zip(self.factors, self._slices, strict=True)])
+
+    def _balls(self) -> list[tuple[Manifold, slice]]:
+        """The Poincaré-ball factors (their points must lie inside the ball) and their columns."""
+        return [(m, sl) for (m, _), sl in zip(self.factors, self._slices, strict=True) if _is_ball(m)]
+
+    _inputs = _inputs
 
     def _weights(self, op: str, q: Array, k: Array, mask: Any) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         n = k.shape[0]
@@ -325,13 +360,16 @@ class MixedCurvatureAttention(Attention):
         if n == 0 or (keep is not None and not keep.any()):
             raise EmptyInput(f"{op}: nothing to attend over: the key set is empty or every key is masked out.")
         dists = self._distances(q, k)
-        scores = -(self.component_weights_ @ dists) / float(self.config.temperature)
+        beta = self.component_weights_
+        # a factor of weight 0 contributes nothing, even where its distance overflowed (no 0·inf = NaN)
+        scores = -np.einsum("c,cn->n", beta, np.where(beta[:, None] == 0, 0.0, dists)) / float(self.config.temperature)
         if keep is not None:
             scores[~keep] = -np.inf
+        V.check_scores(op, scores, keep)
         return _softmax(scores), dists
 
     def _weights_one(self, op: str, query: Any, keys: Any, *, mask: Any = None) -> Array:
-        q, k, _, dt = self._tables(op, query, self._check_keys(op, keys), None, "query")
+        q, k, _, dt = self._inputs(op, query, self._check_keys(op, keys), None, "query")
         return self._weights(op, q, k, mask)[0].astype(dt)[None, :]
 
     def _values(self, op: str, v: Array) -> None:
@@ -342,10 +380,10 @@ class MixedCurvatureAttention(Attention):
     def forward(self, query: Any, keys: Any, values: Any = None, *, mask: Any = None) -> Array:
         op = self.kind + ".forward"
         keys, values = self._kv(op, keys, values)
-        q, k, v, dt = self._tables(op, query, keys, values, "query")
+        q, k, v, dt = self._inputs(op, query, keys, values, "query")
         self._values(op, v)
         w, _ = self._weights(op, q, k, mask)
-        return self._aggregate(v, w).astype(dt)
+        return V.check_output(op, self._aggregate(v, w), dt)
 
     def _aggregate(self, v: Array, w: NDArray[np.float64]) -> NDArray[np.float64]:
         live = w > 0
@@ -377,9 +415,10 @@ class MixedCurvatureAttention(Attention):
         differentiated.
         """
         op = self.kind + ".component_weights_grad"
-        q, k, v, _ = self._tables(op, query, keys, values, "query")
+        q, k, v, _ = self._inputs(op, query, keys, values, "query")
         self._values(op, v)
         g = V.as_array(upstream, op, "upstream", 1, np.dtype(np.float64))
+        V.check_finite(op, upstream=g)
         V.check_width(op, "upstream", g[None], self.config.dim)
         w, dists = self._weights(op, q, k, None)
         v64 = v.astype(np.float64)
@@ -407,23 +446,29 @@ class MixedCurvatureAttention(Attention):
         ``component_weights_`` in place; returns the loss before each step and after the last.
         """
         op = self.kind + ".fit_component_weights"
-        qs, k, v, _ = self._tables(op, queries, keys, values)
+        qs, k, v, _ = self._inputs(op, queries, keys, values, "queries")
         tg = V.as_array(targets, op, "targets", 2, np.dtype(np.float64))
+        V.check_finite(op, targets=tg)
         if tg.shape != (qs.shape[0], self.config.dim):
             raise DimensionMismatch(f"{op}: targets has shape {tg.shape}, expected ({qs.shape[0]}, {self.config.dim}).")
         steps = V.positive_int(op, "steps", steps)
         lr = V.positive_float(op, "learning_rate", learning_rate)
         assert lr is not None
-        history = []
-        for step in range(steps + 1):
-            outs = np.stack([self.forward(q, k, v).astype(np.float64) for q in qs])
-            history.append(float(np.mean(np.sum((outs - tg) ** 2, axis=1))))
-            if step == steps:
-                break
-            grad = np.zeros_like(self.component_weights_)
-            for q, o, t in zip(qs, outs, tg, strict=True):
-                grad += self.component_weights_grad(q, k, v, 2 * (o - t) / qs.shape[0])
-            self.component_weights_ = np.maximum(self.component_weights_ - lr * grad, 0.0)
-            if not math.isfinite(float(self.component_weights_.sum())):
-                raise InvalidConfig(f"{op}: the weights diverged; lower learning_rate (got {lr}).")
+        history: list[float] = []
+        start = self.component_weights_.copy()
+        try:
+            for step in range(steps + 1):
+                outs = np.stack([self.forward(q, k, v).astype(np.float64) for q in qs])
+                history.append(float(np.mean(np.sum((outs - tg) ** 2, axis=1))))
+                if step == steps:
+                    break
+                grad = np.zeros_like(self.component_weights_)
+                for q, o, t in zip(qs, outs, tg, strict=True):
+                    grad += self.component_weights_grad(q, k, v, 2 * (o - t) / qs.shape[0])
+                self.component_weights_ = np.maximum(self.component_weights_ - lr * grad, 0.0)
+                if not math.isfinite(float(self.component_weights_.sum())):
+                    raise InvalidConfig(f"{op}: the weights diverged; lower learning_rate (got {lr}).")
+        except BaseException:
+            self.component_weights_ = start  # all or nothing: a failed fit leaves the weights as they were
+            raise
         return history

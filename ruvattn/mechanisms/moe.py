@@ -238,10 +238,9 @@ class MoEAttention(Attention):
         """``(keys, values, per-expert forms)``: prepared forms, or the raw arrays for every expert."""
         if isinstance(keys, PreparedKeys):
             if keys.owner is not self or keys.version != self.state_version:
-                raise InvalidConfig(f"{op}: these keys were prepared by another MoEAttention or before its state "
-                                    "was loaded; call prepare() again.")  # fmt: skip
+                raise V.stale_prepared(op, "MoEAttention")
             if values is not None:
-                raise InvalidConfig(f"{op}: keys were prepared with their values; pass values=None.")
+                raise V.values_with_prepared(op)
             return keys.keys, keys.values, keys.forms
         k, v = self._unprepare(op, keys, values)
         return k, v, (None,) * len(self.experts)
@@ -283,9 +282,10 @@ class MoEAttention(Attention):
                 self._run_expert(self.experts[e], q, keys, values, forms[e], {"edge_features": edge_features})
             )
             out = w * y if out is None else out + w * y
+        dt = V.common_dtype(q, keys, values)  # the contract's rule: float64 if any input is float64
         if out is None:  # dropped (only possible with capacity limits, which do not apply to one query)
-            return np.zeros(self.output_dim, q.dtype)
-        return out.astype(q.dtype if q.dtype in (np.float32, np.float64) else np.float64, copy=False)
+            return np.zeros(self.output_dim, dt)
+        return V.check_output(op, out, dt)
 
     def get_routing(self, query: Any) -> list[tuple[int, float]]:
         """``[(expert index, weight), ...]`` for one query, best first (the specification's ``get_routing``)."""
@@ -317,7 +317,7 @@ class MoEAttention(Attention):
         V.check_width(op, "queries", qs, self.config.dim)
         routing = self.router.route(qs)
         self.last_routing = routing
-        dt = qs.dtype
+        dt = V.common_dtype(qs, keys, values)
         out = np.zeros((qs.shape[0], self.output_dim), np.float64)
         for e, expert in enumerate(self.experts):
             rows, slots = np.nonzero(routing.experts == e)
@@ -331,7 +331,7 @@ class MoEAttention(Attention):
             if ys.shape[1] != self.output_dim:
                 raise DimensionMismatch(f"{op}: expert {e} returned width {ys.shape[1]}, expected {self.output_dim}.")
             np.add.at(out, rows, routing.weights[rows, slots][:, None] * ys)
-        return out.astype(dt)
+        return V.check_output(op, out, dt)
 
     def expert_outputs(self, queries: Any, keys: Any, values: Any) -> NDArray[np.float64]:
         """Every expert's output for every query, ``(E, m, dv_out)`` float64 (for training and analysis)."""

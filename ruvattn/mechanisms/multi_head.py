@@ -39,7 +39,7 @@ from numpy.typing import NDArray
 
 from ruvattn import _validation as V
 from ruvattn._params import Param, ParamSet
-from ruvattn.errors import DimensionMismatch, InvalidConfig, NumericalInstability, Unsupported
+from ruvattn.errors import InvalidConfig, NumericalInstability
 from ruvattn.kernels import attention as K
 from ruvattn.mechanisms.base import DIM, DROPOUT, SEED, Attention, Complexity, register
 from ruvattn.mechanisms.scaled_dot import DropoutMixin
@@ -81,6 +81,16 @@ class ProjectedKeysValues:
     @cached_property
     def values_t(self) -> Array:
         return np.ascontiguousarray(self.values.T)
+
+
+_F32 = np.dtype(np.float32)
+
+
+def _wide(x: Any) -> bool:
+    """Whether ``x`` counts as float64 under the promotion rule (float32/float16 do not; integers and
+    Python floats become float64, as in :func:`ruvattn._validation.as_array`)."""
+    dt = x.dtype if type(x) is np.ndarray else np.asarray(x).dtype
+    return not (dt is _F32 or dt == np.float32 or dt == np.float16)
 
 
 @register("multi_head")
@@ -176,10 +186,10 @@ class MultiHeadAttention(DropoutMixin, Attention):
         """Project keys (and values; default: the keys) once for many queries."""
         return self._project(f"{self.kind}.project", keys, values)
 
-    def _project(self, op: str, keys: Any, values: Any | None) -> ProjectedKeysValues:
+    def _project(self, op: str, keys: Any, values: Any | None, wide: bool = False) -> ProjectedKeysValues:
         k = V.as_array(keys, op, "keys", 2)
         v = V.as_array(values, op, "values", 2) if values is not None else k
-        dt = V.common_dtype(k, v)
+        dt = np.dtype(np.float64) if wide else V.common_dtype(k, v)
         V.check_width(op, "keys", k, self.hidden_dim)
         V.check_width(op, "values", v, self.hidden_dim)
         V.check_keys_values(op, k, v)
@@ -193,17 +203,21 @@ class MultiHeadAttention(DropoutMixin, Attention):
         """Keys and values projected once (:meth:`project`)."""
         return self._project(f"{self.kind}.prepare", keys, values)
 
-    def _projected_kv(self, op: str, keys: Any, values: Any) -> ProjectedKeysValues:
+    def _projected_kv(self, op: str, keys: Any, values: Any, query: Any = None) -> ProjectedKeysValues:
+        """Projected keys/values in the call's dtype: float64 if the query, keys or values are (the
+        contract's promotion rule; float32 tables prepared earlier are widened for a float64 query)."""
         if isinstance(keys, ProjectedKeysValues):
             if keys.owner is not self or keys.version != self.state_version:
-                raise Unsupported(f"{op}: these keys were projected by another MultiHeadAttention or before its "
-                                  "state was loaded; project them again.")  # fmt: skip
+                raise V.stale_prepared(op, "MultiHeadAttention")
             if values is not None:
-                raise DimensionMismatch(f"{op}: pass values=None with projected keys (they carry their values).")
+                raise V.values_with_prepared(op)
+            if query is not None and keys.keys.dtype is _F32 and _wide(query):
+                f64 = np.float64
+                return ProjectedKeysValues(keys.keys.astype(f64), keys.values.astype(f64), keys.owner, keys.version)
             return keys
         if values is None:
-            raise DimensionMismatch(f"{op}: values are required with raw keys.")
-        return self._project(op, keys, values)
+            raise V.values_required(op)
+        return self._project(op, keys, values, query is not None and _wide(query))
 
     def _query(self, op: str, query: Any, dt: np.dtype) -> Array:
         """The projected query.  NaN/inf in it is caught by the kernel; :meth:`_attend` then names the raw entry."""
@@ -250,7 +264,7 @@ class MultiHeadAttention(DropoutMixin, Attention):
     def _heads(
         self, op: str, query: Any, keys: Any, values: Any, mask: Any, bias: Any, ids: Any
     ) -> tuple[Array, Array, np.dtype]:
-        kv = self._projected_kv(op, keys, values)
+        kv = self._projected_kv(op, keys, values, query)
         dt = kv.keys.dtype
         heads_out, w, _ = self._attend(op, query, kv, kv.values, mask, bias, ids)
         if self._dropping:
@@ -264,7 +278,7 @@ class MultiHeadAttention(DropoutMixin, Attention):
         """Output ``(d,)`` of one query; ``keys`` may be a :class:`ProjectedKeysValues`."""
         op = f"{self.kind}.forward"
         if mask is None and bias is None and ids is None and not self._dropping:
-            out = self._forward_fast(op, query, self._projected_kv(op, keys, values))
+            out = self._forward_fast(op, query, self._projected_kv(op, keys, values, query))
             if out is not None:
                 return out
         # masks, ids, dropout, or an error to report: the general path
@@ -284,11 +298,11 @@ class MultiHeadAttention(DropoutMixin, Attention):
         self, op: str, query: Any, keys: Any, *, mask: Any = None, bias: Any = None, ids: Any = None
     ) -> Array:
         """Weights ``(h, n)`` of every head (before dropout); their mean is torch's ``average_attn_weights``."""
-        kv = self._projected_kv(op, keys, keys if not isinstance(keys, ProjectedKeysValues) else None)
+        kv = self._projected_kv(op, keys, keys if not isinstance(keys, ProjectedKeysValues) else None, query)
         return self._attend(op, query, kv, None, mask, bias, ids)[1]
 
     def _weights_batch(self, op: str, queries: Any, keys: Any, *, mask: Any = None, bias: Any = None) -> Array:
-        kv = self._projected_kv(op, keys, keys if not isinstance(keys, ProjectedKeysValues) else None)
+        kv = self._projected_kv(op, keys, keys if not isinstance(keys, ProjectedKeysValues) else None, queries)
         q = self._project_queries(op, queries, kv.keys.dtype)
         w = self._many(op, q, kv.keys, None, mask, bias, self.num_heads, self._scale(self.hidden_dim), True)[1]
         return w.transpose(1, 0, 2)
@@ -304,7 +318,7 @@ class MultiHeadAttention(DropoutMixin, Attention):
         self, op: str, queries: Any, keys: Any, values: Any
     ) -> tuple[ProjectedKeysValues, Array, int, float]:
         """``(projected keys/values, projected queries, heads, scale)`` for the batched forms."""
-        kv = self._projected_kv(op, keys, values)
+        kv = self._projected_kv(op, keys, values, queries)
         return kv, self._project_queries(op, queries, kv.keys.dtype), self.num_heads, self._scale(self.hidden_dim)
 
     def forward_batch(self, queries: Any, keys: Any, values: Any = None, *, mask: Any = None,
@@ -323,7 +337,7 @@ class MultiHeadAttention(DropoutMixin, Attention):
 
     def _weights_neighbours(self, op: str, queries: Any, keys: Any, neighbours: Any) -> Array:
         """Per-head, per-edge weights ``(h, nnz)`` aligned with the neighbour ids (before dropout)."""
-        kv = self._projected_kv(op, keys, keys if not isinstance(keys, ProjectedKeysValues) else None)
+        kv = self._projected_kv(op, keys, keys if not isinstance(keys, ProjectedKeysValues) else None, queries)
         q = self._project_queries(op, queries, kv.keys.dtype)
         h = self.num_heads
         return self._neighbours(op, q, kv.keys, None, neighbours, h, self._scale(self.hidden_dim), True)[1]

@@ -186,8 +186,9 @@ class ScaledDotProductAttention(DropoutMixin, Attention):
         if g.shape != (qs.shape[0], v.shape[1]):
             want = (v.shape[1],) if single else (qs.shape[0], v.shape[1])
             raise DimensionMismatch(f"{op}: grad_output has shape {np.shape(grad_output)}, expected {want}.")
+        V.check_finite(op, grad_output=g)  # a NaN upstream gradient is an error, never NaN gradients
         dp = g @ v.T
         ds = p * (dp - (p * dp).sum(axis=1, keepdims=True))
         q = V.as_array(qs, op, "query", 2, p.dtype)
-        gq, gk, gv = (ds @ k) * sc, (ds.T @ q) * sc, p.T @ g
+        gq, gk, gv = (V.check_output(op, x, p.dtype) for x in ((ds @ k) * sc, (ds.T @ q) * sc, p.T @ g))
         return Gradients(gq[0] if single else gq, gk, gv)

@@ -13,17 +13,27 @@ flag is changed once for the whole package.
   every kernel in both dtypes) and a cached start short (under a second).
 * ``JIT_DISABLED`` mirrors ``NUMBA_DISABLE_JIT``: the kernels then run as plain
   Python, which is how the test suite measures their coverage.
+* :func:`parallel_njit` is the one decorator of the parallel (``prange``) kernels.  The kernels are
+  ``nogil``, so several Python threads can launch them at once; Numba's ``workqueue`` threading
+  layer (what a machine without OpenMP or TBB gets) is not threadsafe and aborts the whole process
+  (SIGABRT) when that happens.  Its dispatchers (:class:`ParallelDispatcher`) therefore take one
+  process-wide lock around a launch until the first launch has shown the layer to be threadsafe
+  (``tbb`` or ``omp``, :data:`THREADSAFE_LAYERS`); from then on a launch is one flag read more.
+  Serial kernels (every single-query path) are plain dispatchers and never wait.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numba
+from numba.core.registry import CPUDispatcher
 
-__all__ = ["CACHE", "FASTMATH", "JIT_DISABLED", "threads"]
+__all__ = ["CACHE", "FASTMATH", "JIT_DISABLED", "THREADSAFE_LAYERS", "ParallelDispatcher", "parallel_njit", "threads"]
 
 
 def _env_flag(name: str, default: bool) -> bool:
@@ -42,6 +52,69 @@ CACHE: bool = _env_flag("RUVATTN_NUMBA_CACHE", True)
 
 #: True when Numba runs the kernels as Python (``NUMBA_DISABLE_JIT=1``).
 JIT_DISABLED: bool = bool(numba.config.DISABLE_JIT)
+
+#: Numba threading layers that take parallel kernels launched from several Python threads at once
+#: (Numba's threading-layer docs: ``tbb`` and ``omp`` are threadsafe, ``workqueue`` is not).
+THREADSAFE_LAYERS: frozenset[str] = frozenset({"tbb", "omp"})
+
+_launch_lock = threading.Lock()
+#: True once a parallel kernel has run and Numba's layer is in THREADSAFE_LAYERS (it never changes after).
+_threadsafe = False
+_launch = CPUDispatcher.__call__  # the compiled dispatch (C), without the lock
+
+
+def _renew_lock() -> None:
+    """A forked child starts with a free lock (the parent's may have been held by another thread)."""
+    global _launch_lock
+    _launch_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_renew_lock)
+
+
+def layer_threadsafe() -> bool | None:
+    """Whether the active Numba threading layer is threadsafe; ``None`` before any parallel kernel ran."""
+    try:
+        return numba.threading_layer() in THREADSAFE_LAYERS
+    except ValueError:  # no parallel kernel has run yet: the layer is not chosen
+        return None
+
+
+class ParallelDispatcher(CPUDispatcher):  # type: ignore[misc]
+    """The dispatcher of a parallel kernel (made by :func:`parallel_njit`): a launch holds one
+    process-wide lock unless the threading layer is known to be threadsafe.
+
+    Under ``workqueue`` this serialises concurrent launches (each one uses every Numba thread anyway)
+    instead of aborting the process.  Everything else (compiling, caching, ``signatures``,
+    ``py_func``) is Numba's own ``CPUDispatcher``.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        global _threadsafe
+        if _threadsafe:
+            return _launch(self, *args, **kwargs)
+        with _launch_lock:
+            result = _launch(self, *args, **kwargs)
+            _threadsafe = layer_threadsafe() is True
+        return result
+
+
+def parallel_njit(**options: Any) -> Callable[[Callable[..., Any]], Any]:
+    """``numba.njit(parallel=True, **options)`` whose dispatchers are :class:`ParallelDispatcher` (with
+    ``NUMBA_DISABLE_JIT`` the plain function: ``prange`` is then ``range`` and the GIL serialises).
+
+    Every parallel kernel of the package is declared with it, so none can be launched unguarded.
+    """
+    jit = numba.njit(parallel=True, **options)
+
+    def decorate(fn: Callable[..., Any]) -> Any:
+        kernel = jit(fn)
+        if isinstance(kernel, CPUDispatcher):
+            # Numba builds its own dispatcher (options, caching); only the class is ours: it adds __call__.
+            kernel.__class__ = ParallelDispatcher
+        return kernel
+
+    return decorate
 
 
 @contextmanager

@@ -36,7 +36,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from ruvattn._config import CACHE, FASTMATH, JIT_DISABLED
+from ruvattn._config import CACHE, FASTMATH, JIT_DISABLED, parallel_njit
 
 OK = 0
 EMPTY = 1
@@ -48,8 +48,10 @@ _serial = njit(fastmath=FASTMATH, cache=CACHE, nogil=True)
 # reference counting (atomic increments) on the array views passed between them.
 _inline = njit(fastmath=FASTMATH, cache=CACHE, nogil=True, inline="always")
 # Parallel kernels are cached too: without it every new process spent ~90 s recompiling
-# them (measured); with it a warm start loads everything in under a second.
-_parallel = njit(fastmath=FASTMATH, parallel=True, nogil=True, cache=CACHE)
+# them (measured); with it a warm start loads everything in under a second.  Their dispatchers
+# serialise launches from several Python threads when the threading layer is not threadsafe
+# (workqueue would abort the process): see ruvattn._config.parallel_njit.
+_parallel = parallel_njit(fastmath=FASTMATH, nogil=True, cache=CACHE)
 
 # --------------------------------------------------------------------------
 # Primitives

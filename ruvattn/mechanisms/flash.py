@@ -112,8 +112,11 @@ class FlashAttention(Attention):
         lse = np.empty(m, dt)
         status = np.empty(m, np.int8)
         sc = dt.type(self._scale(self.hidden_dim))
-        K.flash_many(qs, k, v, keep, keep_mode, b, bias_mode, sc, self.config.block_size, out, lse, status,
-                     K.chunk_size(m))  # fmt: skip
+        if m == 1:  # one query (forward): its serial chunk, no thread-pool launch on the hot path
+            K.flash_chunk(qs, k, v, keep, keep_mode, b, bias_mode, sc, self.config.block_size, out, lse, status, 0, 1)
+        else:
+            K.flash_many(qs, k, v, keep, keep_mode, b, bias_mode, sc, self.config.block_size, out, lse, status,
+                         K.chunk_size(m))  # fmt: skip
         if status.any():
             V.raise_for_status(op, status, query=qs, keys=k, values=v, bias=b if bias_mode else None)
         return out, lse

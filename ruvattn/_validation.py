@@ -30,14 +30,17 @@ def _shape(x: Any) -> str:
 
 
 def as_array(x: Any, op: str, name: str, ndim: int, dtype: np.dtype | None = None) -> NDArray[np.floating]:
-    """Convert ``x`` to a C-contiguous float32/float64 array of ``ndim`` dimensions.
+    """Convert ``x`` to a C-contiguous, aligned, writeable float32/float64 array of ``ndim`` dimensions.
 
-    A float32/float64 C-contiguous array of the right dtype passes through
-    unchanged (no copy).  Lists of vectors are converted once.  ``dtype`` forces
-    the result dtype; otherwise float32/float64 are kept, float16 becomes
-    float32 and anything else float64.
+    Such an array of the right dtype passes through unchanged (no copy).  Any other layout -- a
+    strided slice, Fortran order, a read-only or unaligned buffer (``np.frombuffer``, a read-only
+    memmap) -- is copied once: the kernels are compiled for that one layout, and every other one
+    would cost a new Numba specialisation (seconds of compiling, measured 2-17 s, the first time
+    it is seen).  The inputs are never written to.  Lists of vectors are converted once.
+    ``dtype`` forces the result dtype; otherwise float32/float64 are kept, float16 becomes float32
+    and anything else float64.
     """
-    if type(x) is np.ndarray and x.ndim == ndim and x.flags.c_contiguous:  # the fast path: no copy, few checks
+    if type(x) is np.ndarray and x.ndim == ndim and x.flags.carray:  # the fast path: no copy, few checks
         dt = x.dtype
         if (dt is _F32 or dt is _F64) and (dtype is None or dt is dtype):
             return x
@@ -60,10 +63,10 @@ def as_array(x: Any, op: str, name: str, ndim: int, dtype: np.dtype | None = Non
             dtype = np.dtype(np.float64)
         else:
             raise DimensionMismatch(f"{op}: {name} must hold real numbers; got dtype {arr.dtype}.")
-    if arr.dtype != dtype or not arr.flags.c_contiguous:
+    if arr.dtype != dtype or not arr.flags.carray:  # carray: C-contiguous, aligned and writeable
         if arr.dtype.kind not in "fiub":
             raise DimensionMismatch(f"{op}: {name} must hold real numbers; got dtype {arr.dtype}.")
-        arr = np.ascontiguousarray(arr, dtype=dtype)
+        arr = np.array(arr, dtype=dtype, order="C")  # a copy (ascontiguousarray keeps a read-only array)
     return arr
 
 

@@ -442,12 +442,12 @@ class Attention(Parametrized, ABC):
                     and ks[1] == d
                     and ks[0] == vs[0]
                     and query.shape == (d,)
-                    and query.flags.c_contiguous
-                ):  # another layout would compile a new kernel specialisation: the general path copies it
+                    and query.flags.carray
+                ):  # carray: C-contiguous, aligned, writeable (any other layout: the general path copies it)
                     seen = self._contiguous
                     if keys is seen[0] and values is seen[1]:  # a layout never changes: checked once per pair
                         return dt
-                    if keys.flags.c_contiguous and values.flags.c_contiguous:
+                    if keys.flags.carray and values.flags.carray:
                         self._contiguous = (keys, values)
                         return dt
         return None

@@ -127,8 +127,9 @@ def run_analysis(args: argparse.Namespace) -> dict[str, Any]:
 
     results: list[dict[str, Any]] = []
     written: list[str] = []
+    built = {kind: _analysis_mechanism(kind, d, args, k) for kind in kinds}  # bad settings fail before the bar
     for kind in tqdm(kinds, desc="ruvattn analyze", file=sys.stderr, unit="mechanism"):
-        mech = _analysis_mechanism(kind, d, args, k)
+        mech = built[kind]
         xs = mech.embed(x)  # into the mechanism's input space (identity for Euclidean ones)
         per_head = mech.weights(xs[:m], xs, neighbours=nb[:m]).astype(np.float64).reshape(-1, m, k)
         weights = per_head.mean(axis=0)

@@ -6,19 +6,52 @@ attention.  ``ruvattn analyze`` prints attention statistics of a mechanism on a
 data set (entropy against ``log K``, effective support, top-k mass, sparsity,
 head diversity; routing balance for a mixture of experts), computed with
 :mod:`ruvattn.analysis`, and can write the matching widget's figures.  Results
-go to stdout, progress and errors to stderr; a bad flag exits with status 2 and
-a message naming it.
+go to stdout, progress and errors to stderr.
+
+Exit statuses, one rule for every command (:func:`main`, the only place that turns an exception
+into a status; a user never sees a traceback):
+
+- ``0``: done; ``1``: done, but an experiment run failed (``experiment run``, ``benchmark``,
+  ``compare``), or an internal error (a bug in ruvattn: one line naming it, the traceback only
+  with ``RUVATTN_DEBUG=1``);
+- ``2``: the input is at fault, with exactly one line on stderr, ``ruvattn <command>: error:
+  <message>``: a bad flag or value (argparse), a bad file or config
+  (:class:`~ruvattn.errors.AttentionError`), a file that cannot be read or written
+  (:class:`OSError`), a file that is not UTF-8 or not valid YAML/CSV, or input too large for memory;
+- ``130``: interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = ["main"]
+
+#: set to 1 to see the traceback of an internal error (a bug) instead of its one-line summary
+DEBUG_ENV = "RUVATTN_DEBUG"
+
+_EXIT_USAGE, _EXIT_INTERNAL, _EXIT_INTERRUPTED = 2, 1, 130
+
+
+def one_line(text: str) -> str:
+    r"""``text`` with its line breaks (and the blanks around them) collapsed to single spaces.
+
+    >>> one_line('not valid YAML\n  in "<unicode string>", line 1\n\n')
+    'not valid YAML in "<unicode string>", line 1'
+    """
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag prints one line (``<prog>: error: <message>``), not the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(_EXIT_USAGE, f"{self.prog}: error: {one_line(message)} (see: {self.prog} --help)\n")
 
 
 def _int_at_least(name: str, low: int) -> Callable[[str], int]:
@@ -74,7 +107,13 @@ figures (--figures DIR): DIR/<kind>.html and DIR/<kind>.svg: AttentionHeatmap of
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ruvattn", description="Attention mechanisms on graphs (Numba).")
+    p = _Parser(
+        prog="ruvattn",
+        description="Attention mechanisms on graphs (Numba).",
+        epilog="Exit status: 0 done; 1 an experiment run failed, or an internal error (a bug: "
+        f"{DEBUG_ENV}=1 shows its traceback); 2 bad input (a flag, a value, a file), with one line on stderr; "
+        "130 interrupted.",
+    )
     sub = p.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run every mechanism on a built-in synthetic graph and print a latency table")
     demo.add_argument("--nodes", type=_positive("--nodes"), default=2000, help="nodes in the synthetic graph")
@@ -84,7 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--heads", type=_positive("--heads"), default=4, help="heads for multi-head attention")
     demo.add_argument("--repeats", type=_positive("--repeats"), default=300, help="timed calls per row")
     demo.add_argument("--threads", type=_positive("--threads"), default=1, help="Numba threads")
-    demo.add_argument("--seed", type=int, default=0, help="random seed")
+    demo.add_argument("--seed", type=_int_at_least("--seed", 0), default=0, help="random seed (>= 0)")
     demo.add_argument("--json", action="store_true", help="print the table as JSON")
     an = sub.add_parser(
         "analyze", help="attention statistics of a mechanism on a data set (entropy, top-k mass, routing balance)",
@@ -221,42 +260,110 @@ def _print_analysis(report: dict[str, Any]) -> None:
         print(f"figure: {path}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``ruvattn`` console script; returns the exit status."""
-    args = _parser().parse_args(argv)
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        table = _demo(args)
+        if args.json:
+            print(json.dumps(table, indent=2))
+        else:
+            _print_table(table)
+    elif args.command == "analyze":
+        from ruvattn.lab.analyze import run_analysis
+
+        report = run_analysis(args)
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            _print_analysis(report)
+    elif args.command == "info":
+        from ruvattn import backend_info
+
+        print(json.dumps(backend_info(), indent=2))
+    elif args.command == "warmup":
+        from ruvattn import warmup
+
+        print(json.dumps(warmup()))
+    elif args.command in ("experiment", "benchmark", "compare", "report"):
+        from ruvattn.lab import cli_experiment
+
+        return cli_experiment.run(args)
+    return 0
+
+
+def _chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)command parser that ``args`` went through last (``ruvattn experiment run``'s for example)."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        name = getattr(args, subs[0].dest, None) if subs else None
+        if name is None:
+            return parser
+        parser = subs[0].choices[name]
+
+
+def input_error(exc: BaseException) -> str | None:
+    """The one-line message of an exception that is the input's fault (exit status 2), else ``None``."""
+    import csv
+
     from ruvattn.errors import AttentionError
 
     try:
-        if args.command == "demo":
-            table = _demo(args)
-            if args.json:
-                print(json.dumps(table, indent=2))
-            else:
-                _print_table(table)
-        elif args.command == "analyze":
-            from ruvattn.lab.analyze import run_analysis
+        import yaml
 
-            report = run_analysis(args)
-            if args.json:
-                print(json.dumps(report, indent=2))
-            else:
-                _print_analysis(report)
-        elif args.command == "info":
-            from ruvattn import backend_info
+        yaml_error: tuple[type[BaseException], ...] = (yaml.YAMLError,)
+    except ImportError:
+        yaml_error = ()
+    if isinstance(exc, OSError) and exc.strerror:
+        names = [repr(str(n)) for n in (exc.filename, exc.filename2) if n is not None]
+        return one_line(f"{exc.strerror}: {' -> '.join(names)}" if names else exc.strerror)
+    if isinstance(exc, UnicodeDecodeError):
+        return one_line(f"not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}")
+    if isinstance(exc, MemoryError):
+        return one_line(f"not enough memory: {exc}" if str(exc) else "not enough memory for these sizes")
+    if isinstance(exc, (AttentionError, OSError, UnicodeError, csv.Error, *yaml_error)):
+        return one_line(str(exc)) or type(exc).__name__
+    return None
 
-            print(json.dumps(backend_info(), indent=2))
-        elif args.command == "warmup":
-            from ruvattn import warmup
 
-            print(json.dumps(warmup()))
-        elif args.command in ("experiment", "benchmark", "compare", "report"):
-            from ruvattn.lab import cli_experiment
+def _failure(command: str, exc: BaseException) -> int:
+    """Report ``exc`` in one line on stderr and return the exit status (the rule in the module docstring)."""
+    if isinstance(exc, KeyboardInterrupt):
+        print(f"{command}: interrupted", file=sys.stderr)
+        return _EXIT_INTERRUPTED
+    if isinstance(exc, BrokenPipeError):  # `ruvattn ... | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return _EXIT_INTERNAL
+    message = input_error(exc)
+    if message is not None:
+        print(f"{command}: error: {message}", file=sys.stderr)
+        return _EXIT_USAGE
+    if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        raise exc
+    print(
+        f"{command}: internal error: {type(exc).__name__}: {one_line(str(exc))[:500]} (a bug in ruvattn, "
+        f"please report it; {DEBUG_ENV}=1 shows the traceback)",
+        file=sys.stderr,
+    )
+    return _EXIT_INTERNAL
 
-            return cli_experiment.run(args)
-    except AttentionError as exc:
-        print(f"ruvattn {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ruvattn`` console script; returns the exit status (the rule in the module
+    docstring: nothing but ``RUVATTN_DEBUG=1`` lets a traceback out)."""
+    parser = _parser()
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # named by the command that was given them, not by the top-level `ruvattn`
+            _chosen_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as exc:  # --help (0), or a bad flag (2) whose one line _Parser.error printed
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else _EXIT_USAGE
+    command = _chosen_parser(parser, args).prog
+    try:
+        return _run(args)
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        return _failure(command, exc)
 
 
 if __name__ == "__main__":

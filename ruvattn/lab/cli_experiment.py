@@ -2,7 +2,10 @@
 
 See :mod:`ruvattn.lab.experiments` and :mod:`ruvattn.lab.report`.
 
-- ``ruvattn experiment list`` — the experiment files in ``experiments/``;
+- ``ruvattn experiment list`` — the experiment files in ``experiments/``: one line per good file on
+  stdout; a file that cannot be loaded (bad YAML, a wrongly typed key, a missing notebook) does not
+  hide the others: it gets one line on stderr naming it and the problem, and the exit status is 2
+  if any file was bad (so a script notices), 0 otherwise;
 - ``ruvattn experiment run NAME [--workers N | --scheduler ADDRESS] [--ci] [--force]`` — run the
   points not in the cache, print what ran, what came from the cache and what failed (exit status
   1 if any run failed; the others' results are kept);
@@ -28,8 +31,11 @@ __all__ = ["add_parsers", "run"]
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:
+    from ruvattn.lab.cli import _positive
+
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int, default=None, metavar="N", help="local worker processes (default: cores)")
+    where.add_argument("--workers", type=_positive("--workers"), default=None, metavar="N",
+                       help="local worker processes (default: cores)")  # fmt: skip
     where.add_argument("--scheduler", default=None, metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://host:8786")
     p.add_argument("--ci", action="store_true", help="the experiment's tiny CI version")
     p.add_argument("--force", action="store_true", help="ignore the cache and run every point again")
@@ -41,7 +47,12 @@ def add_parsers(sub: Any) -> None:
     """Add ``experiment``, ``benchmark``, ``compare`` and ``report`` to the ``ruvattn`` parser."""
     exp = sub.add_parser("experiment", help="parameter grids over papermill notebooks, cached (list/run/medians)")
     esub = exp.add_subparsers(dest="action", required=True)
-    ls = esub.add_parser("list", help="the experiment files")
+    ls = esub.add_parser(
+        "list", help="the experiment files",
+        description="The experiment files in --dir, one line each on stdout. A file that cannot be loaded "
+        "gets one line on stderr (the file and the problem) and does not hide the others; the exit status "
+        "is then 2 (0 when every file loads).",
+    )  # fmt: skip
     ls.add_argument("--dir", default="experiments")
     run = esub.add_parser("run", help="run an experiment's points (cached points are skipped)")
     run.add_argument("name", help="experiment name (experiments/NAME.experiment.yaml) or a file")
@@ -78,8 +89,6 @@ def print_table(header: list[str], body: list[list[Any]]) -> None:
 def _execute(name: str, args: argparse.Namespace) -> Any:
     from ruvattn.lab.experiments import find_experiment, load_experiment, run_experiment
 
-    if args.workers is not None and args.workers < 1:
-        raise InvalidConfig(f"--workers must be at least 1; got {args.workers}")
     exp = load_experiment(find_experiment(name, args.dir), ci=args.ci)
     report = run_experiment(
         exp, workers=args.workers, scheduler=args.scheduler, force=args.force, progress=not args.quiet
@@ -101,9 +110,32 @@ def _plot(header: list[str], body: list[list[Any]], metrics: list[str], path: st
     fig.write_html(path, include_plotlyjs=True)
 
 
+def _list(directory: str) -> int:
+    """``experiment list``: the good files on stdout, one line per bad one on stderr; 2 if any was bad."""
+    import sys
+
+    from ruvattn.lab.cli import input_error
+    from ruvattn.lab.experiments import list_experiments, load_experiment
+
+    bad = 0
+    for path in list_experiments(directory):
+        try:
+            exp = load_experiment(path)
+            line = f"{exp.name:24} {len(exp.runs()):4} runs  {exp.notebook.name:28} {exp.description}"
+        except Exception as exc:
+            message = input_error(exc)
+            if message is None:
+                raise
+            print(f"ruvattn experiment list: error: {message}", file=sys.stderr)
+            bad += 1
+            continue
+        print(line)
+    return 2 if bad else 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Dispatch one of the commands; returns the exit status."""
-    from ruvattn.lab.experiments import find_experiment, list_experiments, load_experiment, median_table
+    from ruvattn.lab.experiments import find_experiment, load_experiment, median_table
 
     if args.command == "report":
         from ruvattn.lab.report import write_report
@@ -112,19 +144,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"{path}: {', '.join(covered)}")
         return 0
     if args.command == "experiment" and args.action == "list":
-        for path in list_experiments(args.dir):
-            exp = load_experiment(path)
-            print(f"{exp.name:24} {len(exp.runs()):4} runs  {exp.notebook.name:28} {exp.description}")
-        return 0
+        return _list(args.dir)
     if args.command == "experiment" and args.action == "medians":
         exp = load_experiment(find_experiment(args.name, args.dir))
         header, body = median_table(exp, metrics=args.metric)
+        if args.plot:  # first: a plot that cannot be written is an error with nothing printed yet
+            _plot(header, body, header[header.index("ok runs") + 1 :], args.plot)
         if args.json:
             print(json.dumps([dict(zip(header, row, strict=True)) for row in body], indent=2))
         else:
             print_table(header, body)
         if args.plot:
-            _plot(header, body, header[header.index("ok runs") + 1 :], args.plot)
             print(f"plot: {args.plot}")
         return 0
     name = {"benchmark": "spec_targets", "compare": "peers"}.get(args.command, getattr(args, "name", None))

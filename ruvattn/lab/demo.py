@@ -87,9 +87,12 @@ def run_demo(
     q_row = int(np.random.default_rng(seed).integers(nodes))
     n, k = candidates, neighbours
     names = list(kinds) if kinds is not None else available()
+    # every mechanism is built before the first is timed: a bad setting (--heads for --dim) is reported
+    # before any progress is shown
+    built = {kind: demo_mechanism(kind, dim, heads, seed, min(32, n)) for kind in names}
     rows: list[DemoRow] = []
     for kind in progress(names) if progress is not None else names:
-        m = demo_mechanism(kind, dim, heads, seed, min(32, n))
+        m = built[kind]
         e64 = m.embed(x64)
         e32 = e64.astype(np.float32)
 

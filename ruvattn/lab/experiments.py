@@ -34,7 +34,8 @@ lands under ``experiments/runs/<name>/``:
 ``key`` hashes the notebook's bytes, the library's source (:func:`code_version`), the parameters,
 the repeat and the seed, so a point is run again only if one of them changed; ``force=True``
 reruns everything. A failed run is recorded as failed (with its error and log) and never stops
-or loses the others; failed runs are retried on the next run.
+or loses the others; failed runs are retried on the next run. A wrongly typed experiment file
+raises :class:`~ruvattn.errors.InvalidConfig` naming the file and the key.
 
 Runs go to local worker processes (``workers``), or with ``scheduler="tcp://host:port"`` to a Dask
 distributed cluster, one task per run. Every run sets ``NUMBA_NUM_THREADS`` so that the runs on
@@ -171,55 +172,116 @@ class Experiment:
         return out
 
 
-def _check(path: Path, raw: Any) -> dict[str, Any]:
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_parameters(path: Path, where: str, params: Any) -> None:
+    """A mapping from notebook parameter names (Python identifiers) to values."""
+    if not isinstance(params, dict):
+        raise InvalidConfig(f"{path}: {where!r} must be a mapping of parameter names to values; got {params!r}.")
+    for name in params:
+        if not isinstance(name, str) or not name.isidentifier():
+            raise InvalidConfig(f"{path}: {where!r}: a parameter name must be a Python identifier; got {name!r}.")
+
+
+def _check(path: Path, raw: Any, prefix: str = "") -> dict[str, Any]:
+    """``raw`` if it is a well-formed experiment mapping, else :class:`InvalidConfig` naming the file and the key
+    (``prefix`` is ``"ci."`` for the ``ci`` overrides)."""
+    if raw is None and not prefix:
+        raise InvalidConfig(f"{path}: the experiment file is empty; it needs at least 'notebook: NAME.ipynb'.")
     if not isinstance(raw, dict):
-        raise InvalidConfig(f"{path}: an experiment file must be a mapping, got {type(raw).__name__}.")
-    unknown = set(raw) - _KNOWN
+        what = f"{prefix.rstrip('.')!r}" if prefix else "an experiment file"
+        raise InvalidConfig(f"{path}: {what} must be a mapping of keys to values; got a {type(raw).__name__}.")
+    unknown = sorted(str(k) for k in raw if k not in _KNOWN or (prefix and k == "ci"))
     if unknown:
-        raise InvalidConfig(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_KNOWN)}.")
-    if "notebook" not in raw:
+        allowed = sorted(_KNOWN - ({"ci"} if prefix else set()))
+        raise InvalidConfig(f"{path}: unknown key(s) {[prefix + k for k in unknown]}; allowed: {allowed}.")
+
+    def key(name: str) -> str:
+        return prefix + name
+
+    if not prefix and "notebook" not in raw:
         raise InvalidConfig(f"{path}: 'notebook' is required (the notebook to run, relative to this file).")
-    grid = raw.get("grid") or {}
-    if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
-        raise InvalidConfig(f"{path}: 'grid' must map each parameter to a non-empty list of values.")
-    points = raw.get("points") or []
-    if not isinstance(points, list) or any(not isinstance(p, dict) for p in points):
-        raise InvalidConfig(f"{path}: 'points' must be a list of parameter mappings.")
-    if not isinstance(raw.get("parameters") or {}, dict):
-        raise InvalidConfig(f"{path}: 'parameters' must be a mapping.")
+    if "notebook" in raw:
+        nb = raw["notebook"]
+        if not isinstance(nb, str) or not nb.strip():
+            raise InvalidConfig(f"{path}: {key('notebook')!r} must be a file name (a string); got {nb!r}.")
+    if not isinstance(raw.get("description") or "", str):
+        raise InvalidConfig(f"{path}: {key('description')!r} must be a string; got {raw['description']!r}.")
+    grid = {} if raw.get("grid") is None else raw["grid"]
+    if not isinstance(grid, dict):
+        raise InvalidConfig(f"{path}: {key('grid')!r} must map each parameter to a non-empty list of values; "
+                            f"got {grid!r}.")  # fmt: skip
+    _check_parameters(path, key("grid"), grid)
+    for name, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise InvalidConfig(f"{path}: {key('grid')}.{name} must be a non-empty list of values; got {values!r}.")
+    points = [] if raw.get("points") is None else raw["points"]
+    if not isinstance(points, list):
+        raise InvalidConfig(f"{path}: {key('points')!r} must be a list of parameter mappings; got {points!r}.")
+    for i, point in enumerate(points):
+        _check_parameters(path, f"{key('points')}[{i}]", point)
+    _check_parameters(path, key("parameters"), {} if raw.get("parameters") is None else raw["parameters"])
     repeats = raw.get("repeats", 1)
-    if not isinstance(repeats, int) or repeats < 1:
-        raise InvalidConfig(f"{path}: 'repeats' must be a whole number >= 1, got {repeats!r}.")
+    if not _is_whole(repeats) or repeats < 1:
+        raise InvalidConfig(f"{path}: {key('repeats')!r} must be a whole number >= 1; got {repeats!r}.")
+    seed = raw.get("seed", 0)
+    if not _is_whole(seed) or seed < 0:
+        raise InvalidConfig(f"{path}: {key('seed')!r} must be a whole number >= 0; got {seed!r}.")
+    seed_parameter = raw.get("seed_parameter", "seed")
+    if seed_parameter is not None and (not isinstance(seed_parameter, str) or not seed_parameter.isidentifier()):
+        raise InvalidConfig(f"{path}: {key('seed_parameter')!r} must be a parameter name (a Python identifier) or "
+                            f"null; got {seed_parameter!r}.")  # fmt: skip
+    if "ci" in raw and raw["ci"] is not None:
+        _check(path, raw["ci"], "ci.")
     return raw
 
 
 def load_experiment(path: str | Path, *, ci: bool = False) -> Experiment:
-    """Read an experiment file; ``ci=True`` applies its ``ci`` overrides."""
+    """Read an experiment file; ``ci=True`` applies its ``ci`` overrides.
+
+    Any problem with the file (unreadable, not UTF-8, not YAML, a wrongly typed or unknown key, a missing
+    notebook) raises :class:`~ruvattn.errors.InvalidConfig` with a one-line message naming the file and the key.
+    """
     import yaml
 
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise InvalidConfig(f"{path}: cannot read the experiment file ({exc}).") from None
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise InvalidConfig(f"{path}: cannot read the experiment file ({exc.strerror or exc}).") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidConfig(
+            f"{path}: the experiment file is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})."
+        ) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise InvalidConfig(f"{path}: not valid YAML{where}: {' '.join(str(problem).split())}.") from None
     raw = _check(path, raw)
     if ci and raw.get("ci"):
-        raw = _check(path, {**raw, **raw["ci"]})
+        raw = {**raw, **raw["ci"]}
     notebook = (path.parent / raw["notebook"]).resolve()
     if not notebook.is_file():
-        raise InvalidConfig(f"{path}: notebook {raw['notebook']!r} not found next to the experiment file.")
+        raise InvalidConfig(f"{path}: 'notebook': {raw['notebook']!r} not found next to the experiment file.")
     name = path.name[: -len(SUFFIX)] if path.name.endswith(SUFFIX) else path.stem
     return Experiment(
-        name=name, path=path.resolve(), notebook=notebook, description=str(raw.get("description", "")),
+        name=name, path=path.resolve(), notebook=notebook, description=raw.get("description") or "",
         parameters=dict(raw.get("parameters") or {}), grid={k: list(v) for k, v in (raw.get("grid") or {}).items()},
-        points=[dict(p) for p in raw.get("points") or []], repeats=int(raw.get("repeats", 1)),
-        seed=int(raw.get("seed", 0)), seed_parameter=raw.get("seed_parameter", "seed"),
+        points=[dict(p) for p in raw.get("points") or []], repeats=raw.get("repeats", 1),
+        seed=raw.get("seed", 0), seed_parameter=raw.get("seed_parameter", "seed"),
         ci=bool(ci and raw.get("ci")),
     )  # fmt: skip
 
 
 def list_experiments(directory: str | Path = "experiments") -> list[Path]:
-    """The experiment files in ``directory``."""
+    """The experiment files in ``directory`` (:class:`~ruvattn.errors.InvalidConfig` if it is not a folder)."""
+    if not Path(directory).is_dir():
+        raise InvalidConfig(f"{str(directory)!r} is not a folder of experiment files (*{SUFFIX}).")
     return sorted(Path(directory).glob(f"*{SUFFIX}"))
 
 
@@ -231,7 +293,7 @@ def find_experiment(name: str, directory: str | Path = "experiments") -> Path:
     candidate = Path(directory) / f"{name}{SUFFIX}"
     if candidate.is_file():
         return candidate
-    known = [p.name[: -len(SUFFIX)] for p in list_experiments(directory)]
+    known = [p.name[: -len(SUFFIX)] for p in list_experiments(directory)] if Path(directory).is_dir() else []
     raise InvalidConfig(f"experiment {name!r} not found in {str(directory)!r}; known: {known}.")
 
 

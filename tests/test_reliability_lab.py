@@ -5,13 +5,18 @@ experiment runner crash with a traceback.
   (``ruvattn <command>: error: ...``), nothing on stdout, no traceback (in-process and as a real process);
 * wrongly typed experiment files: :class:`~ruvattn.errors.InvalidConfig` naming the file and the key, and one
   bad file does not hide the good ones from ``experiment list``;
+* a corrupt experiment cache (a point's record or executed notebook, ``results.csv``): reported in one line,
+  only the broken point is run again (counted by the notebook itself), its results equal a fresh run's, the
+  other points' files are not touched.
 
-None of these needs a kernel.
+The cache tests execute a two-point toy notebook with papermill (marked ``kernels``); the rest needs no kernel.
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +24,9 @@ from pathlib import Path
 import pytest
 
 from ruvattn.errors import InvalidConfig
+from ruvattn.lab import experiments
 from ruvattn.lab.cli import main
-from ruvattn.lab.experiments import load_experiment
+from ruvattn.lab.experiments import load_experiment, read_results, run_experiment
 
 # -- helpers ------------------------------------------------------------------------------------------------
 
@@ -135,6 +141,8 @@ BAD_ARGUMENTS = [
     # unknown names
     ("analyze-unknown-kind", ["analyze", "--mechanism", "nope"], "ruvattn analyze", "unknown mechanism 'nope'"),
     ("analyze-empty-kind", ["analyze", "--mechanism", ","], "ruvattn analyze", "unknown mechanism"),
+    ("run-bad-scheduler", ["experiment", "run", "toy", "--dir", "{exps}", "--scheduler", "nowhere"],
+     "ruvattn experiment run", "cannot reach a Dask scheduler"),
 ]  # fmt: skip
 
 
@@ -288,3 +296,291 @@ def test_list_shows_the_good_files_and_one_line_per_bad_one(tmp_path, capsys):
     (tmp_path / "folder.experiment.yaml").rmdir()
     assert main(["experiment", "list", "--dir", str(tmp_path)]) == 0
     assert capsys.readouterr().err == ""
+
+
+# -- the cache, read back without running anything ------------------------------------------------------------
+
+KEY = "0123456789abcdef0123"
+GOOD_RECORD = {"key": KEY, "params": {"x": 1, "seed": 10}, "grid": {"x": 1}, "repeat": 0, "seed": 10,
+               "status": "ok", "records": {"double": 2}, "seconds": 1.5}  # fmt: skip
+GOOD_NOTEBOOK = {
+    "cells": [{"outputs": [{"data": {"application/x.ruvattn.record+json": {"name": "double", "value": 2}}}]}]
+}
+
+#: (id, the file, its bytes or "dir", a part of the reason)
+CORRUPT_POINT = [
+    ("json-empty", "json", b"", "json is empty"),
+    ("json-blank", "json", b"\n  \n", "json holds only white space"),
+    ("json-truncated", "json", json.dumps(GOOD_RECORD).encode()[:40], "json is truncated JSON (it ends after 40 bytes"),
+    ("json-garbage", "json", b"\x00\x13PK\x03\x04garbage", "json is not valid JSON (Expecting value at line 1"),
+    ("json-not-utf8", "json", b'{"key": "\xff\xfe"}', "json is not UTF-8 text (byte 0xff at offset 9)"),
+    ("json-deep", "json", b"[" * 100_000, "json is not valid JSON (nested too deeply)"),
+    ("json-folder", "json", "dir", "json is a directory, not a file"),
+    ("json-list", "json", b"[1, 2]", "json holds a JSON list, not a point record"),
+    ("json-no-records", "json", json.dumps({**GOOD_RECORD, "records": None}).encode(), "'records' is None"),
+    ("json-no-status", "json", json.dumps({k: v for k, v in GOOD_RECORD.items() if k != "status"}).encode(),
+     "no 'status'"),
+    ("json-other-key", "json", json.dumps({**GOOD_RECORD, "key": "f" * 20}).encode(), "another point"),
+    ("json-status", "json", json.dumps({**GOOD_RECORD, "status": "maybe"}).encode(), "status 'maybe'"),
+    ("ipynb-missing", "ipynb", None, "ipynb (the executed notebook) is missing"),
+    ("ipynb-empty", "ipynb", b"", "ipynb (the executed notebook) is empty"),
+    ("ipynb-truncated", "ipynb", json.dumps(GOOD_NOTEBOOK).encode()[:30], "notebook) is truncated JSON"),
+    ("ipynb-folder", "ipynb", "dir", "notebook) is a directory"),
+    ("ipynb-not-a-notebook", "ipynb", b"{}", "is not a notebook"),
+    ("ipynb-other-values", "ipynb", json.dumps(GOOD_NOTEBOOK).replace(": 2}", ": 3}").encode(),
+     "does not hold the values recorded in"),
+]  # fmt: skip
+
+
+def _corrupt(path: Path, content: bytes | str | None) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+    if content == "dir":
+        path.mkdir()
+        (path / "inside.txt").write_text("x")
+    elif content is not None:
+        path.write_bytes(content)
+
+
+def test_a_good_cached_point_reads_back(tmp_path):
+    (tmp_path / f"{KEY}.json").write_text(json.dumps(GOOD_RECORD))
+    (tmp_path / f"{KEY}.ipynb").write_text(json.dumps(GOOD_NOTEBOOK))
+    assert experiments._cached_point(tmp_path, KEY) == (GOOD_RECORD, None)
+    assert experiments._cached_point(tmp_path, "f" * 20) == (None, None)  # never run: nothing to report
+
+
+@pytest.mark.parametrize(("which", "content", "why"), [c[1:] for c in CORRUPT_POINT], ids=[c[0] for c in CORRUPT_POINT])
+def test_every_corrupt_cached_point_is_named_with_its_file_and_why(which, content, why, tmp_path):
+    (tmp_path / f"{KEY}.json").write_text(json.dumps(GOOD_RECORD))
+    (tmp_path / f"{KEY}.ipynb").write_text(json.dumps(GOOD_NOTEBOOK))
+    _corrupt(tmp_path / f"{KEY}.{which}", content)
+    record, problem = experiments._cached_point(tmp_path, KEY)
+    assert record is None and problem is not None
+    assert problem.startswith(f"{KEY}.{which} ") and why in problem and "\n" not in problem, problem
+
+
+def test_a_failed_record_is_retried_without_a_notebook_check(tmp_path):
+    failed = {**GOOD_RECORD, "status": "failed", "records": {}, "error": "AssertionError: x"}
+    (tmp_path / f"{KEY}.json").write_text(json.dumps(failed))
+    assert experiments._cached_point(tmp_path, KEY) == (failed, None)
+
+
+# -- the cache under corruption, with real runs ----------------------------------------------------------------
+
+TOY = """\
+from pathlib import Path
+from ruvattn.lab import record
+with Path("executions.txt").open("a") as fh:  # one line per execution of a point: the run counter
+    fh.write(f"{x}\\n")
+record("double", 2 * x)
+record("seeded", (seed * 7919 + x) % 1000)
+"""
+CODE = "fixed-code-hash"  # code_version() is pinned: the library's source may change under a shared checkout
+
+
+@pytest.fixture(scope="module")
+def cached_run(tmp_path_factory):
+    """A two-point toy experiment run once: the cache every corruption test starts from (a copy of it)."""
+    pytest.importorskip("papermill")
+    root = tmp_path_factory.mktemp("cached") / "exp"
+    root.mkdir()
+    _toy_notebook(root / "toy.ipynb", TOY)
+    (root / "toy.experiment.yaml").write_text("notebook: toy.ipynb\ngrid:\n  x: [1, 2]\nseed: 10\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(experiments, "code_version", lambda: CODE)
+        report = run_experiment(root / "toy.experiment.yaml", workers=1, progress=False)
+    assert (report.executed, report.cached, report.failed) == (2, 0, [])
+    return root, {r["x"]: r for r in report.rows}
+
+
+@pytest.fixture
+def toy(cached_run, tmp_path, monkeypatch):
+    """A fresh copy of the cached run (file times kept), with the same pinned code hash."""
+    base, rows = cached_run
+    root = tmp_path / "exp"
+    shutil.copytree(base, root)  # copy2: the modification times are kept
+    monkeypatch.setattr(experiments, "code_version", lambda: CODE)
+    points = root / "runs" / "toy" / "points"
+    return root, points, rows
+
+
+def _executions(root: Path) -> list[str]:
+    return (root / "executions.txt").read_text().split()
+
+
+def _stamps(points: Path, key: str) -> dict[str, tuple[int, bytes]]:
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(points.glob(f"{key}.*"))}
+
+
+def _same_results(rows: list[dict], fresh: dict[int, dict]) -> None:
+    got = {r["x"]: r for r in rows}
+    assert set(got) == set(fresh)
+    for x, row in fresh.items():
+        assert {k: v for k, v in got[x].items() if k != "seconds"} == {k: v for k, v in row.items() if k != "seconds"}
+
+
+CORRUPT_CACHED = [c for c in CORRUPT_POINT if c[0] in {
+    "json-empty", "json-truncated", "json-garbage", "json-not-utf8", "json-folder", "json-other-key",
+    "ipynb-empty", "ipynb-truncated", "ipynb-folder", "ipynb-missing",
+}]  # fmt: skip
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize(
+    ("which", "content", "why"), [c[1:] for c in CORRUPT_CACHED], ids=[c[0] for c in CORRUPT_CACHED]
+)
+def test_a_corrupt_cached_point_is_reported_and_recomputed_alone(which, content, why, toy, capsys):
+    root, points, fresh = toy
+    broken, kept = fresh[1]["key"], fresh[2]["key"]
+    before = _stamps(points, kept)
+    if content is not None and content != "dir" and content.startswith(b"{") and which == "json":
+        content = content.replace(KEY.encode(), broken.encode())
+    if which == "json" and "another point" in why:
+        content = (points / f"{kept}.json").read_bytes()  # a whole, valid record of the other point
+    _corrupt(points / f"{broken}.{which}", content)
+    capsys.readouterr()
+
+    report = run_experiment(root / "toy.experiment.yaml", workers=1, progress=False)
+
+    assert (report.executed, report.cached, report.failed) == (1, 1, [])
+    assert _executions(root) == ["1", "2", "1"]  # point x=1 ran once more, x=2 did not
+    assert _stamps(points, kept) == before  # the other point's record, notebook and log untouched
+    (line,) = report.repaired
+    assert line.startswith("experiment toy: cached point {'x': 1, 'seed': 10} (repeat 0): runs/toy/points/")
+    assert f"{broken}.{which} " in line and why in line and line.endswith("; running it again")
+    assert capsys.readouterr().err == f"ruvattn: {line}\n"  # reported in one line as it happens
+    _same_results(report.rows, fresh)  # the recomputed point equals the fresh run's
+    _same_results(read_results(root / "toy.experiment.yaml"), fresh)
+    record = json.loads((points / f"{broken}.json").read_text())
+    assert record["status"] == "ok" and record["records"] == {"double": 2, "seeded": (10 * 7919 + 1) % 1000}
+    # and the next run takes both from the cache, quietly
+    again = run_experiment(root / "toy.experiment.yaml", workers=1, progress=False)
+    assert (again.executed, again.cached, again.repaired) == (0, 2, [])
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.kernels
+def test_the_cli_reports_a_corrupt_point_in_one_line_and_exits_0(toy, capsys):
+    root, points, fresh = toy
+    (points / f"{fresh[2]['key']}.json").write_bytes(b"")
+    capsys.readouterr()
+    assert main(["experiment", "run", str(root / "toy.experiment.yaml"), "--workers", "1", "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    (line,) = err.splitlines()
+    assert line.startswith("ruvattn: experiment toy: cached point {'x': 2, 'seed': 10} (repeat 0)")
+    assert "is empty; running it again" in line
+    assert "1 run(s) executed, 1 from the cache, 0 failed" in out and "1 corrupt cache entr(ies) replaced" in out
+    assert _executions(root) == ["1", "2", "2"]
+
+
+@pytest.mark.kernels
+def test_files_in_the_way_of_a_new_run_are_cleared(toy):
+    """A folder where a never-run point's log or notebook goes, or a file where the points folder goes."""
+    root, points, fresh = toy
+    spec = root / "toy.experiment.yaml"
+    spec.write_text(spec.read_text().replace("x: [1, 2]", "x: [1, 2, 3]"))
+    new_key = next(t for t in run_keys(spec) if t not in {fresh[1]["key"], fresh[2]["key"]})
+    (points / f"{new_key}.log").mkdir()
+    report = run_experiment(spec, workers=1, progress=False)
+    assert (report.executed, report.cached, report.failed) == (1, 2, [])
+    assert "is a directory where the run writes a file; removed" in report.repaired[0]
+    assert {r["x"]: r["double"] for r in report.rows} == {1: 2, 2: 4, 3: 6}
+
+    shutil.rmtree(points)
+    points.write_text("not a folder")
+    report = run_experiment(spec, workers=1, progress=False)
+    assert (report.executed, report.failed) == (3, [])
+    assert "is a file where the cache's folder should be" in report.repaired[0]
+
+
+def run_keys(spec: Path) -> list[str]:
+    exp = load_experiment(spec)
+    import hashlib
+
+    nb_hash = hashlib.sha256(exp.notebook.read_bytes()).hexdigest()[:16]
+    return [experiments._key(nb_hash, CODE, run) for run in exp.runs()]
+
+
+CORRUPT_TABLE = [
+    ("empty", b"", "is empty"),
+    ("header-only", b"x,repeat,seed,status,seconds,key,double,seeded\r\n", "has a header but no rows"),
+    ("truncated", None, "is cut or malformed at line 3 (7 fields, the header has 8)"),
+    ("garbage", b"PK\x03\x04garbage;;\n\x7f", "has no valid header"),
+    ("not-utf8", b"x,repeat,seed,status,seconds,key\n\xff\xfe,0,1,ok,1,k\n", "is not UTF-8 text (offset 33)"),
+    ("folder", "dir", "is a directory, not a file"),
+    ("bad-key", None, "has no valid key at line 2"),
+]
+
+
+def _corrupt_table(table: Path, kind: str, content: bytes | str | None) -> None:
+    text = table.read_bytes()
+    if kind == "truncated":
+        content = text[: text.rindex(b",")]  # the last row cut before its last field
+    elif kind == "bad-key":
+        line = text.split(b"\r\n")[1]
+        content = text.replace(line, line.replace(line.split(b",")[5], b"../../etc"))
+    _corrupt(table, content)
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize(("kind", "content", "why"), CORRUPT_TABLE, ids=[c[0] for c in CORRUPT_TABLE])
+def test_a_corrupt_results_table_is_rebuilt_from_the_point_records(kind, content, why, toy, capsys):
+    root, _, fresh = toy
+    table = root / "runs" / "toy" / "results.csv"
+    _corrupt_table(table, kind, content)
+    capsys.readouterr()
+    # medians read the table: it is rebuilt (one line on stderr), nothing is run, the medians are the fresh ones
+    assert main(["experiment", "medians", str(root / "toy.experiment.yaml"), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert {r["x"]: r["double"] for r in json.loads(out)} == {1: 2, 2: 4}
+    (line,) = err.splitlines()
+    assert line.startswith(f"ruvattn: experiment toy: {table} {why}"), line
+    assert line.endswith("; rebuilt from 2 cached point record(s)"), line
+    _same_results(read_results(root / "toy.experiment.yaml"), fresh)
+    assert capsys.readouterr().err == ""  # rebuilt once: read quietly from then on
+    assert _executions(root) == ["1", "2"]
+    # a run rewrites it from the cache as well, without running anything
+    _corrupt_table(table, kind, content)
+    report = run_experiment(root / "toy.experiment.yaml", workers=1, progress=False)
+    assert report.executed == 0
+    with table.open(newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == 2
+
+
+@pytest.mark.kernels
+def test_a_corrupt_table_without_provenance_or_records(toy, capsys):
+    root, points, fresh = toy
+    table = root / "runs" / "toy" / "results.csv"
+    spec = str(root / "toy.experiment.yaml")
+    # no provenance.json: the table's points are the current experiment's, under the current hashes
+    (root / "runs" / "toy" / "provenance.json").write_bytes(b'{"keys": [')
+    table.write_bytes(b"")
+    _same_results(read_results(spec, notify=lambda m: None), fresh)
+    # no record left: nothing to rebuild from, one line, exit 2
+    for record in points.glob("*.json"):
+        record.write_bytes(b"")
+    table.write_bytes(b"")
+    capsys.readouterr()
+    line = _one_error_line(capsys, main(["report", "--dir", str(root), "--out", str(root / "b.md")]), "ruvattn report")
+    assert "cannot be rebuilt: no readable point record is cached; run `ruvattn experiment run toy` again" in line
+
+
+@pytest.mark.kernels
+def test_a_worker_that_dies_fails_its_run_only(toy, monkeypatch):
+    """A run whose worker process dies (here: it exits) is a failed run, reported; the others are kept."""
+    root, points, fresh = toy
+    (points / f"{fresh[1]['key']}.json").unlink()
+    monkeypatch.setattr(experiments, "run_point", _dying_run_point)
+    report = run_experiment(root / "toy.experiment.yaml", workers=1, progress=False)
+    assert (report.executed, report.cached) == (1, 1)
+    (failed,) = report.failed
+    assert failed["params"] == {"x": 1, "seed": 10} and "the worker running it failed" in failed["error"]
+    assert "FAILED {'x': 1, 'seed': 10}" in report.summary()
+
+
+def _dying_run_point(task: dict) -> dict:
+    import os
+
+    os._exit(3)

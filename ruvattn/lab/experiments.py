@@ -34,7 +34,15 @@ lands under ``experiments/runs/<name>/``:
 ``key`` hashes the notebook's bytes, the library's source (:func:`code_version`), the parameters,
 the repeat and the seed, so a point is run again only if one of them changed; ``force=True``
 reruns everything. A failed run is recorded as failed (with its error and log) and never stops
-or loses the others; failed runs are retried on the next run. A wrongly typed experiment file
+or loses the others; failed runs are retried on the next run, and so are runs whose worker died.
+
+The cache never needs editing by hand. Every file is written whole or not at all (a temporary file,
+then a rename), and the record last, after its notebook. A cached point whose record or executed
+notebook is empty, truncated, not UTF-8, not JSON, not a record of that point, or a directory where
+the file should be, is reported in one line (the point, the file, why) and run again; the other
+cached points are kept. A corrupt ``results.csv`` is rewritten from the point records: by
+:func:`run_experiment`, and by :func:`read_results` (``ruvattn experiment medians``, ``ruvattn
+report``), which finds the table's points in ``provenance.json``. A wrongly typed experiment file
 raises :class:`~ruvattn.errors.InvalidConfig` naming the file and the key.
 
 Runs go to local worker processes (``workers``), or with ``scheduler="tcp://host:port"`` to a Dask
@@ -50,7 +58,7 @@ import itertools
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -305,6 +313,18 @@ def _key(notebook_hash: str, code: str, run: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a reader (or a run killed halfway)
+    sees the old file or the new one, never a truncated one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def run_point(task: dict[str, Any]) -> dict[str, Any]:
     """Execute one run (in a worker process or a Dask task) and write its ``.json`` record."""
     import papermill
@@ -332,16 +352,22 @@ def run_point(task: dict[str, Any]) -> dict[str, Any]:
                 os.close(saved)
         result.update(status="ok", records=read_records(out_nb))
     except Exception as exc:  # a failed point is data, not a crash of the whole experiment
-        result.update(status="failed", error=f"{type(exc).__name__}: {str(exc).strip()[-2000:]}", records={})
+        result.update(status="failed", error=_error_text(exc), records={})
     result["seconds"] = round(time.perf_counter() - start, 3)
     result.update(finished=_now(), machine=machine_info(), code=task.get("code"))
-    json_path.write_text(json.dumps(result, default=str, indent=1), encoding="utf-8")
+    # written last, and whole or not at all: a record on disk means the notebook next to it is complete
+    _write_atomic(json_path, json.dumps(result, default=str, indent=1))
     return result
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).strip()[-2000:]}".rstrip(": ") or type(exc).__name__
 
 
 @dataclass
 class RunReport:
-    """What :func:`run_experiment` did: runs executed, taken from the cache, and failed."""
+    """What :func:`run_experiment` did: runs executed, taken from the cache, and failed; ``repaired``: one line
+    per corrupt cache entry found (and recomputed or rewritten)."""
 
     experiment: Experiment
     executed: int
@@ -349,15 +375,18 @@ class RunReport:
     failed: list[dict[str, Any]]
     table: Path
     rows: list[dict[str, Any]]
+    repaired: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         lines = [
             f"{self.experiment.name}: {self.executed} run(s) executed, {self.cached} from the cache, "
             f"{len(self.failed)} failed; table: {self.table}"
+            + (f"; {len(self.repaired)} corrupt cache entr(ies) replaced" if self.repaired else "")
         ]
         for f in self.failed:
             log = self.experiment.runs_dir / "points" / f"{f['key']}.log"
-            lines.append(f"  FAILED {f['params']} (repeat {f['repeat']}): {f['error'].splitlines()[-1]}  log: {log}")
+            last = (str(f.get("error") or "").strip().splitlines() or ["unknown error"])[-1]
+            lines.append(f"  FAILED {f['params']} (repeat {f['repeat']}): {last}  log: {log}")
         return "\n".join(lines)
 
 
@@ -382,49 +411,185 @@ def _row(result: dict[str, Any], grid_names: list[str]) -> dict[str, Any]:
     return row
 
 
-def _write_table(path: Path, rows: list[dict[str, Any]]) -> None:
+def _table_text(rows: list[dict[str, Any]]) -> str:
+    """``rows`` as CSV text: a header of every column in order of first appearance, then one line per row."""
+    import io
+
     columns: list[str] = []
     for row in rows:
         columns += [c for c in row if c not in columns]
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    out = io.StringIO(newline="")
+    writer = csv.DictWriter(out, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+# -- the cache: what a point left behind, read back with every way it can be broken named ----------------
+
+#: the fields of a point's ``.json`` record that the runner reads back, with their types
+_RECORD_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "key": str, "params": dict, "grid": dict, "repeat": int, "seed": int, "status": str,
+    "seconds": (int, float), "records": dict,
+}  # fmt: skip
+
+
+def _notify_stderr(message: str) -> None:
+    import sys
+
+    print(f"ruvattn: {message}", file=sys.stderr)
+
+
+def _read_json(path: Path) -> tuple[Any, str | None]:
+    """``(value, None)``, or ``(None, why)``: why ``path`` holds no JSON value (``"is missing"``, ``"is empty"``,
+    ``"is a directory, not a file"``, ``"is not UTF-8 ..."``, ``"is truncated JSON ..."``, ...)."""
+    if path.is_dir():
+        return None, "is a directory, not a file"
+    if not path.exists():
+        return None, "is missing"
+    if not path.is_file():
+        return None, "is not a regular file"
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror or exc})"
+    if not data.strip():
+        return None, "is empty" if not data else "holds only white space"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, f"is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})"
+    try:
+        return json.loads(text), None
+    except RecursionError:
+        return None, "is not valid JSON (nested too deeply)"
+    except ValueError as exc:
+        cut = isinstance(exc, json.JSONDecodeError) and (
+            exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string")  # a string runs to the end
+        )
+        if cut:
+            return None, f"is truncated JSON (it ends after {len(data)} bytes, inside a value)"
+        where = f" at line {exc.lineno}, column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+        msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+        return None, f"is not valid JSON ({msg}{where})"
+
+
+def _record_problem(record: Any, key: str) -> str | None:
+    """Why ``record`` (a parsed ``.json``) is not the record of point ``key``, or ``None``."""
+    if not isinstance(record, dict):
+        return f"holds a JSON {type(record).__name__}, not a point record"
+    for name, kind in _RECORD_FIELDS.items():
+        if name not in record:
+            return f"is not a complete point record (no {name!r})"
+        value = record[name]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"is not a valid point record ({name!r} is {value!r})"
+    if record["key"] != key:
+        return f"holds the record of another point (key {record['key']!r})"
+    if record["status"] not in ("ok", "failed"):
+        return f"is not a valid point record (status {record['status']!r})"
+    return None
+
+
+def _cached_point(points_dir: Path, key: str) -> tuple[dict[str, Any] | None, str | None]:
+    """``(record, None)`` for a usable cached point; ``(None, None)`` for none; ``(None, "<file> <why>")`` for a
+    corrupt one. A cached ``ok`` point is its ``.json`` record and the executed ``.ipynb`` holding the same records."""
+    from ruvattn.lab.record import records_in
+
+    path = points_dir / f"{key}.json"
+    if not path.exists() and not path.is_symlink():
+        return None, None
+    record, why = _read_json(path)
+    if why is None:
+        why = _record_problem(record, key)
+    if why is not None:
+        return None, f"{path.name} {why}"
+    if record["status"] != "ok":
+        return record, None
+    nb_path = points_dir / f"{key}.ipynb"
+    nb, why = _read_json(nb_path)
+    if why is None and not (isinstance(nb, dict) and isinstance(nb.get("cells"), list)):
+        why = "is not a notebook (no list of cells)"
+    if why is None and records_in(nb) != record["records"]:
+        why = f"does not hold the values recorded in {path.name}"
+    if why is not None:
+        return None, f"{nb_path.name} (the executed notebook) {why}"
+    return record, None
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or a directory tree at ``path`` (whatever is there)."""
+    import shutil
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _make_dirs(exp: Experiment, notify: Any) -> Path:
+    """``runs/<name>/points/``, replacing a file found where one of these folders should be."""
+    points = exp.runs_dir / "points"
+    for d in (exp.runs_dir.parent, exp.runs_dir, points):
+        if d.exists() and not d.is_dir():
+            notify(f"experiment {exp.name}: {d} is a file where the cache's folder should be; replaced by a folder")
+            _remove(d)
+    points.mkdir(parents=True, exist_ok=True)
+    return points
+
+
+def _failed_result(task: dict[str, Any], exc: BaseException) -> dict[str, Any]:
+    """The result of a run whose worker crashed (it wrote no record: the run is retried next time)."""
+    result = {k: task[k] for k in ("key", "params", "grid", "repeat", "seed")}
+    result.update(status="failed", error=f"the worker running it failed: {_error_text(exc)}", records={}, seconds=0.0)
+    return result
 
 
 def _local(tasks: list[dict[str, Any]], workers: int) -> Iterator[dict[str, Any]]:
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(run_point, t) for t in tasks]
+        futures = {pool.submit(run_point, t): t for t in tasks}
         for fut in as_completed(futures):
-            yield fut.result()
+            try:
+                yield fut.result()
+            except Exception as exc:  # a worker died (BrokenProcessPool) or raised: that run failed, not all
+                yield _failed_result(futures[fut], exc)
 
 
-def _dask(tasks: list[dict[str, Any]], scheduler: str) -> Iterator[dict[str, Any]]:
+def _dask_client(scheduler: str) -> Any:
     try:
         from distributed import Client
-        from distributed import as_completed as dask_completed
     except ImportError:
         raise InvalidConfig("--scheduler needs Dask: pip install 'ruvattn[experiments]'") from None
     try:
         client = Client(scheduler, timeout=10)
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, ValueError, TypeError) as exc:
         raise InvalidConfig(f"--scheduler {scheduler}: cannot reach a Dask scheduler there ({exc}).") from None
+    workers = client.scheduler_info()["workers"].values()
+    if not workers:
+        client.close()
+        raise InvalidConfig(f"--scheduler {scheduler}: the cluster has no workers.")
+    return client
+
+
+def _dask(tasks: list[dict[str, Any]], client: Any) -> Iterator[dict[str, Any]]:
+    from distributed import as_completed as dask_completed
+
     with client:
-        workers = client.scheduler_info()["workers"].values()
         per_host: dict[str, int] = {}
-        for w in workers:
-            host = w["host"]
-            per_host[host] = per_host.get(host, 0) + int(w["nthreads"])
-        if not per_host:
-            raise InvalidConfig(f"--scheduler {scheduler}: the cluster has no workers.")
+        for w in client.scheduler_info()["workers"].values():
+            per_host[w["host"]] = per_host.get(w["host"], 0) + int(w["nthreads"])
         # runs on one host share its cores: NUMBA_NUM_THREADS = cores / concurrent runs there
-        concurrent = max(per_host.values())
+        concurrent = max(per_host.values(), default=1)
         cores = os.cpu_count() or 1
         for t in tasks:
             t["numba_threads"] = max(1, cores // concurrent)
         futures = client.map(run_point, tasks, pure=False)
+        by_key = {f.key: t for f, t in zip(futures, tasks, strict=True)}
         for fut in dask_completed(futures):
-            yield fut.result()
+            try:
+                yield fut.result()
+            except Exception as exc:
+                yield _failed_result(by_key[fut.key], exc)
 
 
 def run_experiment(
@@ -435,38 +600,65 @@ def run_experiment(
     ci: bool = False,
     force: bool = False,
     progress: bool = True,
+    notify: Callable[[str], None] | None = None,
 ) -> RunReport:
     """Run every point of ``experiment`` not already in the cache; write ``results.csv``.
 
     ``workers``: local worker processes (default: as many as cores, at most the runs to do);
     ``scheduler``: a Dask scheduler address instead; ``ci``: the file's tiny ``ci`` version;
     ``force``: ignore the cache.
+
+    A corrupt cached point (its ``.json`` record or its executed notebook empty, truncated, not UTF-8, not
+    JSON, not a record, or a directory where the file should be) is reported in one line through ``notify``
+    (default: stderr), and only that point is run again; the other cached points are kept as they are.
     """
+    notify = notify or _notify_stderr
+    repaired: list[str] = []
+
+    def tell(message: str) -> None:
+        repaired.append(message)
+        notify(message)
+
     exp = experiment if isinstance(experiment, Experiment) else load_experiment(experiment, ci=ci)
-    points_dir = exp.runs_dir / "points"
-    points_dir.mkdir(parents=True, exist_ok=True)
-    nb_hash = hashlib.sha256(exp.notebook.read_bytes()).hexdigest()[:16]
+    points_dir = _make_dirs(exp, tell)
+    try:
+        nb_hash = hashlib.sha256(exp.notebook.read_bytes()).hexdigest()[:16]
+    except OSError as exc:
+        raise InvalidConfig(f"{exp.path}: cannot read the notebook {str(exp.notebook)!r} ({exc.strerror}).") from None
     code = code_version()
     results: dict[str, dict[str, Any]] = {}
     todo: list[dict[str, Any]] = []
     for run in exp.runs():
         key = _key(nb_hash, code, run)
-        cached = points_dir / f"{key}.json"
-        if not force and cached.is_file():
-            old = json.loads(cached.read_text(encoding="utf-8"))
-            if old.get("status") == "ok":
+        files = {"json": points_dir / f"{key}.json", "out_nb": points_dir / f"{key}.ipynb",
+                 "log": points_dir / f"{key}.log"}  # fmt: skip
+        where = files["json"].parent.relative_to(exp.path.parent)
+        problem = None
+        if not force:
+            old, problem = _cached_point(points_dir, key)
+            if old is not None and old["status"] == "ok":
                 results[key] = old
                 continue
-        todo.append({
-            **run, "key": key, "notebook": str(exp.notebook), "out_nb": str(points_dir / f"{key}.ipynb"),
-            "log": str(points_dir / f"{key}.log"), "json": str(cached), "code": code,
-        })  # fmt: skip
+            if problem is not None:
+                tell(f"experiment {exp.name}: cached point {run['params']} (repeat {run['repeat']}): "
+                     f"{where}/{problem}; running it again")  # fmt: skip
+        for path in files.values():  # the run writes these three files: a directory in the way goes
+            if path.is_dir():
+                if not (problem or "").startswith(path.name):
+                    tell(f"experiment {exp.name}: point {run['params']} (repeat {run['repeat']}): {where}/{path.name} "
+                         "is a directory where the run writes a file; removed")  # fmt: skip
+                _remove(path)
+        todo.append({**run, "key": key, "notebook": str(exp.notebook), "code": code,
+                     **{what: str(path) for what, path in files.items()}})  # fmt: skip
     cached_count = len(results)
     if todo:
         n_workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
         for t in todo:
             t["numba_threads"] = max(1, (os.cpu_count() or 1) // n_workers)
-        stream: Iterable[dict[str, Any]] = _dask(todo, scheduler) if scheduler else _local(todo, n_workers)
+        # a scheduler is reached before the progress bar starts: an unreachable one is one line, no bar
+        stream: Iterable[dict[str, Any]] = (
+            _dask(todo, _dask_client(scheduler)) if scheduler else _local(todo, n_workers)
+        )
         if progress:
             from tqdm import tqdm
 
@@ -475,29 +667,128 @@ def run_experiment(
             results[result["key"]] = result
     grid_names = list(dict.fromkeys(k for run in exp.runs() for k in run["grid"]))
     order = {(_key(nb_hash, code, run)): i for i, run in enumerate(exp.runs())}
-    rows = [_row(r, grid_names) for r in sorted(results.values(), key=lambda r: order[r["key"]])]
+    ordered = sorted(results.values(), key=lambda r: order[r["key"]])
+    rows = [_row(r, grid_names) for r in ordered]
     table = exp.runs_dir / "results.csv"
-    _write_table(table, rows)
     from ruvattn import __version__
 
     provenance = {
         "experiment": exp.name, "ci": exp.ci, "ruvattn": __version__, "code_version": code,
         "notebook_sha256": nb_hash, "written": _now(), "machine": machine_info(),
         "runner": f"dask {scheduler}" if scheduler else "local processes",
+        "keys": [r["key"] for r in ordered],  # the points of results.csv, in its order: what rebuilds it
     }  # fmt: skip
-    (exp.runs_dir / "provenance.json").write_text(json.dumps(provenance, indent=1), encoding="utf-8")
+    for path in (table, exp.runs_dir / "provenance.json"):
+        if path.is_dir():
+            tell(f"experiment {exp.name}: {path} is a directory, not a file; replaced")
+            _remove(path)
+    _write_atomic(table, _table_text(rows))
+    _write_atomic(exp.runs_dir / "provenance.json", json.dumps(provenance, indent=1))
     failed = [r for r in results.values() if r["status"] != "ok"]
-    return RunReport(exp, executed=len(todo), cached=cached_count, failed=failed, table=table, rows=rows)
+    return RunReport(exp, executed=len(todo), cached=cached_count, failed=failed, table=table, rows=rows,
+                     repaired=repaired)  # fmt: skip
 
 
-def read_results(experiment: str | Path | Experiment) -> list[dict[str, Any]]:
-    """The rows of an experiment's ``results.csv`` (numbers parsed)."""
+def _table_keys(exp: Experiment) -> list[str]:
+    """The points of ``exp``'s ``results.csv``: the keys its ``provenance.json`` lists; for a provenance
+    without them, the keys of its code and notebook hashes; without a readable provenance, the current ones."""
+    meta, why = _read_json(exp.runs_dir / "provenance.json")
+    if why is None and isinstance(meta, dict):
+        keys = meta.get("keys")
+        if isinstance(keys, list) and all(isinstance(k, str) for k in keys):
+            return keys
+        if isinstance(meta.get("code_version"), str) and isinstance(meta.get("notebook_sha256"), str):
+            runs = (load_experiment(exp.path, ci=True) if meta.get("ci") else exp).runs()
+            return [_key(meta["notebook_sha256"], meta["code_version"], run) for run in runs]
+    try:
+        nb_hash = hashlib.sha256(exp.notebook.read_bytes()).hexdigest()[:16]
+    except OSError:
+        return []
+    code = code_version()
+    return [_key(nb_hash, code, run) for run in exp.runs()]
+
+
+def rebuild_results(experiment: str | Path | Experiment) -> list[dict[str, Any]]:
+    """Write ``results.csv`` again from the cached point records (see :func:`_table_keys` for which points)
+    and return its rows; :class:`~ruvattn.errors.InvalidConfig` when no record is left to build it from."""
+    exp = experiment if isinstance(experiment, Experiment) else load_experiment(experiment)
+    points_dir = exp.runs_dir / "points"
+    records = []
+    for key in _table_keys(exp):
+        record, why = _read_json(points_dir / f"{key}.json")
+        if why is None and _record_problem(record, key) is None:
+            records.append(record)
+    table = exp.runs_dir / "results.csv"
+    if not records:
+        raise InvalidConfig(
+            f"experiment {exp.name!r}: {table} cannot be rebuilt: no readable point record is cached; "
+            f"run `ruvattn experiment run {exp.name}` again."
+        )
+    grid_names = list(dict.fromkeys(k for r in records for k in r["grid"]))
+    rows = [_row(r, grid_names) for r in records]
+    if table.is_dir():
+        _remove(table)
+    _write_atomic(table, _table_text(rows))
+    return rows
+
+
+def _table_problem(text_rows: list[list[str]]) -> str | None:
+    """Why parsed CSV rows are not a results table written by :func:`run_experiment`, or ``None``."""
+    if not text_rows:
+        return "is empty"
+    header, body = text_rows[0], text_rows[1:]
+    if len(set(header)) != len(header) or [c for c in header if c in FIXED_COLUMNS] != list(FIXED_COLUMNS):
+        return "has no valid header (the columns repeat, seed, status, seconds, key in this order)"
+    if not body:
+        return "has a header but no rows"
+    at = {name: header.index(name) for name in FIXED_COLUMNS}
+    for n, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            return f"is cut or malformed at line {n} ({len(row)} fields, the header has {len(header)})"
+        key = row[at["key"]]
+        if len(key) != 20 or any(c not in "0123456789abcdef" for c in key):
+            return f"has no valid key at line {n}"
+        if row[at["status"]] not in ("ok", "failed") or not row[at["repeat"]].isdigit():
+            return f"has no valid status or repeat at line {n}"
+    return None
+
+
+def read_results(
+    experiment: str | Path | Experiment, *, notify: Callable[[str], None] | None = None
+) -> list[dict[str, Any]]:
+    """The rows of an experiment's ``results.csv`` (numbers parsed).
+
+    A corrupt table (empty, cut, not UTF-8, not CSV, not the runner's columns, a directory) is rebuilt from
+    the cached point records (:func:`rebuild_results`), and ``notify`` (default: stderr) gets one line
+    saying so.
+    """
     exp = experiment if isinstance(experiment, Experiment) else load_experiment(experiment)
     table = exp.runs_dir / "results.csv"
-    if not table.is_file():
+    if not table.exists():
         raise InvalidConfig(f"experiment {exp.name!r} has no results yet ({table}); run it first.")
-    with table.open(encoding="utf-8") as fh:
-        return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    problem = None
+    if table.is_dir():
+        problem = "is a directory, not a file"
+    else:
+        try:
+            text = table.read_bytes().decode("utf-8")
+            text_rows = list(csv.reader(text.splitlines()))
+        except OSError as exc:
+            problem = f"cannot be read ({exc.strerror or exc})"
+        except UnicodeDecodeError as exc:
+            problem = f"is not UTF-8 text (offset {exc.start})"
+        except csv.Error as exc:
+            problem = f"is not valid CSV ({exc})"
+        else:
+            problem = _table_problem(text_rows)
+    if problem is None:
+        header, body = text_rows[0], text_rows[1:]
+        return [{k: _parse(v) for k, v in zip(header, row, strict=True)} for row in body]
+    rows = rebuild_results(exp)
+    (notify or _notify_stderr)(
+        f"experiment {exp.name}: {table} {problem}; rebuilt from {len(rows)} cached point record(s)"
+    )
+    return rows
 
 
 def _parse(text: str) -> Any:

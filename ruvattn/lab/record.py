@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MIME", "read_records", "record"]
+__all__ = ["MIME", "read_records", "record", "records_in"]
 
 MIME = "application/x.ruvattn.record+json"
 
@@ -50,11 +50,23 @@ def record(name: str, value: Any) -> None:
 
 def read_records(notebook: str | Path) -> dict[str, Any]:
     """All values recorded in an executed notebook, by name (last one wins)."""
-    nb = json.loads(Path(notebook).read_text())
+    return records_in(json.loads(Path(notebook).read_text(encoding="utf-8")))
+
+
+def records_in(nb: Any) -> dict[str, Any]:
+    """The records of a parsed notebook (its JSON), by name (last one wins); whatever is not shaped like a
+    notebook, a cell, an output or a record is passed over.
+
+    >>> records_in({"cells": [{"outputs": [{"data": {MIME: {"name": "x", "value": 2}}}]}, 3]})
+    {'x': 2}
+    """
     found: dict[str, Any] = {}
-    for cell in nb.get("cells", []):
-        for output in cell.get("outputs", []):
-            data = output.get("data", {})
-            if MIME in data:
-                found[data[MIME]["name"]] = data[MIME]["value"]
+    cells = nb.get("cells") if isinstance(nb, dict) else None
+    for cell in cells if isinstance(cells, list) else []:
+        outputs = cell.get("outputs") if isinstance(cell, dict) else None
+        for output in outputs if isinstance(outputs, list) else []:
+            data = output.get("data") if isinstance(output, dict) else None
+            entry = data.get(MIME) if isinstance(data, dict) else None
+            if isinstance(entry, dict) and isinstance(entry.get("name"), str) and "value" in entry:
+                found[entry["name"]] = entry["value"]
     return found

@@ -83,9 +83,11 @@ def _point_records(exp: Experiment, rows: list[dict[str, Any]]) -> list[dict[str
     for row in rows:
         path = exp.runs_dir / "points" / f"{row.get('key')}.json"
         try:
-            out.append(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError):
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):  # ValueError: not JSON, or not UTF-8
             continue
+        if isinstance(record, dict):
+            out.append(record)
     return out
 
 
@@ -98,22 +100,24 @@ def _provenance(exp: Experiment, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """When, where and with which code an experiment's results were measured (as far as recorded)."""
     try:
         meta = json.loads((exp.runs_dir / "provenance.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
+        meta = {}
+    if not isinstance(meta, dict):
         meta = {}
     points = _point_records(exp, rows)
-    finished = sorted(p["finished"] for p in points if p.get("finished"))
+    finished = sorted(p["finished"] for p in points if isinstance(p.get("finished"), str))
     machines = {_machine_text(p["machine"]) for p in points if isinstance(p.get("machine"), dict)}
     if not machines and isinstance(meta.get("machine"), dict):
         machines = {_machine_text(meta["machine"])}
-    codes = {p["code"] for p in points if p.get("code")}
-    if not codes and meta.get("code_version"):
+    codes = {p["code"] for p in points if isinstance(p.get("code"), str) and p["code"]}
+    if not codes and isinstance(meta.get("code_version"), str):
         codes = {meta["code_version"]}
     return {
         "from": finished[0] if finished else meta.get("written"),
         "to": finished[-1] if finished else meta.get("written"),
         "machines": sorted(machines),
         "codes": sorted(codes),
-        "version": meta.get("ruvattn"),
+        "version": meta.get("ruvattn") if isinstance(meta.get("ruvattn"), str) else None,
         "ci": bool(meta.get("ci", False)),
     }
 
@@ -167,8 +171,19 @@ def benchmarks_page(directory: str | Path = "experiments", names: Sequence[str] 
         if not paths:
             raise InvalidConfig(f"no experiment files (*.experiment.yaml) in {str(directory)!r}.")
     found = []
+    loaded = []
     for path in paths:
-        exp = load_experiment(path)
+        if names:
+            exp = load_experiment(path)
+        else:  # a broken experiment file does not hide the others' results: one line on stderr, then on
+            try:
+                exp = load_experiment(path)
+            except InvalidConfig as exc:
+                import sys
+
+                print(f"ruvattn: skipped in the report: {exc}", file=sys.stderr)
+                continue
+        loaded.append(exp)
         if not (exp.runs_dir / "results.csv").is_file():
             if names:
                 raise InvalidConfig(
@@ -180,7 +195,7 @@ def benchmarks_page(directory: str | Path = "experiments", names: Sequence[str] 
         if rows:
             found.append((exp, rows))
     if not found:
-        known = ", ".join(load_experiment(p).name for p in paths)
+        known = ", ".join(exp.name for exp in loaded) or "none that loads"
         raise InvalidConfig(
             f"no experiment in {str(directory)!r} has results yet (experiments: {known}); run "
             "`ruvattn benchmark`, `ruvattn compare` or `ruvattn experiment run NAME` first."

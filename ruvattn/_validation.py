@@ -125,7 +125,7 @@ def as_keep(op: str, mask: Any, shape: tuple[int, ...]) -> NDArray[np.bool_]:
         )
     if arr.shape != shape:
         raise DimensionMismatch(f"{op}: mask has shape {arr.shape}, expected {shape}.")
-    return np.ascontiguousarray(arr)
+    return np.require(arr, None, "CAW")  # C-contiguous, aligned, writeable (a copy otherwise): the kernels' layout
 
 
 def as_bias(op: str, bias: Any, shape: tuple[int, ...], dtype: np.dtype) -> NDArray[np.floating]:
@@ -138,14 +138,14 @@ def as_bias(op: str, bias: Any, shape: tuple[int, ...], dtype: np.dtype) -> NDAr
 def as_ids(op: str, ids: Any, size: int, name: str = "ids") -> NDArray[np.int64]:
     """Integer row ids as int64.  Their range ``[0, size)`` is checked by the kernels
     (status :data:`~ruvattn.kernels.attention.BADID`), see :func:`raise_for_status`."""
-    if type(ids) is np.ndarray and ids.dtype is _I64 and ids.ndim == 1 and ids.flags.c_contiguous:
+    if type(ids) is np.ndarray and ids.dtype is _I64 and ids.ndim == 1 and ids.flags.carray:
         return ids
     arr = np.asarray(ids)
     if arr.ndim != 1:
         raise DimensionMismatch(f"{op}: {name} has shape {arr.shape}, expected (n,).")
     if arr.size and arr.dtype.kind not in "iu":
         raise DimensionMismatch(f"{op}: {name} must be integers; got dtype {arr.dtype}.")
-    return np.ascontiguousarray(arr, dtype=np.int64)
+    return np.require(arr, np.int64, "CAW")  # C-contiguous, aligned, writeable (a copy otherwise): see as_array
 
 
 def check_ids(op: str, ids: NDArray[np.int64], size: int, name: str = "ids") -> None:

@@ -26,7 +26,7 @@ __all__ = ["NeighbourList", "as_neighbours"]
 def _integer_ids(op: str, name: str, ids: Any) -> NDArray[np.int64]:
     """``ids`` as a contiguous int64 array; anything but integers (floats, bools, objects) is refused,
     never cast: a float id such as ``1.9`` would otherwise silently become ``1``."""
-    if type(ids) is np.ndarray and ids.dtype == np.int64 and ids.flags.c_contiguous:
+    if type(ids) is np.ndarray and ids.dtype == np.int64 and ids.flags.carray:
         return ids
     try:
         arr = np.asarray(ids)
@@ -39,7 +39,7 @@ def _integer_ids(op: str, name: str, ids: Any) -> NDArray[np.int64]:
         )
     if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
         raise OutOfBounds(f"{op}: {name} holds an id too large for int64; got {arr.max()}.")
-    return np.ascontiguousarray(arr, dtype=np.int64)
+    return np.require(arr, np.int64, "CAW")  # a read-only or strided array would compile a new kernel specialisation
 
 
 @dataclass(frozen=True)

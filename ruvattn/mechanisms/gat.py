@@ -251,7 +251,7 @@ class _GraphConv(DropoutMixin, Attention, ABC):
             )
         if arr.size and arr.dtype.kind not in "iu":
             raise DimensionMismatch(f"{op}: edge_index must hold integer node ids; got dtype {arr.dtype}.")
-        return np.ascontiguousarray(arr, dtype=np.int64)
+        return np.require(arr, np.int64, "CAW")  # C-contiguous, aligned, writeable: the kernels' one layout
 
     @staticmethod
     def _edge_list(adj: Ids | NeighbourList) -> Ids:

@@ -416,7 +416,7 @@ class LinearAttention(Attention):
         than exact attention), or against a :class:`LinearSummary` (``values=None``; ``O(F·(d + dv))``, the
         fast path; the query is taken in the summary's dtype)."""
         if type(keys) is LinearSummary:
-            if values is None and mask is None and type(query) is np.ndarray:
+            if values is None and mask is None and type(query) is np.ndarray and query.flags.carray:
                 dt = keys.dtype
                 if query.dtype is dt and query.shape == self._qshape == keys.query_shape and keys.kind == self._kind:
                     out = np.empty(keys.S.shape[1], dt)

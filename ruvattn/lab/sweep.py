@@ -81,6 +81,7 @@ __all__ = [
     "format_table",
     "generate",
     "main",
+    "merge_rows",
     "nonfinite_in",
     "replay",
     "run_sweep",
@@ -985,6 +986,8 @@ def _attention_op(ctx: _Context, g: _Draw, kind: str, c: int, e: _Entry, op: str
                 g.refuse("an empty key set")
         elif target in opts:
             opts[target] = _corrupt_option(g, target, opts[target], n, rows, op, h)
+            if (op in _BATCH and rows == 0) or (nb is not None and nnz == 0):
+                g.invalid = None  # nothing is computed: an option the call never reads may go unchecked
         else:
             a = args[target]
             args[target] = _corrupt_array(g, np.asarray(a) if a is not None else np.zeros(1), target,
@@ -1064,8 +1067,9 @@ def _set_params_op(ctx: _Context, g: _Draw, kind: str, c: int, e: _Entry, op: st
     """``set_params`` with random valid and invalid values on a fresh copy (in inference mode), then a forward.
 
     A rejected change must leave the object as it was: the same configuration object, the same learned
-    arrays and the same forward output (compared only when two calls before agree: a FAVOR+ redraw
-    changes it legitimately); otherwise the operation is ``inconsistent``.
+    arrays, and the same forward output as a twin built from the same spec that made the same calls
+    without the ``set_params`` (a FAVOR+ redraw counter advances in both); otherwise the operation is
+    ``inconsistent``.
     """
     from ruvattn import build
     from ruvattn.mechanisms.base import mechanism_class
@@ -1098,10 +1102,10 @@ def _set_params_op(ctx: _Context, g: _Draw, kind: str, c: int, e: _Entry, op: st
     spec = e.spec
 
     def call() -> Any:
-        mech = build(spec)
+        mech, twin = build(spec), build(spec)  # the twin makes the same calls without the set_params
         probe = _probe(mech, 0)
         before = _forward_or_error(mech, probe)
-        repeatable = _same_outcome(before, _forward_or_error(mech, probe))
+        comparable = _same_outcome(before, _forward_or_error(twin, probe))  # False with fresh entropy
         before_config = mech.config
         before_state = {k: np.array(v, copy=True) for k, v in mech.state_dict().items()}
         try:
@@ -1113,10 +1117,10 @@ def _set_params_op(ctx: _Context, g: _Draw, kind: str, c: int, e: _Entry, op: st
             changed = [k for k, v in before_state.items() if k not in state or not _same_outcome(v, state[k])]
             if changed or set(state) != set(before_state):
                 raise _Inconsistent(f"set_params raised but changed the learned arrays {changed}") from None
-            after = _forward_or_error(mech, probe)
-            if repeatable and not _same_outcome(before, after):
+            after, expected = _forward_or_error(mech, probe), _forward_or_error(twin, probe)
+            if comparable and not _same_outcome(after, expected):
                 raise _Inconsistent(
-                    f"set_params raised, and forward then gave {_brief(after)} instead of {_brief(before)}"
+                    f"set_params raised, and forward then gave {_brief(after)} instead of {_brief(expected)}"
                 ) from None
             raise
         return mech.forward(*_probe(mech, 1))
@@ -1449,16 +1453,51 @@ def _short_spec(spec: Mapping[str, Any]) -> str:
 # -- the experiment's table ------------------------------------------------------------------
 def experiment_result(
     experiment: str = "experiments/reliability_sweep.experiment.yaml", *, ci: bool = False
-) -> SweepResult:
-    """Every point of the ``reliability_sweep`` experiment (``results.csv``) merged into one result."""
-    from ruvattn.lab.experiments import load_experiment, read_results
+) -> tuple[SweepResult, list[dict[str, Any]]]:
+    """Every recorded point of the ``reliability_sweep`` experiment on the current code, merged, and the runs
+    without a record (a crashed kernel, a point not run yet).
+
+    A point whose notebook failed its final assertion (failures found) still recorded its counts before it:
+    they are read from its executed notebook, so the table exists whether or not the sweep is clean.
+    """
+    from ruvattn.lab.experiments import code_version, load_experiment
+    from ruvattn.lab.record import read_records
 
     exp = load_experiment(experiment, ci=ci)
-    total = SweepResult()
-    for row in read_results(exp):
-        if row.get("status") != "ok" or not row.get("sweep"):
+    code = code_version()
+    wanted = {json.dumps(r["params"], sort_keys=True, default=str): r["params"] for r in exp.runs()}
+    found: dict[str, tuple[str, Any]] = {}
+    for path in sorted((exp.runs_dir / "points").glob("*.json")):
+        try:
+            point = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
             continue
-        data = row["sweep"]
+        if not isinstance(point, dict) or point.get("code") != code:
+            continue
+        key = json.dumps(point.get("params"), sort_keys=True, default=str)
+        if key not in wanted:
+            continue
+        records = point.get("records") or {}
+        notebook = path.with_suffix(".ipynb")
+        if "sweep" not in records and notebook.is_file():
+            try:
+                records = read_records(notebook)
+            except (OSError, ValueError):
+                records = {}
+        finished = str(point.get("finished", ""))
+        if isinstance(records, dict) and records.get("sweep") and (key not in found or finished > found[key][0]):
+            found[key] = (finished, records["sweep"])
+    merged = merge_rows({"status": "ok", "sweep": sweep} for _, sweep in found.values())
+    return merged, [params for key, params in wanted.items() if key not in found]
+
+
+def merge_rows(rows: Iterable[Mapping[str, Any]]) -> SweepResult:
+    """The ``sweep`` column (JSON of :meth:`SweepResult.to_json`) of the rows whose status is ``ok``, merged."""
+    total = SweepResult()
+    for row in rows:
+        data = row.get("sweep")
+        if row.get("status") != "ok" or not data:
+            continue
         total = total.merge(SweepResult.from_json(json.loads(data) if isinstance(data, str) else data))
     return total
 
@@ -1477,10 +1516,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_sweep(args.seed, args.chunk, args.ops)
     else:
         try:
-            result = experiment_result(args.experiment, ci=args.ci)
+            result, missing = experiment_result(args.experiment, ci=args.ci)
         except AttentionError as exc:
             print(f"error: {exc}")
             return 2
+        if missing:
+            print(f"{len(missing)} point(s) without a record on this code (crashed, or not run yet):")
+            for params in missing:
+                print(f"  {params}")
+        if not result.ops:
+            return 1
     print(result.table())
     print()
     print(result.table("op"))

@@ -613,10 +613,12 @@ def _layout(g: _Draw, a: Any, name: str) -> Any:
     if r == 3 and a.size < 200:
         g.tag(f"{name}:list")
         return a.tolist()
-    other = np.float32 if a.dtype == np.float64 else np.float64
-    g.tag(f"{name}:{np.dtype(other).name} (mixed dtypes)")
-    with np.errstate(all="ignore"):
-        return a.astype(other)
+    if a.dtype == np.float64:  # float32 next to float64 inputs, clipped to float32's range (no inf made here)
+        g.tag(f"{name}:float32 (mixed dtypes)")
+        big = float(_FINFO[_FLOAT_DTYPES[0]].max)
+        return np.clip(a, -big, big).astype(np.float32)
+    g.tag(f"{name}:float64 (mixed dtypes)")
+    return a.astype(np.float64)
 
 
 def _inject(g: _Draw, a: np.ndarray, name: str) -> tuple[np.ndarray, bool, bool]:
@@ -662,9 +664,8 @@ def _corrupt_array(g: _Draw, a: np.ndarray, name: str, role: str, op: str) -> An
         return (a * 3).astype(np.int64) if np.isfinite(a).all() and np.abs(a).max(initial=0) < 1e15 else a
     if bad == "bool":
         return a > 0
-    if bad == "float16":
-        with np.errstate(all="ignore"):
-            return a.astype(np.float16)
+    if bad == "float16":  # clipped to float16's range: the dtype is the bad part, not an inf
+        return np.clip(a, -65504.0, 65504.0).astype(np.float16)
     if bad == "complex":
         if must or role == "values":
             g.refuse(f"complex {name}")

@@ -15,7 +15,8 @@ __all__ = ["backend_info", "warm_mechanism", "warmup"]
 
 
 def backend_info() -> dict[str, Any]:
-    """The kernel backend in use: Numba version, JIT on/off, target CPU and its SIMD features.
+    """The kernel backend in use: Numba version, JIT on/off, target CPU and its SIMD features, and the
+    threading layer (whether parallel kernels launched from several Python threads run concurrently).
 
     >>> info = backend_info()
     >>> info["backend"] in {"numba", "python (NUMBA_DISABLE_JIT=1)"}
@@ -33,7 +34,16 @@ def backend_info() -> dict[str, Any]:
         "cache": _config.CACHE,
         "threads": numba.get_num_threads(),
         "threading_layer": _threading_layer(),
+        "parallel_launches": _parallel_launches(),
     }
+
+
+def _parallel_launches() -> str:
+    """How parallel kernels launched from several Python threads run (see :func:`ruvattn._config.parallel_njit`)."""
+    if _config.JIT_DISABLED:
+        return "python"
+    safe = _config.layer_threadsafe()
+    return "not started" if safe is None else "concurrent" if safe else "one at a time (the layer is not threadsafe)"
 
 
 def _threading_layer() -> str:

@@ -91,7 +91,10 @@ for t in threads:
     t.start()
 for t in threads:
     t.join()
-print(json.dumps({"layer": layer, "calls": len(calls), "mismatches": sorted(set(mismatches)), "errors": errors}))
+from ruvattn.backend import backend_info
+launches = backend_info()["parallel_launches"]
+print(json.dumps({"layer": layer, "launches": launches, "calls": len(calls), "mismatches": sorted(set(mismatches)),
+                  "errors": errors}))
 """
 
 
@@ -130,6 +133,8 @@ def test_four_threads_under_each_threading_layer(layer):
     assert done.returncode == 0, f"exit code {done.returncode} under {layer}:\n{done.stderr[-2000:]}"
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["layer"] == layer
+    assert result["launches"] == ("concurrent" if layer in _config.THREADSAFE_LAYERS else
+                                  "one at a time (the layer is not threadsafe)")  # fmt: skip
     assert result["calls"] == 4 * len(KINDS)
     assert result["errors"] == []
     assert result["mismatches"] == [], "outputs differ from the single-threaded run"

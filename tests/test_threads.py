@@ -202,3 +202,20 @@ def test_launches_serialise_until_the_layer_is_known_threadsafe(monkeypatch):
     ex.mechanism.forward_batch(ex.queries, ex.keys, ex.values)
     assert held == [True]
     assert _config._threadsafe == (numba.threading_layer() in _config.THREADSAFE_LAYERS)
+
+
+def test_backend_info_names_how_parallel_launches_run():
+    launches = ruvattn.backend_info()["parallel_launches"]
+    if _config.JIT_DISABLED:
+        assert launches == "python"
+    else:
+        assert launches in {"not started", "concurrent", "one at a time (the layer is not threadsafe)"}
+
+
+def test_a_forked_child_starts_with_a_free_launch_lock(monkeypatch):
+    """The lock held by another thread at fork time would never be released in the child."""
+    held = _config._launch_lock
+    monkeypatch.setattr(_config, "_launch_lock", held)
+    with held:
+        _config._renew_lock()  # what os.register_at_fork runs in the child
+        assert _config._launch_lock is not held and not _config._launch_lock.locked()

@@ -187,7 +187,17 @@ class Parametrized:
         bound.apply_defaults()
         self.config = self._validated(dict(bound.arguments))
         self.training = False
-        self._init_state()
+        self._allocate(owner)
+
+    def _allocate(self, owner: str) -> None:
+        """:meth:`_init_state`, with a configuration too large for memory a typed error."""
+        try:
+            self._init_state()
+        except MemoryError:
+            raise InvalidConfig(
+                f"{owner}: the learned arrays of this configuration do not fit in memory "
+                f"({self.config.as_dict()}); use smaller widths."
+            ) from None
 
     @classmethod
     def _validated(cls, values: dict[str, Any]) -> ParamSet:
@@ -224,7 +234,7 @@ class Parametrized:
         before = dict(self.__dict__)
         try:
             self.config = new
-            self._init_state()
+            self._allocate(owner)
         except BaseException:
             self.__dict__.clear()
             self.__dict__.update(before)

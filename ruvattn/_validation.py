@@ -343,7 +343,8 @@ def _finite_real(value: Any) -> bool:
 
 
 class Integer(Constraint):
-    """An integer in ``[low, high]`` (either bound may be open-ended)."""
+    """An integer in ``[low, high]``.  An omitted bound means the int32 range (±(2**31 - 1)): every integer a
+    kernel receives fits its integer type, so ``2**64`` is refused here rather than inside a compiled function."""
 
     control = "int"
 
@@ -353,19 +354,22 @@ class Integer(Constraint):
     def check(self, owner: str, name: str, value: Any, none: bool = False) -> int:
         if (
             not _is_int(value)
-            or (self.low is not None and value < self.low)
-            or (self.high is not None and value > self.high)
+            or value < (-_INT32 if self.low is None else self.low)
+            or value > (_INT32 if self.high is None else self.high)
         ):
             raise _message(owner, name, self.describe(), value, none, self.hint)
         return int(value)
 
     def describe(self) -> str:
-        if self.low == 1 and self.high is None:
-            return "a positive integer"
-        if self.low == 0 and self.high is None:
-            return "a non-negative integer"
-        lo = "-inf" if self.low is None else str(self.low)
-        hi = "inf" if self.high is None else str(self.high)
+        lo = -_INT32 if self.low is None else self.low
+        hi = _INT32 if self.high is None else self.high
+        top = "2**31 - 1" if hi == _INT32 else str(hi)
+        if hi < 65536:  # a small range reads best as an interval ("an integer in [1, 16]")
+            return f"an integer in [{lo}, {hi}]"
+        if lo == 1:
+            return f"a positive integer (at most {top})"
+        if lo == 0:
+            return f"a non-negative integer (at most {top})"
         return f"an integer in [{lo}, {hi}]"
 
 
@@ -469,8 +473,11 @@ class Custom(Constraint):
 
 
 #: Shared constraints: declared here once, named by every mechanism that has the parameter.
-POSITIVE_INT = Integer(1)
+_INT32 = 2**31 - 1  # every count and size fits the kernels' index arithmetic
+POSITIVE_INT = Integer(1)  # at most 2**31 - 1, like every Integer without an upper bound
 NON_NEGATIVE_INT = Integer(0)
+#: a feature width (dim, in/out channels): learned matrices are width², so 65,536 is already 16 GiB
+WIDTH = Integer(1, 65536)
 SEED = Integer(0, 2**63 - 1)
 PROBABILITY = Real(0.0, 1.0, closed="left")
 POSITIVE = Real(0.0, None, closed="neither")

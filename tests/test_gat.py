@@ -836,10 +836,10 @@ def test_config_errors_and_registry():
     # one format for every parameter: "<Class>: '<name>' must be <constraint>; got <value>."
     fills = "one of 'mean', 'add', 'sum', 'max', 'min' or a finite number"
     for kwargs, message in [
-        ({"heads": 0}, "'heads' must be a positive integer; got 0."),
-        ({"heads": 2.5}, "'heads' must be a positive integer; got 2.5."),
-        ({"out_channels": 0}, "'out_channels' must be a positive integer; got 0."),
-        ({"in_channels": -2}, "'in_channels' must be a positive integer; got -2."),
+        ({"heads": 0}, "'heads' must be a positive integer (at most 2**31 - 1); got 0."),
+        ({"heads": 2.5}, "'heads' must be a positive integer (at most 2**31 - 1); got 2.5."),
+        ({"out_channels": 0}, "'out_channels' must be a positive integer (at most 65536); got 0."),
+        ({"in_channels": -2}, "'in_channels' must be a positive integer (at most 65536); got -2."),
         ({"dropout": 1.0}, "'dropout' must be a number in [0, 1); got 1.0."),
         ({"negative_slope": -0.1}, "'negative_slope' must be a number in [0, inf); got -0.1."),
         ({"negative_slope": float("inf")}, "'negative_slope' must be a number in [0, inf); got inf."),
@@ -848,10 +848,11 @@ def test_config_errors_and_registry():
         ({"fill_value": float("nan")}, f"'fill_value' must be {fills}; got nan."),
         (
             {"edge_dim": 0},
-            "'edge_dim' must be a positive integer or None; got 0. Use None for a layer without edge features.",
+            "'edge_dim' must be a positive integer (at most 2**31 - 1) or None; got 0. "
+            "Use None for a layer without edge features.",
         ),
         ({"concat": "yes"}, "'concat' must be True or False; got 'yes'."),
-        ({"seed": -1}, "'seed' must be an integer in [0, 9223372036854775807] or None; got -1."),
+        ({"seed": -1}, "'seed' must be a non-negative integer (at most 9223372036854775807) or None; got -1."),
     ]:
         args = {"in_channels": 4, "out_channels": 2, **kwargs}
         with pytest.raises(InvalidConfig) as err:
@@ -875,7 +876,8 @@ def test_config_errors_and_registry():
     assert conv.state_dict()["lin.weight"].shape == (6, 5) and conv.output_dim == 6
     with pytest.raises(InvalidConfig, match=r"^GATConv\.set_params: unknown parameter\(s\) \['dim'\]\. Valid: in_ch"):
         conv.set_params(dim=3)
-    with pytest.raises(InvalidConfig, match=r"^GATConv: 'heads' must be a positive integer; got 0\.$"):
+    heads_zero = r"^GATConv: 'heads' must be a positive integer \(at most 2\*\*31 - 1\); got 0\.$"
+    with pytest.raises(InvalidConfig, match=heads_zero):
         conv.set_params(heads=0)
     assert conv.heads == 3  # a failed set_params changes nothing
 

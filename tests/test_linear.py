@@ -486,9 +486,13 @@ def test_input_errors(fm):
         attn.forward_batch(q[None], summary, v)
     with pytest.raises(DimensionMismatch, match="query"):
         attn.forward(np.zeros(5), summary)
-    other = LinearAttention(3, "favor" if fm == "elu" else "elu")
-    with pytest.raises(Unsupported, match="this summary was made"):
+    other = LinearAttention(3, fm, num_features=4)  # the same configuration, but not the summary's maker
+    with pytest.raises(InvalidConfig, match="prepared by another LinearAttention"):
         other.forward(q, summary)
+    other_summary = other.summarize(k, v)
+    other.set_params(feature_map="favor" if fm == "elu" else "elu")
+    with pytest.raises(Unsupported, match="this summary was made"):
+        other.forward(q, other_summary)
     # NaN/inf inputs are named
     nan_k = k.copy()
     nan_k[2, 1] = np.nan

@@ -242,14 +242,15 @@ def test_config_validation_messages():
         MultiHeadAttention(128, 0)
     with pytest.raises(InvalidConfig, match=r"'num_heads' must be an integer in \[1, 16\]; got 32"):
         MultiHeadAttention(128, 32)
-    with pytest.raises(InvalidConfig, match="'dim' must be a positive integer; got 0"):
+    with pytest.raises(InvalidConfig, match=r"'dim' must be a positive integer \(at most 65536\); got 0"):
         ScaledDotProductAttention(0)
     msg = r"^ScaledDotProductAttention: 'temperature' must be a number in \(0, inf\); got 0\.$"
     with pytest.raises(InvalidConfig, match=msg):
         ScaledDotProductAttention(8, temperature=0)
     with pytest.raises(InvalidConfig, match=r"'dropout' must be a number in \[0, 1\); got 1.0"):
         ScaledDotProductAttention(8, dropout=1.0)
-    with pytest.raises(InvalidConfig, match=r"'block_size' must be a positive integer; got -1\. Try 64 or 128\."):
+    block = r"'block_size' must be a positive integer \(at most 2\*\*31 - 1\); got -1\. Try 64 or 128\."
+    with pytest.raises(InvalidConfig, match=block):
         FlashAttention(8, block_size=-1)
     assert issubclass(InvalidConfig, ValueError)
 

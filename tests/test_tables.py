@@ -49,4 +49,4 @@ def test_a_constraint_must_implement_check_and_describe():
 
     with pytest.raises(TypeError, match="abstract"):
         Half()
-    assert Integer(1).describe() == "a positive integer"
+    assert Integer(1).describe() == "a positive integer (at most 2**31 - 1)"

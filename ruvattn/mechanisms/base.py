@@ -25,6 +25,7 @@ and neighbour forms have correct (looping) defaults that fast mechanisms overrid
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import math
 from abc import ABC, abstractmethod
@@ -36,7 +37,7 @@ from numpy.typing import NDArray
 
 from ruvattn import _validation as V
 from ruvattn._params import Param, Parametrized
-from ruvattn.errors import InvalidConfig, Unsupported
+from ruvattn.errors import DimensionMismatch, InvalidConfig, NumericalInstability, Unsupported
 from ruvattn.geometry import Euclidean, Manifold
 from ruvattn.graph import NeighbourList, as_neighbours
 from ruvattn.kernels import attention as K
@@ -62,7 +63,7 @@ _EUCLIDEAN = Euclidean()
 _A = TypeVar("_A", bound="Attention")
 
 # -- parameters many mechanisms share (declared once) ---------------------------------------
-DIM = Param("dim", V.POSITIVE_INT, doc="query/key width (the specification's hidden_dim)", live=False)
+DIM = Param("dim", V.WIDTH, doc="query/key width (the specification's hidden_dim)", live=False)
 SCALE = Param("scale", V.POSITIVE, None, "replaces 1/sqrt(dim) as the score scale", none=True)
 TEMPERATURE = Param("temperature", V.POSITIVE, 1.0, "divides the scores (lower: sharper weights)")
 DROPOUT = Param("dropout", V.PROBABILITY, 0.0, "probability of zeroing a weight in training mode")
@@ -110,12 +111,75 @@ def build(spec: Mapping[str, Any] | str) -> Attention:
     return mechanism_class(spec["type"]).from_dict(spec)
 
 
-_VALUE_CHECKED: set[Callable[..., Any]] = set()  # forward_neighbours wrappers already installed
+_CHECKED_FORMS: set[Callable[..., Any]] = set()  # forward_batch/forward_neighbours wrappers already installed
+
+
+def _check_widths(mech: Attention, op: str, queries: Any, keys: Any) -> None:
+    """``queries (m, d)`` and raw ``keys (n, d)`` of the mechanism's width ``d`` (cheap: shapes only)."""
+    d = mech.hidden_dim
+    qs = np.shape(queries) if isinstance(queries, np.ndarray) else np.shape(np.asarray(queries, dtype=object))
+    if len(qs) == 2 and qs[1] != d:
+        raise DimensionMismatch(f"{op}: queries has shape {qs}, expected (m, {d}).")
+    if _raw(keys):
+        ks = np.shape(keys) if isinstance(keys, np.ndarray) else np.shape(np.asarray(keys, dtype=object))
+        if len(ks) == 2 and ks[1] != d:
+            raise DimensionMismatch(f"{op}: keys has shape {ks}, expected (n, {d}).")
+
+
+def _checked_form(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    if name == "forward_batch":
+
+        @functools.wraps(fn)
+        def forward_batch(self: Attention, queries: Any, keys: Any, values: Any = None, *args: Any, **kw: Any) -> Any:
+            _check_widths(self, f"{self.kind}.forward_batch", queries, keys)
+            return fn(self, queries, keys, values, *args, **kw)
+
+        return forward_batch
+
+    @functools.wraps(fn)
+    def forward_neighbours(self: Attention, queries: Any, keys: Any, values: Any, *args: Any, **kw: Any) -> Any:
+        op = f"{self.kind}.forward_neighbours"
+        if values is None and _raw(keys):
+            raise V.values_required(op)
+        neighbours = args[0] if args else kw.get("neighbours")
+        if neighbours is None:
+            raise DimensionMismatch(f"{op}: neighbours are required (a NeighbourList, CSR pair or padded ids).")
+        _check_widths(self, op, queries, keys)
+        return fn(self, queries, keys, values, *args, **kw)
+
+    return forward_neighbours
 
 
 def _raw(keys: Any) -> bool:
     """Keys given as a plain array or list (not a prepared form that carries its values)."""
     return isinstance(keys, np.ndarray) or type(keys) in (list, tuple)
+
+
+def _finite_weights(op: str, w: Array) -> Array:
+    """Weights are never NaN: a score that overflowed is :class:`NumericalInstability`, as in forward."""
+    if not np.isfinite(w).all():
+        raise NumericalInstability(
+            f"{op}: a score overflowed (inputs are finite but too large, or the temperature too small). "
+            "Scale the inputs down or use float64."
+        )
+    return w
+
+
+@functools.cache
+def _option_names(fn: Callable[..., Any]) -> frozenset[str] | None:
+    """The keyword options a weights hook takes (None: it takes any, ``**kwargs``)."""
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return frozenset(p.name for p in params if p.kind is p.KEYWORD_ONLY)
+
+
+def _check_options(op: str, fn: Callable[..., Any], kwargs: dict[str, Any], form: str) -> None:
+    names = _option_names(fn)
+    if names is not None:
+        extra = sorted(k for k, v in kwargs.items() if k not in names and v is not None)
+        if extra:
+            raise Unsupported(f"{op}: {', '.join(extra)}= is not supported for {form}; pass one query at a time.")
 
 
 class Complexity(str):
@@ -171,20 +235,17 @@ class Attention(Parametrized, ABC):
     supports_backward: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Every ``forward_neighbours`` a mechanism defines refuses ``values=None`` with raw keys (one
-        rule for all forms: values are never taken from the keys or silently dropped)."""
+        """Every ``forward_batch`` / ``forward_neighbours`` a mechanism defines first checks what holds for
+        all of them, so no mechanism can forget it: query and raw key widths (even when there is nothing to
+        compute, e.g. zero queries), ``values=None`` only with prepared keys (values are never taken from
+        the keys or silently dropped), and ``neighbours`` given."""
         super().__init_subclass__(**kwargs)
-        fn = cls.__dict__.get("forward_neighbours")
-        if fn is not None and fn not in _VALUE_CHECKED:
-
-            @functools.wraps(fn)
-            def forward_neighbours(self: Attention, queries: Any, keys: Any, values: Any, *args: Any, **kw: Any) -> Any:
-                if values is None and _raw(keys):
-                    raise V.values_required(f"{self.kind}.forward_neighbours")
-                return fn(self, queries, keys, values, *args, **kw)
-
-            _VALUE_CHECKED.add(forward_neighbours)
-            type.__setattr__(cls, "forward_neighbours", forward_neighbours)
+        for name in ("forward_batch", "forward_neighbours"):
+            fn = cls.__dict__.get(name)
+            if fn is not None and fn not in _CHECKED_FORMS:
+                wrapped = _checked_form(name, fn)
+                _CHECKED_FORMS.add(wrapped)
+                type.__setattr__(cls, name, wrapped)
 
     def train(self: _A, mode: bool = True) -> _A:
         """Training mode turns on dropout / noise (if configured); returns ``self``."""
@@ -207,15 +268,23 @@ class Attention(Parametrized, ABC):
         Keyword arguments (``mask``, ``bias``, ``ids``, ...) are those of :meth:`forward`.
         Each row sums to 1 per head (a neighbour-less node has no entries).
         """
+        op = f"{self.kind}.weights"
         if neighbours is not None:
-            return self._weights_neighbours(f"{self.kind}.weights", query, keys, neighbours, **kwargs)
-        if np.ndim(query) == 2:
-            return self._weights_batch(f"{self.kind}.weights", query, keys, **kwargs)
-        return self._weights_one(f"{self.kind}.weights", query, keys, **kwargs)
+            _check_widths(self, op, query, keys)
+            _check_options(op, type(self)._weights_neighbours, kwargs, "neighbour lists")
+            w = self._weights_neighbours(op, query, keys, neighbours, **kwargs)
+        elif np.ndim(query) == 2:
+            _check_widths(self, op, query, keys)
+            _check_options(op, type(self)._weights_batch, kwargs, "a batch of queries")
+            w = self._weights_batch(op, query, keys, **kwargs)
+        else:
+            w = self._weights_one(op, query, keys, **kwargs)
+        return _finite_weights(op, w)
 
     def attention_weights(self, query: Any, keys: Any, **kwargs: Any) -> Array:
         """The specification's weights ``(n,)`` of one query: :meth:`weights` averaged over heads."""
-        w = self._weights_one(f"{self.kind}.attention_weights", query, keys, **kwargs)
+        op = f"{self.kind}.attention_weights"
+        w = _finite_weights(op, self._weights_one(op, query, keys, **kwargs))
         return w[0] if w.shape[0] == 1 else w.mean(axis=0)
 
     @abstractmethod
@@ -297,6 +366,8 @@ class Attention(Parametrized, ABC):
         """
         op = f"{self.kind}.prepare"
         k, v = self._unprepare(op, keys, values)
+        if not isinstance(keys, Prepared):  # once per key set: a prepared form never holds NaN/inf
+            V.check_finite(op, keys=k, values=v)
         return Prepared(k, v, self, self.state_version)
 
     def _kv(self, op: str, keys: Any, values: Any) -> tuple[Any, Any]:
@@ -343,7 +414,11 @@ class Attention(Parametrized, ABC):
         Non-Euclidean spaces scale the rows and map them through the exponential map at the origin
         (:meth:`ruvattn.geometry.Manifold.embed`), so any data set becomes a valid input.
         """
-        return self._space.embed(V.as_array(x, f"{self.kind}.embed", "x", 2))
+        op = f"{self.kind}.embed"
+        arr = V.as_array(x, op, "x", 2)
+        V.check_width(op, "x", arr, self.hidden_dim)
+        V.check_finite(op, x=arr)
+        return self._space.embed(arr)
 
     @classmethod
     def example(cls, dtype: Any = np.float64, seed: int = 0, dim: int = 8) -> Example:

@@ -319,7 +319,7 @@ class DynamicHeadAttention(MultiHeadAttention):
             V.raise_for_status(op, status, keys=kt)
         out = np.empty(d, dt)
         K.matvec(wo, heads_out, bo, out)
-        return out
+        return V.check_output(op, out, dt)  # the output projection can overflow
 
     def _subset_only(self, op: str, mask: Any, bias: Any, ids: Any) -> None:
         if mask is not None or bias is not None or ids is not None or self._dropping:

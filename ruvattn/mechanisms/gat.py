@@ -100,8 +100,8 @@ FILL_MODES = {"mean": G.FILL_MEAN, "add": G.FILL_ADD, "sum": G.FILL_ADD, "max": 
 
 #: PyG's ``GATConv`` arguments, declared once; :class:`GATv2Conv` adds ``share_weights``.
 GAT_PARAMS = (
-    Param("in_channels", V.POSITIVE_INT, doc="node feature width in (the mechanism's hidden_dim)", live=False),
-    Param("out_channels", V.POSITIVE_INT, doc="output width per head", live=False),
+    Param("in_channels", V.WIDTH, doc="node feature width in (the mechanism's hidden_dim)", live=False),
+    Param("out_channels", V.WIDTH, doc="output width per head", live=False),
     Param("heads", V.POSITIVE_INT, 1, "attention heads H"),
     Param("concat", V.FLAG, True, "concatenate the heads ((N, H·C)), else average them ((N, C))"),
     Param("negative_slope", V.NON_NEGATIVE, 0.2, "slope of the LeakyReLU for negative scores"),

@@ -244,6 +244,8 @@ class HyperbolicAttention(Attention):
     def _run_one(self, op: str, query: Any, keys: Any, values: Any, mask: Any, ids: Any) -> tuple[Array, Array]:
         q, k, v, dt = self._tables(op, query, keys, values, "query")
         idx, n = self._key_rows(op, ids, k)
+        if idx is not None and self.config.projections:  # the projections gather rows before the kernel
+            V.check_ids(op, idx, k.shape[0])
         keep = V.as_keep(op, mask, (n,)) if mask is not None else _NO_KEEP
         rows = None if idx is None and mask is None else (np.arange(n) if idx is None else idx)
         if mask is not None:

@@ -67,7 +67,7 @@ Shapes:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -147,6 +147,8 @@ class LinearSummary:
     half: np.floating
     dtype: np.dtype
     query_shape: tuple[int]
+    #: The LinearAttention that made it: another instance's summary (another random projection) is refused.
+    owner: Any = field(default=None, repr=False)
 
     @property
     def dim(self) -> int:
@@ -349,6 +351,8 @@ class LinearAttention(Attention):
         return V.as_keep(op, mask, (n,)), True
 
     def _check_summary(self, op: str, summary: LinearSummary, values: Any, mask: Any) -> None:
+        if summary.owner is not None and summary.owner is not self:
+            raise V.stale_prepared(op, "LinearAttention")
         if summary.feature_map != self.config.feature_map or summary.dim != self.hidden_dim:
             raise Unsupported(
                 f"{op}: this summary was made by feature_map={summary.feature_map!r} with dim {summary.dim}; "
@@ -376,7 +380,7 @@ class LinearAttention(Attention):
         if status:
             self._raise(op, status, keys=k, values=v)
         return LinearSummary(self.config.feature_map, _frozen(s), _frozen(z), _frozen(shift), _frozen(log_norm), w,
-                             int(kept.sum()), self._kind, half, dt, self._qshape)  # fmt: skip
+                             int(kept.sum()), self._kind, half, dt, self._qshape, self)  # fmt: skip
 
     # -- the API ------------------------------------------------------------------
     def features(self, x: Any) -> Array:
@@ -416,7 +420,8 @@ class LinearAttention(Attention):
         than exact attention), or against a :class:`LinearSummary` (``values=None``; ``O(F·(d + dv))``, the
         fast path; the query is taken in the summary's dtype)."""
         if type(keys) is LinearSummary:
-            if values is None and mask is None and type(query) is np.ndarray and query.flags.carray:
+            fast = values is None and mask is None and keys.owner is self
+            if fast and type(query) is np.ndarray and query.flags.carray:
                 dt = keys.dtype
                 if query.dtype is dt and query.shape == self._qshape == keys.query_shape and keys.kind == self._kind:
                     out = np.empty(keys.S.shape[1], dt)

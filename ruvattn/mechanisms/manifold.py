@@ -321,6 +321,7 @@ class MixedCurvatureAttention(Attention):
         """Each factor's columns mapped into that factor (:meth:`ruvattn.geometry.Manifold.embed`)."""
         arr = V.as_array(x, f"{self.kind}.embed", "x", 2)
         V.check_width(f"{self.kind}.embed", "x", arr, self.hidden_dim)
+        V.check_finite(f"{self.kind}.embed", x=arr)
         return np.concatenate([m.embed(arr[:, sl]) for (m, _), sl in zip(self.factors, self._slices, strict=True)],
                               axis=1).astype(arr.dtype)  # fmt: skip
 

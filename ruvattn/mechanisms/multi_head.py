@@ -200,8 +200,18 @@ class MultiHeadAttention(DropoutMixin, Attention):
         return ProjectedKeysValues(np.ascontiguousarray(kp), np.ascontiguousarray(vp), self, self.state_version)
 
     def prepare(self, keys: Any, values: Any) -> ProjectedKeysValues:
-        """Keys and values projected once (:meth:`project`)."""
-        return self._project(f"{self.kind}.prepare", keys, values)
+        """Keys and values projected once (:meth:`project`); values are required (the contract's
+        ``prepare``; :meth:`project` is the form whose values default to the keys)."""
+        op = f"{self.kind}.prepare"
+        if values is None:
+            raise V.values_required(op, None)
+        kv = self._project(op, keys, values)
+        if not (np.isfinite(kv.keys).all() and np.isfinite(kv.values).all()):  # once per key set
+            raise NumericalInstability(
+                f"{op}: the projected keys or values overflowed {kv.keys.dtype.name} (inputs are finite but too "
+                "large). Scale the inputs down or use float64."
+            )
+        return kv
 
     def _projected_kv(self, op: str, keys: Any, values: Any, query: Any = None) -> ProjectedKeysValues:
         """Projected keys/values in the call's dtype: float64 if the query, keys or values are (the
@@ -286,7 +296,7 @@ class MultiHeadAttention(DropoutMixin, Attention):
         wo, bo = self._weights(dt)[6:]
         out = np.empty(self.hidden_dim, dt)
         K.matvec(wo, heads_out, bo, out)
-        return out
+        return V.check_output(op, out, dt)  # the output projection (or dropout's 1/(1-p)) can overflow
 
     def head_output(self, query: Any, keys: Any, values: Any = None, *, mask: Any = None, bias: Any = None,
                     ids: Any = None) -> Array:  # fmt: skip
@@ -333,7 +343,7 @@ class MultiHeadAttention(DropoutMixin, Attention):
         else:
             heads_out = self._many(op, q, kv.keys, kv.values, mask, bias, h, sc, False)[0]
         wo, bo = self._weights(kv.keys.dtype)[6:]
-        return heads_out @ wo.T + bo
+        return V.check_output(op, heads_out @ wo.T + bo, kv.keys.dtype)
 
     def _weights_neighbours(self, op: str, queries: Any, keys: Any, neighbours: Any) -> Array:
         """Per-head, per-edge weights ``(h, nnz)`` aligned with the neighbour ids (before dropout)."""
@@ -360,4 +370,4 @@ class MultiHeadAttention(DropoutMixin, Attention):
         wo, bo = self._weights(kv.keys.dtype)[6:]
         out = heads_out @ wo.T + bo
         out[nl.degrees() == 0] = 0  # a node with no neighbours gets a zero row, as in every mechanism
-        return out
+        return V.check_output(op, out, kv.keys.dtype)

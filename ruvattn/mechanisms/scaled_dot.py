@@ -111,7 +111,7 @@ class ScaledDotProductAttention(DropoutMixin, Attention):
         if self._dropping:
             v = V.as_array(values, op, "values", 2, out.dtype)
             rows = v if ids is None else v[np.asarray(ids, dtype=np.int64)]
-            out = self._dropout(w[0]) @ rows
+            out = V.check_output(op, self._dropout(w[0]) @ rows, out.dtype)  # 1/(1-p) can overflow
         return out, float(lse[0])
 
     def _weights_one(
@@ -131,7 +131,7 @@ class ScaledDotProductAttention(DropoutMixin, Attention):
         if self._dropping:
             _, w, _ = self._many(op, queries, keys, values, mask, bias, 1, sc, True)
             v = V.as_array(values, op, "values", 2, w.dtype)
-            return self._dropout(w[:, 0]) @ v
+            return V.check_output(op, self._dropout(w[:, 0]) @ v, w.dtype)  # 1/(1-p) can overflow
         return self._many(op, queries, keys, values, mask, bias, 1, sc, False)[0]
 
     def _weights_batch(self, op: str, queries: Any, keys: Any, *, mask: Any = None, bias: Any = None) -> Array:
@@ -153,7 +153,7 @@ class ScaledDotProductAttention(DropoutMixin, Attention):
             _, w, _, nl = self._neighbours(op, queries, keys, values, neighbours, 1, sc, True)
             v = V.as_array(values, op, "values", 2, w.dtype)
             a = sp.csr_matrix((self._dropout(w[0]), nl.indices, nl.indptr), shape=(nl.num_nodes, v.shape[0]))
-            return np.asarray(a @ v)
+            return V.check_output(op, np.asarray(a @ v), w.dtype)  # 1/(1-p) can overflow
         return self._neighbours(op, queries, keys, values, neighbours, 1, sc, False)[0]
 
     def _weights_neighbours(self, op: str, queries: Any, keys: Any, neighbours: Any) -> Array:

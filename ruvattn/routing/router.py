@@ -267,7 +267,7 @@ class Router(Parametrized):
     """
 
     params = (
-        Param("dim", V.POSITIVE_INT, doc="query width d", live=False),
+        Param("dim", V.WIDTH, doc="query width d", live=False),
         Param("num_experts", V.POSITIVE_INT, doc="number of experts E", live=False),
         Param("top_k", V.POSITIVE_INT, 2, "experts per query (at most num_experts)"),
         Param("temperature", V.POSITIVE, 1.0, "the logits are divided by it"),

@@ -140,3 +140,28 @@ def test_configs_with_bad_values_are_typed(kind: str) -> None:
             ex = cls.example(np.float64, 0)
             _check(kind, "forward", p.name, repr(bad), mech.forward, {"query": ex.query, "keys": ex.keys,
                                                                         "values": ex.values})  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_nothing_to_compute_still_refuses_a_bad_width(kind: str) -> None:
+    """Zero queries, or neighbour lists with no entries, are no reason to accept queries of the wrong
+    width (the 10-million-operation sweep found GAT's and MoE's inherited forms doing so)."""
+    from ruvattn import DimensionMismatch
+
+    ex = mechanism_class(kind).example(np.float32, 0)
+    mech, k, v = ex.mechanism, ex.keys, ex.values
+    d = ex.queries.shape[1]
+    with pytest.raises(DimensionMismatch):
+        mech.forward_batch(np.zeros((0, d - 1), np.float32), k, v)
+    with pytest.raises(DimensionMismatch):
+        mech.forward_neighbours(np.zeros((2, d + 1), np.float32), k, v, (np.zeros(3, np.int64), np.zeros(0, np.int64)))
+
+
+@pytest.mark.parametrize("kind", ["gat", "gatv2"])
+def test_nan_node_features_are_refused_even_when_no_edge_reads_them(kind: str) -> None:
+    from ruvattn import NumericalInstability
+
+    mech = mechanism_class(kind)(4, 4, heads=2, add_self_loops=False)
+    x = np.full((1, 4), np.nan)
+    with pytest.raises(NumericalInstability, match="x must be finite"):
+        mech.forward_graph(np.asfortranarray(x), np.zeros((2, 0), np.int64))

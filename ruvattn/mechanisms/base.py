@@ -643,6 +643,14 @@ class Attention(Parametrized, ABC):
         return out, (_edge_major(w, nl, heads) if want_weights else None), lse, nl
 
 
+# The base class's own (looping) forms are checked too: a mechanism that inherits them (GAT's
+# forward_batch, MoE's forward_neighbours) refuses a bad width even with zero queries or no neighbours.
+for _name in ("forward_batch", "forward_neighbours"):
+    _wrapped = _checked_form(_name, Attention.__dict__[_name])
+    _CHECKED_FORMS.add(_wrapped)
+    setattr(Attention, _name, _wrapped)
+
+
 def _edge_major(flat: Array, nl: NeighbourList, heads: int) -> Array:
     """Per-node ``(heads, degree)`` blocks (the kernel's layout) as ``(heads, nnz)`` aligned with the ids."""
     if heads == 1:

@@ -445,6 +445,7 @@ class _GraphConv(DropoutMixin, Attention, ABC):
         op = f"{type(self).__name__}.forward_graph"
         xa = V.as_array(x, op, "x", 2)
         V.check_width(op, "x", xa, self.in_channels)
+        V.check_finite(op, x=xa)  # also where no edge reads a node (a NaN row must not vanish unseen)
         n = xa.shape[0]
         adj = self._adjacency(op, edge_index, n)
         e = adj.nnz if isinstance(adj, NeighbourList) else adj.shape[1]

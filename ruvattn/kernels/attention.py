@@ -306,35 +306,42 @@ def attend_scores(q, k, ids, use_ids, keep, use_keep, bias, use_bias, heads, sca
     Removed keys get ``-inf``.  Returns False if a kept score or a bias was NaN
     or infinite (a ``-inf`` bias is a mask, not an error).
     """
-    n = s.shape[1]
     dh = q.shape[0] // heads
+    ok = True
     for h in range(heads):
         lo = h * dh
         rows_dot(q[lo : lo + dh], k, ids, use_ids, lo, lo + dh, s[h])
+        if not score_row(s[h], scale, keep, use_keep, bias, use_bias):
+            ok = False
+    return ok
+
+
+@_inline
+def score_row(row, scale, keep, use_keep, bias, use_bias):
+    """A row of raw products -> scores in place: ``row * scale + bias``, removed keys ``-inf``.
+
+    ``keep``/``bias`` line up with ``row``.  Returns False when a kept score or a bias is NaN or
+    infinite (a ``-inf`` bias removes its key: a mask, not an error).  Without mask and bias,
+    NaN/inf is detected through ``sum(s * 0)`` (0 or NaN), which vectorises.
+    """
+    n = row.shape[0]
     if not use_keep and not use_bias:
-        # Fast path: scale, and detect NaN/inf through sum(s * 0) (0 or NaN).
-        check = q.dtype.type(0)
-        for h in range(heads):
-            row = s[h]
-            for j in range(n):
-                sj = row[j] * scale
-                row[j] = sj
-                check += sj * 0
+        check = row.dtype.type(0)
+        for j in range(n):
+            sj = row[j] * scale
+            row[j] = sj
+            check += sj * 0
         return check == 0
     ok = True
     for j in range(n):
-        removed = use_keep and not keep[j]
-        bj = bias[j] if use_bias else q.dtype.type(0)
-        if use_bias and bj == -np.inf:
-            removed = True
-        for h in range(heads):
-            if removed:
-                s[h, j] = -np.inf
-            else:
-                sj = s[h, j] * scale
-                if not (_is_finite(sj) and _is_finite(bj)):
-                    ok = False
-                s[h, j] = sj + bj
+        bj = bias[j] if use_bias else row.dtype.type(0)
+        if (use_keep and not keep[j]) or (use_bias and bj == -np.inf):
+            row[j] = -np.inf
+        else:
+            sj = row[j] * scale
+            if not (_is_finite(sj) and _is_finite(bj)):
+                ok = False
+            row[j] = sj + bj
     return ok
 
 
@@ -564,55 +571,61 @@ def attend_csr(qs, k, v, indptr, indices, heads, scale, w, want_weights, out, ls
                   min(first + size, n))  # fmt: skip
 
 
+@_inline
+def flash_row(qs, k, v, keep, keep_mode, bias, bias_mode, scale, block, out, lse, tile_buf, i):
+    """Query ``i`` streamed over the keys in blocks of ``block`` (``tile_buf`` holds one block of
+    scores); output into ``out[i]``, log-sum-exp into ``lse[i]``; returns a status."""
+    n = k.shape[0]
+    ids = np.empty(0, np.int64)
+    acc = out[i]
+    acc[:] = 0
+    m = qs.dtype.type(-np.inf)
+    total = qs.dtype.type(0)
+    ok = True
+    ki = keep[i] if keep_mode == 2 else keep[0]
+    bi = bias[i] if bias_mode == 2 else bias[0]
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        t = tile_buf[: stop - start].reshape((1, stop - start))
+        ok_tile = attend_scores(
+            qs[i],
+            k[start:stop],
+            ids,
+            False,
+            ki[start:stop] if keep_mode > 0 else ki,
+            keep_mode > 0,
+            bi[start:stop] if bias_mode > 0 else bi,
+            bias_mode > 0,
+            1,
+            scale,
+            t,
+        )
+        ok = ok and ok_tile
+        m, total = online_softmax_update(m, total, acc, t[0], v[start:stop], ids, False)
+    if not ok:
+        acc[:] = np.nan
+        lse[i] = np.nan
+        return NONFINITE
+    if m == -np.inf:
+        acc[:] = 0
+        lse[i] = -np.inf
+        return EMPTY
+    inv = 1 / total
+    finite = True
+    for c in range(acc.shape[0]):
+        acc[c] *= inv
+        if not _is_finite(acc[c]):
+            finite = False
+    lse[i] = m + math.log(total)
+    return OK if finite else NONFINITE
+
+
 @_serial
 def flash_chunk(qs, k, v, keep, keep_mode, bias, bias_mode, scale, block, out, lse, status, first, last):
     """Queries ``first..last-1`` of :func:`flash_many`, sharing one score tile."""
-    n = k.shape[0]
-    ids = np.empty(0, np.int64)
     tile_buf = np.empty(block, qs.dtype)
     for i in range(first, last):
-        acc = out[i]
-        acc[:] = 0
-        m = qs.dtype.type(-np.inf)
-        total = qs.dtype.type(0)
-        ok = True
-        ki = keep[i] if keep_mode == 2 else keep[0]
-        bi = bias[i] if bias_mode == 2 else bias[0]
-        for start in range(0, n, block):
-            stop = min(start + block, n)
-            t = tile_buf[: stop - start].reshape((1, stop - start))
-            ok_tile = attend_scores(
-                qs[i],
-                k[start:stop],
-                ids,
-                False,
-                ki[start:stop] if keep_mode > 0 else ki,
-                keep_mode > 0,
-                bi[start:stop] if bias_mode > 0 else bi,
-                bias_mode > 0,
-                1,
-                scale,
-                t,
-            )
-            ok = ok and ok_tile
-            m, total = online_softmax_update(m, total, acc, t[0], v[start:stop], ids, False)
-        if not ok:
-            acc[:] = np.nan
-            lse[i] = np.nan
-            status[i] = NONFINITE
-        elif m == -np.inf:
-            acc[:] = 0
-            lse[i] = -np.inf
-            status[i] = EMPTY
-        else:
-            inv = 1 / total
-            finite = True
-            for c in range(acc.shape[0]):
-                acc[c] *= inv
-                if not _is_finite(acc[c]):
-                    finite = False
-            lse[i] = m + math.log(total)
-            status[i] = OK if finite else NONFINITE
+        status[i] = flash_row(qs, k, v, keep, keep_mode, bias, bias_mode, scale, block, out, lse, tile_buf, i)
 
 
 @_parallel

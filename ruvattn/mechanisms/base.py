@@ -36,11 +36,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ruvattn import _validation as V
+from ruvattn._blas import one_thread
 from ruvattn._params import Param, Parametrized
 from ruvattn.errors import DimensionMismatch, InvalidConfig, NumericalInstability, Unsupported
 from ruvattn.geometry import Euclidean, Manifold
 from ruvattn.graph import NeighbourList, as_neighbours
 from ruvattn.kernels import attention as K
+from ruvattn.kernels import tiles as T
 
 __all__ = [
     "DIM",
@@ -604,7 +606,13 @@ class Attention(Parametrized, ABC):
         heads: int,
         scale: float,
         want_weights: bool,
+        packed: tuple[Array, Array] | None = None,
     ) -> tuple[Array, Array | None, Array]:
+        """Many queries over one key set: ``(outputs, weights (m, heads, n) or None, lse (m, heads))``.
+
+        ``packed``: the keys and values already in the tiled kernels' ``(heads, n, w)`` layout
+        (:func:`ruvattn.kernels.tiles.by_heads`), when the caller keeps them.
+        """
         qs, k, v, dt = self._tables(op, queries, keys, values)
         m, n = qs.shape[0], k.shape[0]
         keep, keep_mode = _mode_array(op, "mask", mask, m, n, None)
@@ -613,8 +621,18 @@ class Attention(Parametrized, ABC):
         out = np.empty((m, v.shape[1]), dt)
         lse = np.empty((m, heads), dt)
         status = np.empty(m, np.int8)
-        K.attend_many(qs, k, v, keep, keep_mode, b, bias_mode, heads, dt.type(scale), w, want_weights, out, lse, status,
-                      K.chunk_size(m))  # fmt: skip
+        if m >= T.MIN_QUERIES:  # query blocks against key tiles (kernels/tiles.py)
+            rows, keys_per_tile = T.tile_shape(k.shape[1] // heads, v.shape[1] // heads)
+            if packed is not None and packed[0].dtype == dt:
+                kh, vh = packed
+            else:
+                kh, vh = T.by_heads(k, heads), T.by_heads(v, heads)
+            with one_thread():
+                T.attend_many_tiled(qs, k, v, kh, vh, keep, keep_mode, b, bias_mode, dt.type(scale), rows,
+                                    keys_per_tile, w, want_weights, values is not None, out, lse, status)  # fmt: skip
+        else:
+            K.attend_many(qs, k, v, keep, keep_mode, b, bias_mode, heads, dt.type(scale), w, want_weights, out, lse,
+                          status, K.chunk_size(m))  # fmt: skip
         if status.any():
             V.raise_for_status(op, status, query=qs, keys=k, values=v, bias=b if bias_mode else None)
         return out, (w if want_weights else None), lse

@@ -13,8 +13,12 @@ rescaled by :math:`e^{m - m'}`:
     \text{out} = a / \ell, \quad \text{lse} = m + \log \ell .
 
 (Dao et al. 2022; Milakov & Gimelshein 2018.)  The ``n``-long row of scores
-is never stored: working memory per query is one tile of ``block_size``
-scores, whatever the number of keys.  The log-sum-exp is returned so a
+is never stored: working memory is one tile of ``block_size`` scores per
+query (a few ``rows x block_size`` tiles per block of queries in the batched
+form), whatever the number of keys.  From 8 queries on, blocks of queries meet
+each tile of keys together, ``Q Kᵀ`` and ``P V`` of a tile as BLAS products
+(:mod:`ruvattn.kernels.tiles`), so keys and values are read once per block of
+queries rather than once per query.  The log-sum-exp is returned so a
 backward pass can recompute the weights.  Equals
 :class:`~ruvattn.ScaledDotProductAttention` to float rounding (golden
 ``flash_*`` cases).
@@ -33,8 +37,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ruvattn import _validation as V
+from ruvattn._blas import one_thread
 from ruvattn._params import Param
 from ruvattn.kernels import attention as K
+from ruvattn.kernels import tiles as T
 from ruvattn.mechanisms.base import DIM, SCALE, TEMPERATURE, Attention, Complexity, _mode_array, register
 
 __all__ = ["FlashAttention"]
@@ -112,11 +118,16 @@ class FlashAttention(Attention):
         lse = np.empty(m, dt)
         status = np.empty(m, np.int8)
         sc = dt.type(self._scale(self.hidden_dim))
+        block = self.config.block_size
         if m == 1:  # one query (forward): its serial chunk, no thread-pool launch on the hot path
-            K.flash_chunk(qs, k, v, keep, keep_mode, b, bias_mode, sc, self.config.block_size, out, lse, status, 0, 1)
+            K.flash_chunk(qs, k, v, keep, keep_mode, b, bias_mode, sc, block, out, lse, status, 0, 1)
+        elif m >= T.MIN_QUERIES:  # blocks of queries against tiles of `block` keys (kernels/tiles.py)
+            rows, _ = T.tile_shape(k.shape[1], v.shape[1], block)
+            k, v = np.ascontiguousarray(k), np.ascontiguousarray(v)
+            with one_thread():
+                T.flash_many_tiled(qs, k, v, keep, keep_mode, b, bias_mode, sc, block, rows, block, out, lse, status)
         else:
-            K.flash_many(qs, k, v, keep, keep_mode, b, bias_mode, sc, self.config.block_size, out, lse, status,
-                         K.chunk_size(m))  # fmt: skip
+            K.flash_many(qs, k, v, keep, keep_mode, b, bias_mode, sc, block, out, lse, status, K.chunk_size(m))
         if status.any():
             V.raise_for_status(op, status, query=qs, keys=k, values=v, bias=b if bias_mode else None)
         return out, lse

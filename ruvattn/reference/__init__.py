@@ -22,6 +22,7 @@ __all__ = [
     "axpy",
     "dot",
     "flash_attention",
+    "fold_tile",
     "matmat_t",
     "matvec",
     "multi_head_attention",
@@ -72,6 +73,15 @@ def online_softmax_update(m: float, total: float, acc: Array, scores: Array, row
     alpha = np.exp(m - new_m)
     p = np.where(live, np.exp(scores - new_m), 0.0)
     return new_m, total * alpha + p.sum(), acc * alpha + weighted_sum(p, rows)
+
+
+def fold_tile(best: Array, total: Array, acc: Array, s: Array, v: Array) -> tuple[Array, Array, Array]:
+    """Fold a tile of scores ``s (r, c)`` with value rows ``v (c, dv)`` into every row's running
+    ``(max, sum, acc)`` (the tiled kernels' online-softmax step; rows that saw only removed keys stay put)."""
+    best, total, acc = best.copy(), total.copy(), acc.copy()
+    for i in range(s.shape[0]):
+        best[i], total[i], acc[i] = online_softmax_update(best[i], total[i], acc[i], s[i], v)
+    return best, total, acc
 
 
 def widest_row(indptr: NDArray[np.integer], first: int, last: int) -> int:

@@ -626,7 +626,8 @@ class Attention(Parametrized, ABC):
             if packed is not None and packed[0].dtype == dt:
                 kh, vh = packed
             else:
-                kh, vh = T.by_heads(k, heads), T.by_heads(v, heads)
+                kh = T.by_heads(k, heads)
+                vh = kh if values is None else T.by_heads(v, heads)  # weights only: v is k, packed once
             with one_thread():
                 T.attend_many_tiled(qs, k, v, kh, vh, keep, keep_mode, b, bias_mode, dt.type(scale), rows,
                                     keys_per_tile, w, want_weights, values is not None, out, lse, status)  # fmt: skip

@@ -27,6 +27,8 @@ from ruvattn import kernels as KC
 PACKAGE = Path(ruvattn.__file__).parent
 KERNELS = PACKAGE / "kernels"
 SIBLINGS = sorted(p.name for p in KERNELS.glob("*.py") if p.name not in {"__init__.py", "attention.py"})
+#: The kernel modules built on attention.py's primitives (not blas.py, the BLAS bridge tiles.py and linear.py call).
+USERS = [name for name in SIBLINGS if name != "blas.py"]
 
 needs_jit = pytest.mark.skipif(_config.JIT_DISABLED, reason="nothing is compiled or cached with NUMBA_DISABLE_JIT=1")
 
@@ -48,9 +50,12 @@ def _stamps(root: Path) -> dict[str, tuple]:
 
 def test_stamp_covers_shared_module_and_flags_not_unrelated_files():
     assert SIBLINGS, "no kernel module besides attention.py?"
+    # what each kernel module imports from the package: attention.py (the primitives), blas.py (the products)
+    shared = {"blas.py": [], "tiles.py": ["attention.py", "blas.py"], "linear.py": ["attention.py", "blas.py"]}
     for name in SIBLINGS:
         files = [path for path, _ in KC.source_stamp(str(KERNELS / name))[1]]
-        assert files == sorted(["_config.py", os.path.join("kernels", "attention.py"), os.path.join("kernels", name)])
+        deps = {name, *shared.get(name, ["attention.py"])}
+        assert files == sorted(["_config.py", *(os.path.join("kernels", f) for f in deps)])
     # attention.py imports only _config (the errors module imported inside a _config function is not a dependency)
     files = [path for path, _ in KC.source_stamp(str(KERNELS / "attention.py"))[1]]
     assert files == ["_config.py", os.path.join("kernels", "attention.py")]
@@ -67,12 +72,19 @@ def test_stamp_is_content_not_mtime_or_place(tmp_path):
     with open(root / "kernels" / "attention.py", "a") as f:
         f.write("# one more line\n")
     after = _stamps(root)
-    assert all(after[name] != before[name] for name in after), "an edit of attention.py must reach every kernel"
-    with open(root / "kernels" / SIBLINGS[0], "a") as f:
+    assert all(after[name] != before[name] for name in after if name != "blas.py"), (
+        "an edit of attention.py must reach every kernel"
+    )
+    assert after["blas.py"] == before["blas.py"]
+    with open(root / "kernels" / "blas.py", "a") as f:
+        f.write("# one more line\n")
+    bridged = _stamps(root)
+    assert {n for n in bridged if bridged[n] != after[n]} == {"blas.py", "linear.py", "tiles.py"}  # they call gemm
+    with open(root / "kernels" / USERS[0], "a") as f:
         f.write("# one more line\n")
     again = _stamps(root)
-    assert again[SIBLINGS[0]] != after[SIBLINGS[0]]
-    assert all(again[n] == after[n] for n in again if n != SIBLINGS[0]), "siblings do not depend on each other"
+    assert again[USERS[0]] != bridged[USERS[0]]
+    assert all(again[n] == bridged[n] for n in again if n != USERS[0]), "siblings do not depend on each other"
     with open(root / "_config.py", "a") as f:
         f.write("# the fastmath flags live here\n")
     assert all(v != again[n] for n, v in _stamps(root).items())
@@ -106,7 +118,7 @@ def test_real_kernels_use_the_kernel_locator():
     assert isinstance(locator, KC.LOCATORS)
     assert locator.get_source_stamp() == KC.source_stamp(K.__file__)
     shared = (os.path.join("kernels", "attention.py"), KC.source_stamp(K.__file__)[1][1][1])
-    for name in SIBLINGS:  # one cached kernel of every sibling module: its stamp holds attention.py's hash
+    for name in USERS:  # one cached kernel of every sibling module: its stamp holds attention.py's hash
         module = importlib.import_module(f"ruvattn.kernels.{name[:-3]}")
         kernel = next(f for f in vars(module).values() if is_jitted(f) and f.py_func.__module__ == module.__name__)
         locator = CompileResultCacheImpl(kernel.py_func).locator

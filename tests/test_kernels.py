@@ -71,6 +71,45 @@ def test_softmax_and_max(n, dt, strided):
 
 
 @pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("n", [n for n in LENGTHS if n])
+def test_max_finite_equals_numpy_for_every_kind_of_value(n, dt):
+    """Largest entry and finiteness in one integer pass: signed zeros, subnormals, ±inf, NaN, all negative."""
+    rng = _rng("max_finite", n, dt)
+    info = np.finfo(dt)
+    pool = np.array([0.0, -0.0, info.tiny / 4, -info.tiny / 4, info.max, -info.max, 1.5, -1.5], dt)
+    for case in range(6):
+        x = (rng.standard_normal(n) * 10).astype(dt)
+        special = rng.random(n) < 0.3
+        x[special] = rng.choice(pool, int(special.sum()))
+        if case == 1:
+            x = -np.abs(x) - 1
+        if case == 2:
+            x[rng.integers(n)] = -np.inf
+        if case == 3:
+            x[rng.integers(n)] = np.inf
+        if case == 4:
+            x[rng.integers(n)] = np.nan
+        if case == 5:
+            x[:] = -np.inf
+        top, finite = K.max_finite(x)
+        assert finite == bool(np.isfinite(x).all())
+        if not np.isnan(x).any():
+            assert top == x.max()
+            assert np.float64(top).dtype == np.float64
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_exp_sum_takes_its_shift_in_the_arrays_dtype(dt):
+    """A float64 shift (a max kept in float64) gives the same bits as the same shift in the array's dtype."""
+    x = np.linspace(-20, 3, 999).astype(dt)
+    a, b = x.copy(), x.copy()
+    ta = K.exp_sum(a, np.float64(dt(2.5)))
+    tb = K.exp_sum(b, dt(2.5))
+    np.testing.assert_array_equal(a, b)
+    assert ta == tb
+
+
+@pytest.mark.parametrize("dt", DTYPES)
 @pytest.mark.parametrize("shift", [0.0, 1e3, -1e3, 1e30])
 def test_softmax_is_shift_invariant_and_never_overflows(dt, shift):
     x = np.array([0.5, -1.0, 2.0, 2.0, -50.0], dt) + dt(shift)

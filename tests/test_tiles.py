@@ -58,10 +58,10 @@ def _tiled(qs, k, v, keep, bias, mode, heads, scale, weights=False, want_out=Tru
     m, n, dt = qs.shape[0], k.shape[0], qs.dtype
     out, lse, status = np.empty((m, v.shape[1]), dt), np.empty((m, heads), dt), np.empty(m, np.int8)
     w = np.empty((m, heads, n) if weights else (1, heads, 1), dt)
-    rows, keys = T.tile_shape(k.shape[1] // heads, v.shape[1] // heads)
+    rows, keys = T.tile_shape(k.shape[1] // heads, v.shape[1] // heads, queries=m)
     with one_thread():
-        T.attend_many_tiled(qs, k, v, T.by_heads(k, heads), T.by_heads(v, heads), keep, mode, bias, mode,
-                            dt.type(scale), rows, keys, w, weights, want_out, out, lse, status)  # fmt: skip
+        T.attend_many_tiled(qs, k, v, heads, keep, mode, bias, mode, dt.type(scale), rows, keys, w, weights,
+                            want_out, out, lse, status)  # fmt: skip
     return (out, lse, status, w) if weights else (out, lse, status)
 
 
@@ -88,8 +88,9 @@ def test_fold_tile_is_the_online_softmax_step_of_every_row(dt):
     eb, et, ea = ref.fold_tile(best.astype(np.float64), total.astype(np.float64), acc.astype(np.float64),
                                s.astype(np.float64), v.astype(np.float64))  # fmt: skip
     K_s = s.copy()
-    T.fold_tile(K_s, best, total, acc)
-    acc += K_s @ v  # the caller's pv_tile
+    top = s.max(axis=1)
+    T.fold_tile(K_s, top, best, total, acc, True)
+    T.pv_tile(K_s, v, True, acc)  # the caller's product, accumulated
     for got, exp in ((best, eb), (total, et), (acc, ea)):
         np.testing.assert_allclose(got, exp, rtol=TOL[dt], atol=TOL[dt])
 
@@ -170,9 +171,11 @@ def test_tile_shape_keeps_every_product_on_the_calling_thread(width):
         assert kk == block and 1 <= r <= T.BLOCK_ROWS
         assert r == 1 or r * kk * width <= T.GEMM_BUDGET
         assert T.tile_shape(width, width, block, pinned=True) == (T.BLOCK_ROWS, block)
-    rows, keys = T.tile_shape(width, width, pinned=True)
-    assert rows == T.BLOCK_ROWS and keys % 16 == 0 and 16 <= keys <= 512
-    assert keys == 16 or keys == 512 or keys * width <= 32768
+        assert T.tile_shape(width, width, block, pinned=True, queries=1000) == (4 * T.BLOCK_ROWS, block)
+    for queries, expect_rows in ((None, 64), (8, 64), (255, 64), (256, 128), (511, 192), (512, 256), (10**6, 256)):
+        rows, keys = T.tile_shape(width, width, pinned=True, queries=queries)
+        assert rows == expect_rows and keys % 16 == 0 and 16 <= keys <= (256 if rows == 64 else 512)
+        assert keys == 16 or keys * width <= 1 << 18  # the key tile stays within a quarter of a 1 MiB L2
 
 
 def test_one_thread_pins_every_blas_and_puts_the_counts_back():

@@ -152,6 +152,10 @@ if JIT_DISABLED:
         """The float32 whose bit pattern is the low 32 bits of ``i`` (pure-Python fallback)."""
         return np.array(i, dtype=np.int64).astype(np.int32).view(np.float32)[()]
 
+    def _f64_from_bits(i):
+        """The float64 whose bit pattern is ``i`` (pure-Python fallback)."""
+        return np.array(i, dtype=np.int64).view(np.float64)[()]
+
 else:
 
     @intrinsic
@@ -168,6 +172,20 @@ else:
 
         return types.float32(i), codegen
 
+    @intrinsic
+    def _f64_from_bits(typingctx, i):
+        """The float64 whose bit pattern is ``i`` (an LLVM bitcast)."""
+        if not isinstance(i, types.Integer):
+            return None
+
+        def codegen(context, builder, signature, args):
+            v = args[0]
+            if v.type.width < 64:
+                v = builder.sext(v, ir.IntType(64))
+            return builder.bitcast(v, ir.DoubleType())
+
+        return types.float64(i), codegen
+
 
 @_inline
 def exp_sum(x, shift):
@@ -180,6 +198,7 @@ def exp_sum(x, shift):
     """
     n = x.shape[0]
     total = x.dtype.type(0)
+    shift = x.dtype.type(shift)  # a float64 shift would turn the float32 loop into float64 arithmetic
     if x.itemsize == 4:
         for i in range(n):
             t = x[i] - shift
@@ -204,6 +223,37 @@ def exp_sum(x, shift):
             x[i] = e
             total += e
     return total
+
+
+@_inline
+def max_finite(x):
+    """``(largest entry, every entry finite)`` of a non-empty contiguous ``x``, in one pass.
+
+    Floats compared as integers: a float's bits with the magnitude bits flipped when the sign is
+    set order like the floats (``-inf < ... < -0 < +0 < ... < +inf``), and integer maxima
+    vectorise where a float ``max`` (NaN-propagating, no ``nnan`` flag) stays scalar; ``±inf`` and
+    NaN are counted by their all-ones exponent.  With a NaN the largest entry is meaningless and the
+    flag is False.  The largest entry comes back as float64 (exact).
+    """
+    if x.itemsize == 4:
+        bits = x.view(np.int32)
+        top = np.int32(-2147483648)
+        bad = np.int32(0)
+        for j in range(bits.shape[0]):
+            i = bits[j]
+            top = max(top, i ^ ((i >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+            bad += np.int32((i & np.int32(0x7F800000)) == np.int32(0x7F800000))
+        top = top ^ ((top >> np.int32(31)) & np.int32(0x7FFFFFFF))
+        return np.float64(_f32_from_bits(top)), bad == 0
+    bits64 = x.view(np.int64)
+    top64 = np.int64(-9223372036854775807) - np.int64(1)
+    bad64 = np.int64(0)
+    for j in range(bits64.shape[0]):
+        i = bits64[j]
+        top64 = max(top64, i ^ ((i >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF)))
+        bad64 += np.int64((i & np.int64(0x7FF0000000000000)) == np.int64(0x7FF0000000000000))
+    top64 = top64 ^ ((top64 >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))
+    return _f64_from_bits(top64), bad64 == 0
 
 
 @_inline

@@ -38,10 +38,11 @@ keep, **per feature** ``r``, its own shift ``c_r = max_j a_jr``:
   dtype.  The shifts cancel exactly: the result is the textbook ratio.
 
 Keys are processed in blocks of :data:`BLOCK`: one block's exponents are laid out
-feature-major ``(F, BLOCK)`` (``rows_dot`` of each projection row against the
-block), shifted by the block's own per-feature maximum, exponentiated and summed
-into a block row of ``S`` in the input dtype, then merged into float64 running
-sums with a log-sum-exp rescale (as the online softmax merges tiles).  ELU features
+feature-major ``(F, BLOCK)`` (one BLAS product ``W K_bᵀ``, :func:`ruvattn.kernels.blas.gemm`),
+shifted by the block's own per-feature maximum, exponentiated, multiplied into the block's
+``S_b = A V_b`` (a second product) in the input dtype, then merged into float64 running
+sums with a log-sum-exp rescale (as the online softmax merges tiles).  Many queries against
+one summary are two products per block of :data:`QUERY_ROWS` too (``Q Wᵀ``, then ``U S``).  ELU features
 need no shift (``c_r = 0``); a denominator ``φ(q)·z`` that underflows to 0 (query
 entries below the dtype's ``log`` of the smallest normal) is reported as
 :data:`UNDERFLOW`.
@@ -73,13 +74,16 @@ from ruvattn.kernels.attention import (
     rows_axpy,
     rows_dot,
 )
+from ruvattn.kernels.blas import gemm
 
 __all__ = [
     "BLOCK",
     "ELU",
     "FAVOR",
+    "QUERY_ROWS",
     "UNDERFLOW",
     "features",
+    "finish_coeffs",
     "finish_summary",
     "forward_one",
     "neighbours_chunk",
@@ -96,7 +100,8 @@ __all__ = [
 ELU = 0
 FAVOR = 1
 UNDERFLOW = 4  # the normaliser Σ_r φ(q)_r z_r underflowed to 0 (elu+1 only; FAVOR+'s is ≥ 1 by construction)
-BLOCK = 64  # keys per block of the summary: one (F, BLOCK) exponent tile, merged into float64 sums
+BLOCK = 256  # keys per block of the summary: one (F, BLOCK) exponent tile, merged into float64 sums
+QUERY_ROWS = 64  # queries per block of query_chunk: one (QUERY_ROWS, F) coefficient tile
 
 # the largest exponent whose exp is finite, per itemsize (raw features only: everything else is shifted)
 _LOG_MAX32 = 88.72
@@ -178,17 +183,25 @@ def summary_chunk(k, v, ids, use_ids, keep, use_keep, lo, hi, w, kind, half, s, 
     the elu+1 features in place of the exponentials.  Returns ``(status, kept keys)``;
     status :data:`NONFINITE` when a kept key is NaN/inf (values are checked by
     :func:`finish_summary`).
+
+    A block's exponents ``A = W K_bᵀ (F, nb)`` and its sums ``A V_b (F, dv)`` are two BLAS products
+    (:func:`~ruvattn.kernels.blas.gemm`); the block's rows are used in place, or gathered into a
+    contiguous buffer when they come by id or some of them are removed.
     """
     width, dv = s.shape
     d = k.shape[1]
     dt = k.dtype
     zero = dt.type(0)
-    ninf = dt.type(-np.inf)
     favor = kind == FAVOR
     a = np.empty((width, BLOCK), dt)
     g = np.empty((width if not favor else 0, BLOCK), dt)
+    kb = np.empty((BLOCK, d), dt)
+    vb = np.empty((BLOCK, dv), dt)
+    sel = np.empty(BLOCK, np.int64)
     nrm = np.empty(BLOCK, dt)
-    srow = np.empty(dv, dt)
+    sb = np.empty((width, dv), dt)
+    tops = np.empty(width, dt)
+    zbs = np.empty(width, dt)
     s[:] = 0
     z[:] = 0
     c[:] = -np.inf if favor else 0.0
@@ -196,54 +209,58 @@ def summary_chunk(k, v, ids, use_ids, keep, use_keep, lo, hi, w, kind, half, s, 
     kept = 0
     for start in range(lo, hi, BLOCK):
         stop = min(start + BLOCK, hi)
-        nb = stop - start
-        if favor:
+        nb = 0
+        for j in range(start, stop):
+            if not use_keep or keep[j]:
+                sel[nb] = ids[j] if use_ids else j
+                nb += 1
+        kept += nb
+        if nb == 0:  # every key of the block removed
+            continue
+        if use_ids or nb < stop - start:  # by id, or with holes: the kept rows gathered
             for j in range(nb):
-                row = ids[start + j] if use_ids else start + j
-                nrm[j] = dot(k[row], k[row]) * half
+                kb[j] = k[sel[j]]
+                vb[j] = v[sel[j]]
+            kblk = kb[:nb]
+            vblk = vb[:nb]
+        else:
+            kblk = k[start:stop]
+            vblk = v[start:stop]
+        ab = a[:, :nb]
+        if favor:
+            gemm(False, True, 1.0, w, kblk, 0.0, ab)
+            for j in range(nb):
+                nrm[j] = dot(kblk[j], kblk[j]) * half
             for r in range(width):
-                ar = a[r, :nb]
-                if use_ids:
-                    rows_dot(w[r], k, ids[start:stop], True, 0, d, ar)
-                else:
-                    rows_dot(w[r], k[start:stop], ids, False, 0, d, ar)
+                ar = ab[r]
                 for j in range(nb):
                     ar[j] -= nrm[j]
+                    check += ar[j] * zero
         else:
             for j in range(nb):
-                row = ids[start + j] if use_ids else start + j
                 for r in range(width):
-                    g[r, j] = k[row, r]
+                    g[r, j] = kblk[j, r]
+                    check += kblk[j, r] * zero
             for r in range(width):
                 elu_plus_one(g[r, :nb], a[r, :nb])
-        for j in range(nb):  # removed keys: weight exactly 0; kept keys: NaN/inf check
-            if use_keep and not keep[start + j]:
-                for r in range(width):
-                    a[r, j] = ninf if favor else zero
-            else:
-                kept += 1
-                for r in range(width):
-                    check += (a[r, j] if favor else g[r, j]) * zero
         if check != 0:
             return NONFINITE, kept
-        for r in range(width):
-            ar = a[r, :nb]
+        for r in range(width):  # the block's per-feature shift (0 for elu+1) and sum
+            ar = ab[r]
             if favor:
-                top = max_value(ar)
-                if top == -np.inf:  # every key of the block removed
-                    continue
-                zb = exp_sum(ar, top)
+                tops[r] = max_value(ar)
+                zbs[r] = exp_sum(ar, tops[r])
             else:
-                top = zero
+                tops[r] = zero
                 zb = zero
                 for j in range(nb):
                     zb += ar[j]
-            srow[:] = 0
-            if use_ids:
-                rows_axpy(ar, v, ids[start:stop], True, 0, dv, srow)
-            else:
-                rows_axpy(ar, v[start:stop], ids, False, 0, dv, srow)
+                zbs[r] = zb
+        gemm(False, False, 1.0, ab, vblk, 0.0, sb)
+        for r in range(width):
+            top = tops[r]
             sr = s[r]
+            srow = sb[r]
             beta = 1.0
             if top > c[r]:  # a new maximum for feature r: rescale what came before (FAVOR+ only)
                 alpha = math.exp(c[r] - top)
@@ -253,7 +270,7 @@ def summary_chunk(k, v, ids, use_ids, keep, use_keep, lo, hi, w, kind, half, s, 
                 c[r] = top
             else:
                 beta = math.exp(top - c[r])
-            z[r] += beta * zb
+            z[r] += beta * zbs[r]
             for t in range(dv):
                 sr[t] += beta * srow[t]
     return OK, kept
@@ -320,15 +337,15 @@ def summary_many(k, v, keep, use_keep, w, kind, half, s_parts, z_parts, c_parts,
 
 
 @_inline
-def query_coeffs(q, w, kind, half, z, shift, log_norm, u):
-    """The coefficients ``u (F,)`` of one query (see the module docstring); returns ``(status, Σ_r u_r z_r)``.
+def finish_coeffs(q, kind, z, shift, log_norm, u):
+    """Coefficients ``u (F,)`` of the query ``q`` in place, given (FAVOR+) its exponents
+    ``b_r = w_r·q − half·|q|²`` in ``u``; returns ``(status, Σ_r u_r z_r)``.
 
     elu+1: ``u = φ(q)``.  FAVOR+: ``u_r = exp(b_r + shift_r − C)``, ``C = max_r (b_r + log_norm_r)``.
     """
     zero = u.dtype.type(0)
     check = zero
     if kind == FAVOR:
-        favor_exponents(q, w, half, u)
         top = u.dtype.type(-np.inf)
         for r in range(u.shape[0]):
             b = u[r]
@@ -349,6 +366,14 @@ def query_coeffs(q, w, kind, half, z, shift, log_norm, u):
     if not _is_finite(den):
         return NONFINITE, den
     return OK, den
+
+
+@_inline
+def query_coeffs(q, w, kind, half, z, shift, log_norm, u):
+    """The coefficients ``u (F,)`` of one query (see the module docstring); returns ``(status, Σ_r u_r z_r)``."""
+    if kind == FAVOR:
+        favor_exponents(q, w, half, u)
+    return finish_coeffs(q, kind, z, shift, log_norm, u)
 
 
 @_inline
@@ -377,10 +402,37 @@ def query_one(q, w, kind, half, s, z, shift, log_norm, out):
 
 @_serial
 def query_chunk(qs, w, kind, half, s, z, shift, log_norm, out, status, first, last):
-    """Queries ``first..last-1`` of :func:`query_many`, one scratch row for the chunk."""
-    u = np.empty(s.shape[0], qs.dtype)
-    for i in range(first, last):
-        status[i] = query_row(qs[i], w, kind, half, s, z, shift, log_norm, u, out[i])
+    """Queries ``first..last-1`` of :func:`query_many` in blocks of :data:`QUERY_ROWS`: the block's
+    exponents ``Q Wᵀ`` and its outputs ``U S`` are two BLAS products (:func:`~ruvattn.kernels.blas.gemm`),
+    the coefficients between them row by row as in :func:`query_row`."""
+    width = s.shape[0]
+    dt = qs.dtype
+    ubuf = np.empty((QUERY_ROWS, width), dt)
+    dens = np.empty(QUERY_ROWS, dt)
+    for b0 in range(first, last, QUERY_ROWS):
+        b1 = min(b0 + QUERY_ROWS, last)
+        rows = b1 - b0
+        u = ubuf[:rows]
+        if kind == FAVOR:
+            gemm(False, True, 1.0, qs[b0:b1], w, 0.0, u)
+            for i in range(rows):
+                sq = dot(qs[b0 + i], qs[b0 + i]) * half
+                for r in range(width):
+                    u[i, r] -= sq
+        for i in range(rows):
+            status[b0 + i], dens[i] = finish_coeffs(qs[b0 + i], kind, z, shift, log_norm, u[i])
+        block = out[b0:b1]
+        gemm(False, False, 1.0, u, s, 0.0, block)
+        for i in range(rows):
+            row = block[i]
+            if status[b0 + i] != OK:
+                row[:] = np.nan
+                continue
+            inv = dt.type(1) / dens[i]
+            for t in range(row.shape[0]):
+                row[t] *= inv
+                if not _is_finite(row[t]):
+                    status[b0 + i] = NONFINITE
 
 
 @_parallel

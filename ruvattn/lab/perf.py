@@ -46,6 +46,7 @@ __all__ = [
     "format_table",
     "measure_limits",
     "numpy_attention",
+    "numpy_favor",
     "standard_workloads",
 ]
 
@@ -124,6 +125,34 @@ def numpy_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
     np.exp(s, out=s)
     s /= s.sum(axis=-1, keepdims=True)
     out = s @ v
+    if out.dtype != q.dtype:
+        raise TypeError(f"numpy peer computed in {out.dtype}, not {q.dtype}")
+    return out
+
+
+def numpy_favor(q: np.ndarray, k: np.ndarray, v: np.ndarray, projection: np.ndarray) -> np.ndarray:
+    """FAVOR+ linear attention of the queries ``q (m, d)`` over ``k``/``v``, float32 throughout, with the
+    per-feature key shift ruvattn uses (without it float32 over- and underflows at d = 128).
+
+    ``projection (F, d)``: the random features (``LinearAttention.projection_``); ``x̃ = x d^(-1/4)``.
+    Two products for the summary (``Φ_K = exp(K̃ Wᵀ − |k̃|²/2 − c)``, then ``Φ_Kᵀ V``), two for the queries.
+    """
+    d = k.shape[1]
+    w = (projection * d**-0.25).astype(F32)
+    half = F32(0.5) / F32(math.sqrt(d))
+    a = k @ w.T
+    a -= half * np.einsum("nd,nd->n", k, k)[:, None]
+    c = a.max(axis=0)
+    a -= c
+    np.exp(a, out=a)
+    summary, z = a.T @ v, a.sum(axis=0)
+    b = q @ w.T
+    b -= half * np.einsum("md,md->m", q, q)[:, None]
+    b += c
+    b -= (b + np.log(z)).max(axis=1, keepdims=True)
+    np.exp(b, out=b)
+    out = b @ summary
+    out /= (b @ z)[:, None]
     if out.dtype != q.dtype:
         raise TypeError(f"numpy peer computed in {out.dtype}, not {q.dtype}")
     return out
@@ -284,12 +313,13 @@ def check_floors(rows: Sequence[Row], floors: dict[tuple[str, str], float] | Non
 def standard_workloads(size: str = "full", peers: Sequence[str] = ("numpy", "torch"), seed: int = 0) -> list[Workload]:
     """The core workloads, float32: one query over 1,000 and 10,000 keys, 64 x 1,000 x 64 and
     1,000 x 1,000 x 128 (scaled dot-product's batch and flash), multi-head (4 heads, keys projected
-    once, 1 query and 64 queries) and 1,000 nodes x 32 neighbours by id.
+    once, 1 query and 64 queries), FAVOR+ linear attention (1,000 queries over 10,000 keys, 256
+    features, summary included) and 1,000 nodes x 32 neighbours by id.
 
     ``size="ci"`` drops the two largest (1 x 10,000 and 1,000 x 1,000 x 128).  Peers not installed
     are left out.
     """
-    from ruvattn import FlashAttention, MultiHeadAttention, ScaledDotProductAttention
+    from ruvattn import FlashAttention, LinearAttention, MultiHeadAttention, ScaledDotProductAttention
 
     torch = None
     if "torch" in peers:
@@ -371,6 +401,18 @@ def standard_workloads(size: str = "full", peers: Sequence[str] = ("numpy", "tor
             tx = torch.from_numpy(np.atleast_2d(x))
             peer_calls["torch"] = lambda tx=tx, m=m: torch_mha(tx, m)
         out.append(Workload(f"multi-head {heads} heads {m} x {n:,} x {d}", flops, nbytes, fn, peer_calls))
+    m, n, d, features = 1000, 10000, 128, 256
+    q, k, v = randn(m, d), randn(n, d), randn(n, d)
+    lin = LinearAttention(d, feature_map="favor", num_features=features, seed=seed)
+    assert lin.projection_ is not None
+    proj = lin.projection_
+    peer_calls = {}
+    if "numpy" in peers:
+        peer_calls["numpy"] = lambda q=q, k=k, v=v: numpy_favor(q, k, v, proj)
+    # the summary (exponents K Wᵀ, then Φᵀ V) and the queries (Q Wᵀ, then U S): four products of F = 256
+    out.append(Workload(f"linear favor+ {m:,} x {n:,} x {d}, {features} features",
+                        2.0 * features * (n + m) * 2 * d, 4.0 * (2 * n + 2 * m) * d,
+                        lambda q=q, k=k, v=v: lin.forward_batch(q, k, v), peer_calls, atol=1e-3))  # fmt: skip
     nodes_n, degree, rows_n, d = 1000, 32, 10000, 128
     table = randn(rows_n, d)
     nodes = randn(nodes_n, d)

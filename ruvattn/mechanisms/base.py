@@ -606,13 +606,8 @@ class Attention(Parametrized, ABC):
         heads: int,
         scale: float,
         want_weights: bool,
-        packed: tuple[Array, Array] | None = None,
     ) -> tuple[Array, Array | None, Array]:
-        """Many queries over one key set: ``(outputs, weights (m, heads, n) or None, lse (m, heads))``.
-
-        ``packed``: the keys and values already in the tiled kernels' ``(heads, n, w)`` layout
-        (:func:`ruvattn.kernels.tiles.by_heads`), when the caller keeps them.
-        """
+        """Many queries over one key set: ``(outputs, weights (m, heads, n) or None, lse (m, heads))``."""
         qs, k, v, dt = self._tables(op, queries, keys, values)
         m, n = qs.shape[0], k.shape[0]
         keep, keep_mode = _mode_array(op, "mask", mask, m, n, None)
@@ -622,14 +617,9 @@ class Attention(Parametrized, ABC):
         lse = np.empty((m, heads), dt)
         status = np.empty(m, np.int8)
         if m >= T.MIN_QUERIES:  # query blocks against key tiles (kernels/tiles.py)
-            rows, keys_per_tile = T.tile_shape(k.shape[1] // heads, v.shape[1] // heads)
-            if packed is not None and packed[0].dtype == dt:
-                kh, vh = packed
-            else:
-                kh = T.by_heads(k, heads)
-                vh = kh if values is None else T.by_heads(v, heads)  # weights only: v is k, packed once
+            rows, keys_per_tile = T.tile_shape(k.shape[1] // heads, v.shape[1] // heads, queries=m)
             with one_thread():
-                T.attend_many_tiled(qs, k, v, kh, vh, keep, keep_mode, b, bias_mode, dt.type(scale), rows,
+                T.attend_many_tiled(qs, k, v, heads, keep, keep_mode, b, bias_mode, dt.type(scale), rows,
                                     keys_per_tile, w, want_weights, values is not None, out, lse, status)  # fmt: skip
         else:
             K.attend_many(qs, k, v, keep, keep_mode, b, bias_mode, heads, dt.type(scale), w, want_weights, out, lse,

@@ -122,10 +122,9 @@ class FlashAttention(Attention):
         if m == 1:  # one query (forward): its serial chunk, no thread-pool launch on the hot path
             K.flash_chunk(qs, k, v, keep, keep_mode, b, bias_mode, sc, block, out, lse, status, 0, 1)
         elif m >= T.MIN_QUERIES:  # blocks of queries against tiles of `block` keys (kernels/tiles.py)
-            rows, _ = T.tile_shape(k.shape[1], v.shape[1], block)
-            k, v = np.ascontiguousarray(k), np.ascontiguousarray(v)
+            rows, _ = T.tile_shape(k.shape[1], v.shape[1], block, queries=m)
             with one_thread():
-                T.flash_many_tiled(qs, k, v, keep, keep_mode, b, bias_mode, sc, block, rows, block, out, lse, status)
+                T.flash_many_tiled(qs, k, v, keep, keep_mode, b, bias_mode, sc, block, rows, out, lse, status)
         else:
             K.flash_many(qs, k, v, keep, keep_mode, b, bias_mode, sc, block, out, lse, status, K.chunk_size(m))
         if status.any():

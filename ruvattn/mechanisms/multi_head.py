@@ -41,7 +41,6 @@ from ruvattn import _validation as V
 from ruvattn._params import Param, ParamSet
 from ruvattn.errors import InvalidConfig, NumericalInstability
 from ruvattn.kernels import attention as K
-from ruvattn.kernels import tiles as T
 from ruvattn.mechanisms.base import DIM, DROPOUT, SEED, Attention, Complexity, register
 from ruvattn.mechanisms.scaled_dot import DropoutMixin
 
@@ -82,15 +81,6 @@ class ProjectedKeysValues:
     @cached_property
     def values_t(self) -> Array:
         return np.ascontiguousarray(self.values.T)
-
-    def by_heads(self, heads: int) -> tuple[Array, Array]:
-        """Keys and values as ``(heads, n, d / heads)``, the tiled many-query kernels' layout (made on
-        first use, kept for the next batch)."""
-        got = self.__dict__.get("_by_heads")
-        if got is None or got[0] != heads:
-            got = (heads, T.by_heads(self.keys, heads), T.by_heads(self.values, heads))
-            self.__dict__["_by_heads"] = got
-        return got[1], got[2]
 
 
 _F32 = np.dtype(np.float32)
@@ -351,8 +341,7 @@ class MultiHeadAttention(DropoutMixin, Attention):
             w = self._dropout(w)
             heads_out = self._per_head(lambda i, cols: w[:, i] @ kv.values[:, cols])
         else:
-            packed = kv.by_heads(h) if q.shape[0] >= T.MIN_QUERIES else None
-            heads_out = self._many(op, q, kv.keys, kv.values, mask, bias, h, sc, False, packed)[0]
+            heads_out = self._many(op, q, kv.keys, kv.values, mask, bias, h, sc, False)[0]
         wo, bo = self._weights(kv.keys.dtype)[6:]
         return V.check_output(op, heads_out @ wo.T + bo, kv.keys.dtype)
 

@@ -9,7 +9,7 @@ import numba
 import numpy as np
 
 from ruvattn import _config
-from ruvattn.kernels.tiles import MIN_QUERIES
+from ruvattn.kernels.tiles import BLOCK_ROWS, MIN_QUERIES
 from ruvattn.mechanisms import Attention, Example
 
 __all__ = ["backend_info", "warm_mechanism", "warmup"]
@@ -103,8 +103,8 @@ def warm_mechanism(mech: Attention, ex: Example) -> None:
     mech.forward(q, prepared)
     mech.forward_batch(qs, prepared)
     mech.forward_batch(qs, k, v)
-    many = np.resize(qs, (max(MIN_QUERIES, qs.shape[0]), qs.shape[1]))  # enough queries for the tiled kernels
-    mech.forward_batch(many, k, v, **options)
+    for m in (MIN_QUERIES, BLOCK_ROWS + 1):  # the tiled kernels: one block (serial), several (parallel)
+        mech.forward_batch(np.resize(qs, (max(m, qs.shape[0]), qs.shape[1])), k, v, **options)
     mech.forward_neighbours(qs, k, v, nl)
     mech.weights(q, k)
     mech.weights(qs, k)

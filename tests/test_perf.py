@@ -43,6 +43,20 @@ def test_numpy_neighbours_peer_is_neighbour_attention_in_float32():
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_numpy_favor_peer_is_favor_attention_in_float32():
+    from ruvattn.reference import linear as ref_linear
+
+    rng = np.random.default_rng(4)
+    q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((7, 16), (300, 16), (300, 16)))
+    proj = rng.standard_normal((32, 16))
+    out = perf.numpy_favor(q, k, v, proj)
+    assert out.dtype == np.float32
+    expected = np.array([ref_linear.linear_attention(x, k, v, "favor", proj)[0] for x in q])
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(TypeError, match="float64"):
+        perf.numpy_favor(q, k.astype(np.float64), v, proj)
+
+
 def test_roofline_picks_the_binding_limit():
     lim = perf.Limits(sgemm_gflops=100.0, read_gbs=10.0, threads=1)
     lim._at[1 << 20] = 50.0  # a 1 MiB working set reads at 50 GB/s here

@@ -212,7 +212,7 @@ def test_the_same_bits_on_any_number_of_threads():
 @pytest.mark.parametrize("block", [1, 16, 64, 200])
 def test_flash_many_queries_equal_scaled_dot_product(block, dt):
     """Flash's tiled batch (block_size keys per tile) and scaled dot-product's agree with the reference."""
-    qs, k, v, keep, bias = _problem(block, 50, 333, 32, dt, 2)
+    qs, k, v, keep, bias = _problem(block, 150, 1333, 32, dt, 2)  # 150 queries: blocks in parallel, tiles of blocks
     flash = ruvattn.FlashAttention(32, block_size=block)
     out, lse = flash.forward_with_lse(qs, k, v, mask=keep, bias=bias)
     exp_out, exp_lse = _per_query(qs, k, v, keep, bias, 2, 1, 1 / np.sqrt(32))

@@ -41,6 +41,7 @@ kernel, whose answer (and status) stands.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -90,9 +91,14 @@ def tile_shape(
     """
     if pinned is None:  # imported here: the kernels' cache stamp follows module-level imports only
         from ruvattn._blas import PINNED as pinned
+    return _tile_shape(d, dv, keys, pinned, min(max(queries or 0, 0) // 128, 4))
+
+
+@functools.lru_cache(maxsize=1024)
+def _tile_shape(d: int, dv: int, keys: int | None, pinned: bool, size: int) -> tuple[int, int]:
     width = max(d, dv, 1)
     if pinned:
-        rows = BLOCK_ROWS * max(1, min(4, (queries or 0) // 128))
+        rows = BLOCK_ROWS * max(1, size)
         if keys is not None:
             return rows, keys
         keys = max(16, min(256 if rows == BLOCK_ROWS else 512, (1 << 18) // width))
@@ -318,11 +324,13 @@ def attend_many_tiled(qs, k, v, heads, keep, keep_mode, bias, bias_mode, scale, 
 
 
 @_serial
-def flash_block(qs, k, v, keep, keep_mode, bias, bias_mode, scale, block, out, lse, status, first, last):
-    """Queries ``first..last-1`` of :func:`flash_many_tiled`: tiles of ``block`` keys, then rows that need
-    it by the per-query flash loop (its working memory independent of the keys too)."""
+def flash_block(qs, k, v, keep, keep_mode, bias, bias_mode, scale, block, keys_per_tile, out, lse, status, first,
+                last):  # fmt: skip
+    """Queries ``first..last-1`` of :func:`flash_many_tiled`: tiles of ``keys_per_tile`` keys, then rows that
+    need it by the per-query flash loop over blocks of ``block`` keys (its working memory independent of
+    the keys too)."""
     lse2 = lse.reshape((lse.shape[0], 1))
-    attend_block(qs, k, v, 1, keep, keep_mode, bias, bias_mode, scale, block, out, lse2, status, first, last)
+    attend_block(qs, k, v, 1, keep, keep_mode, bias, bias_mode, scale, keys_per_tile, out, lse2, status, first, last)
     tile_buf = np.empty(0, qs.dtype)
     for i in range(first, last):
         if status[i] != OK:
@@ -332,14 +340,15 @@ def flash_block(qs, k, v, keep, keep_mode, bias, bias_mode, scale, block, out, l
 
 
 @_parallel
-def flash_many_tiled(qs, k, v, keep, keep_mode, bias, bias_mode, scale, block, rows_per_block, out, lse, status):
+def flash_many_tiled(qs, k, v, keep, keep_mode, bias, bias_mode, scale, block, rows_per_block, keys_per_tile, out, lse,
+                     status):  # fmt: skip
     """Flash attention for many queries, parallel over blocks of ``rows_per_block`` queries.
 
-    Working memory per block in flight is one ``rows_per_block x block`` score tile and a few rows,
-    whatever the number of keys; the weights are never stored.
+    Working memory per block in flight is one ``rows_per_block x keys_per_tile`` score tile and a few
+    rows, whatever the number of keys; the weights are never stored.
     """
     m = qs.shape[0]
     for b in prange((m + rows_per_block - 1) // rows_per_block):
         first = b * rows_per_block
-        flash_block(qs, k, v, keep, keep_mode, bias, bias_mode, scale, block, out, lse, status, first,
+        flash_block(qs, k, v, keep, keep_mode, bias, bias_mode, scale, block, keys_per_tile, out, lse, status, first,
                     min(first + rows_per_block, m))  # fmt: skip

@@ -618,9 +618,14 @@ class Attention(Parametrized, ABC):
         status = np.empty(m, np.int8)
         if m >= T.MIN_QUERIES:  # query blocks against key tiles (kernels/tiles.py)
             rows, keys_per_tile = T.tile_shape(k.shape[1] // heads, v.shape[1] // heads, queries=m)
+            sc = dt.type(scale)
             with one_thread():
-                T.attend_many_tiled(qs, k, v, heads, keep, keep_mode, b, bias_mode, dt.type(scale), rows,
-                                    keys_per_tile, w, want_weights, values is not None, out, lse, status)  # fmt: skip
+                if m <= rows:  # one block: its serial kernel on this thread, no thread-pool launch
+                    T.many_block(qs, k, v, heads, keep, keep_mode, b, bias_mode, sc, keys_per_tile, w, want_weights,
+                                 values is not None, out, lse, status, 0, m)  # fmt: skip
+                else:
+                    T.attend_many_tiled(qs, k, v, heads, keep, keep_mode, b, bias_mode, sc, rows, keys_per_tile, w,
+                                        want_weights, values is not None, out, lse, status)  # fmt: skip
         else:
             K.attend_many(qs, k, v, keep, keep_mode, b, bias_mode, heads, dt.type(scale), w, want_weights, out, lse,
                           status, K.chunk_size(m))  # fmt: skip

@@ -220,3 +220,20 @@ def test_flash_many_queries_equal_scaled_dot_product(block, dt):
     np.testing.assert_allclose(lse, exp_lse[:, 0], rtol=TOL[dt] * 10, atol=TOL[dt] * 10)
     sdpa = ruvattn.ScaledDotProductAttention(32).forward_batch(qs, k, v, mask=keep, bias=bias)
     np.testing.assert_allclose(sdpa, exp_out, rtol=TOL[dt] * 10, atol=TOL[dt] * 10)
+
+
+@pytest.mark.skipif(JIT_DISABLED, reason="thread counts are a JIT matter")
+def test_one_block_gives_the_same_bits_whatever_the_blas_threads():
+    """A batch of one query block runs on the calling thread with the BLAS as the user set it: its
+    products split rows and columns over BLAS threads, never the sums, so the bits do not change."""
+    from threadpoolctl import threadpool_limits
+
+    qs, k, v, _, _ = _problem(8, 60, 2000, 128, np.float32)
+    sdpa, flash = ruvattn.ScaledDotProductAttention(128), ruvattn.FlashAttention(128, block_size=64)
+    got = []
+    for n in (1, 2, 4):
+        with threadpool_limits(n, user_api="blas"):
+            got.append((sdpa.forward_batch(qs, k, v), flash.forward_batch(qs, k, v)))
+    for a, b in got[1:]:
+        np.testing.assert_array_equal(a, got[0][0])
+        np.testing.assert_array_equal(b, got[0][1])

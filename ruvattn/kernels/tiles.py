@@ -89,9 +89,17 @@ def tile_shape(
     and the rows fitted to it.  The shape never depends on the thread count, so results are the
     same on any number of threads.
     """
-    if pinned is None:  # imported here: the kernels' cache stamp follows module-level imports only
-        from ruvattn._blas import PINNED as pinned
+    if pinned is None:
+        pinned = _pinned()
     return _tile_shape(d, dv, keys, pinned, min(max(queries or 0, 0) // 128, 4))
+
+
+@functools.cache
+def _pinned() -> bool:
+    """:data:`ruvattn._blas.PINNED` (imported here: the kernels' cache stamp follows module-level imports only)."""
+    from ruvattn._blas import PINNED
+
+    return PINNED
 
 
 @functools.lru_cache(maxsize=1024)
@@ -282,7 +290,8 @@ def weights_block(qs, k, v, heads, keep, keep_mode, bias, bias_mode, scale, keys
 @_serial
 def many_block(qs, k, v, heads, keep, keep_mode, bias, bias_mode, scale, keys_per_tile, w, want_weights, want_out,
                out, lse, status, first, last):  # fmt: skip
-    """Queries ``first..last-1`` of :func:`attend_many_tiled`: tiles, then rows that need it one at a time."""
+    """Queries ``first..last-1`` of :func:`attend_many_tiled`: tiles, then rows that need it one at a time;
+    returns how many rows end with a status other than :data:`OK`."""
     if want_weights:
         weights_block(qs, k, v, heads, keep, keep_mode, bias, bias_mode, scale, keys_per_tile, w, want_out, out,
                       lse, status, first, last)  # fmt: skip
@@ -291,6 +300,7 @@ def many_block(qs, k, v, heads, keep, keep_mode, bias, bias_mode, scale, keys_pe
                      first, last)  # fmt: skip
     ids = np.empty(0, np.int64)
     scratch = np.empty((0, 0), qs.dtype)
+    bad = 0
     for i in range(first, last):
         if status[i] != OK:
             if want_weights:
@@ -304,6 +314,9 @@ def many_block(qs, k, v, heads, keep, keep_mode, bias, bias_mode, scale, keys_pe
             status[i] = attend_row(
                 qs[i], k, v, ids, False, ki, keep_mode > 0, bi, bias_mode > 0, heads, scale, wi, out[i], lse[i]
             )
+            if status[i] != OK:
+                bad += 1
+    return bad
 
 
 @_parallel
@@ -328,15 +341,19 @@ def flash_block(qs, k, v, keep, keep_mode, bias, bias_mode, scale, block, keys_p
                 last):  # fmt: skip
     """Queries ``first..last-1`` of :func:`flash_many_tiled`: tiles of ``keys_per_tile`` keys, then rows that
     need it by the per-query flash loop over blocks of ``block`` keys (its working memory independent of
-    the keys too)."""
+    the keys too); returns how many rows end with a status other than :data:`OK`."""
     lse2 = lse.reshape((lse.shape[0], 1))
     attend_block(qs, k, v, 1, keep, keep_mode, bias, bias_mode, scale, keys_per_tile, out, lse2, status, first, last)
     tile_buf = np.empty(0, qs.dtype)
+    bad = 0
     for i in range(first, last):
         if status[i] != OK:
             if tile_buf.shape[0] == 0:
                 tile_buf = np.empty(block, qs.dtype)
             status[i] = flash_row(qs, k, v, keep, keep_mode, bias, bias_mode, scale, block, out, lse, tile_buf, i)
+            if status[i] != OK:
+                bad += 1
+    return bad
 
 
 @_parallel

@@ -619,17 +619,19 @@ class Attention(Parametrized, ABC):
         if m >= T.MIN_QUERIES:  # query blocks against key tiles (kernels/tiles.py)
             rows, keys_per_tile = T.tile_shape(k.shape[1] // heads, v.shape[1] // heads, queries=m)
             sc = dt.type(scale)
-            with one_thread():
-                if m <= rows:  # one block: its serial kernel on this thread, no thread-pool launch
-                    T.many_block(qs, k, v, heads, keep, keep_mode, b, bias_mode, sc, keys_per_tile, w, want_weights,
-                                 values is not None, out, lse, status, 0, m)  # fmt: skip
-                else:
+            if m <= rows:  # one block: its serial kernel on this thread (a BLAS thread pool is no oversubscription)
+                bad = T.many_block(qs, k, v, heads, keep, keep_mode, b, bias_mode, sc, keys_per_tile, w, want_weights,
+                                   values is not None, out, lse, status, 0, m)  # fmt: skip
+            else:
+                with one_thread():
                     T.attend_many_tiled(qs, k, v, heads, keep, keep_mode, b, bias_mode, sc, rows, keys_per_tile, w,
                                         want_weights, values is not None, out, lse, status)  # fmt: skip
+                bad = status.any()
         else:
             K.attend_many(qs, k, v, keep, keep_mode, b, bias_mode, heads, dt.type(scale), w, want_weights, out, lse,
                           status, K.chunk_size(m))  # fmt: skip
-        if status.any():
+            bad = status.any()
+        if bad:
             V.raise_for_status(op, status, query=qs, keys=k, values=v, bias=b if bias_mode else None)
         return out, (w if want_weights else None), lse
 

@@ -122,20 +122,21 @@ class FlashAttention(Attention):
         status = np.empty(m, np.int8)
         sc = dt.type(self._scale(self.hidden_dim))
         block = self.config.block_size
+        bad = None  # rows that did not end OK, when the kernel counts them
         if m == 1:  # one query (forward): its serial chunk, no thread-pool launch on the hot path
             K.flash_chunk(qs, k, v, keep, keep_mode, b, bias_mode, sc, block, out, lse, status, 0, 1)
         elif m >= T.MIN_QUERIES:  # blocks of queries against tiles of `block` keys (kernels/tiles.py)
             # whole blocks per product, up to the tile's keys (small products run far from the BLAS's peak)
             rows, keys = T.tile_shape(k.shape[1], v.shape[1], queries=m)
             tile = block * max(1, keys // block)
-            with one_thread():
-                if m <= rows:  # one block: its serial kernel on this thread, no thread-pool launch
-                    T.flash_block(qs, k, v, keep, keep_mode, b, bias_mode, sc, block, tile, out, lse, status, 0, m)
-                else:
+            if m <= rows:  # one block: its serial kernel on this thread (a BLAS thread pool is no oversubscription)
+                bad = T.flash_block(qs, k, v, keep, keep_mode, b, bias_mode, sc, block, tile, out, lse, status, 0, m)
+            else:
+                with one_thread():
                     T.flash_many_tiled(qs, k, v, keep, keep_mode, b, bias_mode, sc, block, rows, tile, out, lse,
                                        status)  # fmt: skip
         else:
             K.flash_many(qs, k, v, keep, keep_mode, b, bias_mode, sc, block, out, lse, status, K.chunk_size(m))
-        if status.any():
+        if bad if bad is not None else status.any():
             V.raise_for_status(op, status, query=qs, keys=k, values=v, bias=b if bias_mode else None)
         return out, lse

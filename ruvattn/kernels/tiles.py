@@ -24,8 +24,11 @@ The backward products of the training issue are the same calls with a transposed
 Threads.  The parallel kernels here hand out query blocks to Numba's threads and every product
 must run on the thread that calls it: BLAS threads inside Numba threads oversubscribe the cores
 (on a loaded 2-core machine a 64 x 256 x 64 product went from 10 µs to 1,100 µs).  Callers launch
-them inside :func:`ruvattn._blas.one_thread`, which pins the BLAS to one thread; where that is not
-possible, OpenBLAS still runs a product whose ``m * n * k`` is at most 65,536 x 4
+them inside :func:`ruvattn._blas.one_thread`, which pins the BLAS to one thread.  A batch of one
+block runs its serial kernel (:func:`many_block`, :func:`flash_block`) on the calling thread with the
+BLAS as the user set it, as a numpy product would (the BLAS splits a product's rows and columns
+over its threads, never a sum, so the bits are the same).  Where pinning is not possible, OpenBLAS
+still runs a product whose ``m * n * k`` is at most 65,536 x 4
 (``SMP_THRESHOLD_MIN x GEMM_MULTITHREAD_THRESHOLD``, interface/gemm.c) on the calling thread, and
 :func:`tile_shape` keeps every product within :data:`GEMM_BUDGET`.  The block shape depends on the
 widths and the batch size, never on the thread count, so results are the same on any number of threads.
@@ -51,7 +54,6 @@ from ruvattn.kernels.attention import (
     NONFINITE,
     OK,
     _inline,
-    _is_finite,
     _parallel,
     _serial,
     attend_row,
@@ -226,10 +228,12 @@ def attend_block(qs, k, v, heads, keep, keep_mode, bias, bias_mode, scale, keys_
                 ok[i] = False  # nothing to attend over: EMPTY, from the per-query kernel
                 continue
             inv = 1 / total[i]
+            check = dt.type(0)  # NaN/inf through sum(x * 0), which vectorises (a branch per entry does not)
             for c in range(dvh):
                 acc[i, c] *= inv
-                if not _is_finite(acc[i, c]):
-                    ok[i] = False
+                check += acc[i, c] * 0
+            if check != 0:
+                ok[i] = False
             lse[first + i, h] = best[i] + math.log(total[i])
     for i in range(rows):
         status[first + i] = OK if ok[i] else NONFINITE
@@ -280,9 +284,11 @@ def weights_block(qs, k, v, heads, keep, keep_mode, bias, bias_mode, scale, keys
             stop = min(start + keys_per_tile, n)
             pv_tile(wb[:, start:stop], v[start:stop, h * dvh : (h + 1) * dvh], start > 0, o)
         for i in range(rows):
+            check = dt.type(0)
             for c in range(dvh):
-                if not _is_finite(o[i, c]):
-                    ok[i] = False
+                check += o[i, c] * 0
+            if check != 0:
+                ok[i] = False
     for i in range(rows):
         status[first + i] = OK if ok[i] else NONFINITE
 

@@ -96,10 +96,8 @@ else:
             inner = builder.select(ta_b, a_rows, a_cols)
             flag_a = builder.select(ta_b, ir.Constant(_I8, _T), ir.Constant(_I8, _N))
             flag_b = builder.select(tb_b, ir.Constant(_I8, _T), ir.Constant(_I8, _N))
-            llty = context.get_value_type(dt)
             alpha_slot = cgutils.alloca_once_value(builder, context.cast(builder, alpha_v, signature.args[2], dt))
             beta_slot = cgutils.alloca_once_value(builder, context.cast(builder, beta_v, signature.args[5], dt))
-            assert alpha_slot.type.pointee == llty
             fnty = ir.FunctionType(
                 ir.IntType(32),
                 [_I8, _I8, _I8, intp, intp, intp, _VOIDP, _VOIDP, intp, _VOIDP, intp, _VOIDP, _VOIDP, intp],

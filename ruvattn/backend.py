@@ -54,6 +54,20 @@ def _threading_layer() -> str:
         return "not started"
 
 
+def _warm_training(dt: type) -> None:
+    """The training layers' kernels (:mod:`ruvattn.kernels.training`): GAT and GATv2 forward and backward with
+    dropout, ELU, the slot grouping."""
+    from ruvattn import nn
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3)).astype(dt)
+    graph = nn.Graph.from_edges([0, 1, 2], [1, 2, 3], 4)
+    for cls in (nn.GATLayer, nn.GATv2Layer):
+        model = nn.Sequential(cls(3, 2, heads=2, dropout=0.5, seed=0, dtype=dt), nn.ELU())
+        y = model(x, graph)
+        model.backward(np.ones_like(y), True)
+
+
 def _warm_geometry(dt: type) -> None:
     """The geometry module's own kernels (every manifold operation), outside any mechanism."""
     from ruvattn.geometry import Lorentz, PoincareBall, Sphere
@@ -116,8 +130,8 @@ def warmup(verbose: bool = False) -> dict[str, float]:
     """Compile every kernel for float32 and float64 once; returns seconds per dtype.
 
     It iterates over the registry: every kind's :meth:`~ruvattn.mechanisms.Attention.example` in each dtype
-    through every form of the contract (:func:`warm_mechanism`), plus the geometry module's kernels.  A
-    mechanism registered tomorrow is warmed without an edit here.  With the on-disk cache
+    through every form of the contract (:func:`warm_mechanism`), plus the geometry module's and the training
+    layers' kernels.  A mechanism registered tomorrow is warmed without an edit here.  With the on-disk cache
     (``NUMBA_CACHE_DIR``) a second process loads the kernels instead of compiling them.
     """
     from ruvattn.mechanisms import available, mechanism_class
@@ -129,6 +143,7 @@ def warmup(verbose: bool = False) -> dict[str, float]:
             ex = mechanism_class(kind).example(dt)
             warm_mechanism(ex.mechanism, ex)
         _warm_geometry(dt)
+        _warm_training(dt)
         timings[np.dtype(dt).name] = time.perf_counter() - t0
         if verbose:
             print(f"warmup {np.dtype(dt).name}: {timings[np.dtype(dt).name]:.2f} s")

@@ -142,6 +142,11 @@ def test_cli_run_medians_list(tmp_path, capsys):
     assert main(["experiment", "medians", str(spec), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["x"]: r["double"] for r in rows} == {1: 2, 2: 4, -1: None}
+    assert main(["experiment", "summary", str(spec), "--json", "--metric", "double"]) == 0
+    rows = json.loads(capsys.readouterr().out)  # mean ± sample std (count) over the two repeats
+    assert {r["x"]: r["double"] for r in rows} == {1: "2 ± 0 (2)", 2: "4 ± 0 (2)", -1: None}
+    assert main(["experiment", "summary", str(spec)]) == 0
+    assert "4 ± 0 (2)" in capsys.readouterr().out
     assert main(["experiment", "list", "--dir", str(tmp_path)]) == 0
     assert "toy" in capsys.readouterr().out
     assert main(["experiment", "run", "nope", "--dir", str(tmp_path)]) == 2

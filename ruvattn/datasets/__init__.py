@@ -1,5 +1,6 @@
-"""Built-in data sets (no downloads)."""
+"""Built-in data sets, and the reader of Planetoid-layout directories (no downloads)."""
 
+from ruvattn.datasets.planetoid import NodeData, find_planetoid, load_planetoid
 from ruvattn.datasets.synthetic import SyntheticGraph, clustered_graph
 
-__all__ = ["SyntheticGraph", "clustered_graph"]
+__all__ = ["NodeData", "SyntheticGraph", "clustered_graph", "find_planetoid", "load_planetoid"]

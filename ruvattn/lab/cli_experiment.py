@@ -11,6 +11,8 @@ See :mod:`ruvattn.lab.experiments` and :mod:`ruvattn.lab.report`.
   1 if any run failed; the others' results are kept);
 - ``ruvattn experiment medians NAME [--metric M ...] [--json] [--plot FILE.html]`` — the median of
   each recorded metric per parameter set;
+- ``ruvattn experiment summary NAME [--metric M ...] [--json]`` — mean ± sample std (and count) of each
+  recorded metric per parameter set (what a paper reports over seeds);
 - ``ruvattn benchmark`` — runs the ``spec_targets`` experiment and prints the specification's
   latency table with each row met or missed;
 - ``ruvattn compare`` — runs the ``peers`` experiment and prints ruvattn against numpy, PyTorch,
@@ -63,6 +65,11 @@ def add_parsers(sub: Any) -> None:
     med.add_argument("--metric", action="append", default=None, metavar="M", help="a recorded column (repeatable)")
     med.add_argument("--json", action="store_true", help="print the table as JSON")
     med.add_argument("--plot", default=None, metavar="FILE.html", help="also write a plotly bar chart (offline HTML)")
+    summ = esub.add_parser("summary", help="mean ± std (n) of each recorded metric per parameter set")
+    summ.add_argument("name")
+    summ.add_argument("--dir", default="experiments")
+    summ.add_argument("--metric", action="append", default=None, metavar="M", help="a recorded column (repeatable)")
+    summ.add_argument("--json", action="store_true", help="print the table as JSON")
     bench = sub.add_parser("benchmark", help="the specification's latency table (the spec_targets experiment)")
     _run_options(bench)
     bench.add_argument("--json", action="store_true")
@@ -135,7 +142,7 @@ def _list(directory: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch one of the commands; returns the exit status."""
-    from ruvattn.lab.experiments import find_experiment, load_experiment, median_table
+    from ruvattn.lab.experiments import find_experiment, load_experiment, mean_table, median_table
 
     if args.command == "report":
         from ruvattn.lab.report import write_report
@@ -145,6 +152,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "experiment" and args.action == "list":
         return _list(args.dir)
+    if args.command == "experiment" and args.action == "summary":
+        exp = load_experiment(find_experiment(args.name, args.dir))
+        header, body = mean_table(exp, metrics=args.metric)
+        if args.json:
+            print(json.dumps([dict(zip(header, row, strict=True)) for row in body], indent=2))
+        else:
+            print_table(header, body)
+        return 0
     if args.command == "experiment" and args.action == "medians":
         exp = load_experiment(find_experiment(args.name, args.dir))
         header, body = median_table(exp, metrics=args.metric)

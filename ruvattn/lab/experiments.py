@@ -74,6 +74,7 @@ __all__ = [
     "list_experiments",
     "load_experiment",
     "machine_info",
+    "mean_table",
     "median_table",
     "read_results",
     "run_experiment",
@@ -809,10 +810,30 @@ def median_table(
     metric over the repeats. ``metrics`` defaults to every numeric recorded column."""
     import statistics
 
+    return _stat_table(experiment, metrics, "median_table", lambda xs: statistics.median(xs))
+
+
+def mean_table(
+    experiment: str | Path | Experiment, *, metrics: list[str] | None = None
+) -> tuple[list[str], list[list[Any]]]:
+    """As :func:`median_table`, with ``"mean ± std (n)"`` of each metric over the repeats (sample standard
+    deviation; what a paper reports over seeds)."""
+    import statistics
+
+    def mean_std(xs: list[float]) -> str:
+        sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+        return f"{statistics.fmean(xs):.4g} ± {sd:.2g} ({len(xs)})"
+
+    return _stat_table(experiment, metrics, "mean_table", mean_std)
+
+
+def _stat_table(
+    experiment: str | Path | Experiment, metrics: list[str] | None, op: str, stat: Callable[[list[float]], Any]
+) -> tuple[list[str], list[list[Any]]]:
     exp = experiment if isinstance(experiment, Experiment) else load_experiment(experiment)
     rows = read_results(exp)
     if not rows:
-        raise InvalidConfig(f"median_table: experiment {exp.name!r} has an empty results table.")
+        raise InvalidConfig(f"{op}: experiment {exp.name!r} has an empty results table.")
     columns = list(rows[0])
     params = columns[: columns.index("repeat")]
     recorded = columns[columns.index("key") + 1 :]
@@ -820,16 +841,16 @@ def median_table(
         metrics = [c for c in recorded if all(r[c] is None or isinstance(r[c], (int, float)) for r in rows)]
     unknown = [m for m in metrics if m not in recorded]
     if unknown:
-        raise InvalidConfig(f"median_table: unknown metric(s) {unknown}; recorded: {recorded}.")
+        raise InvalidConfig(f"{op}: unknown metric(s) {unknown}; recorded: {recorded}.")
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault(tuple(r[p] for p in params), []).append(r)
     body = []
     for combo, members in groups.items():
         ok = [m for m in members if m["status"] == "ok"]
-        medians = []
+        values = []
         for metric in metrics:
             xs = [m[metric] for m in ok if isinstance(m[metric], (int, float)) and not isinstance(m[metric], bool)]
-            medians.append(statistics.median(xs) if xs else None)
-        body.append([*combo, f"{len(ok)}/{len(members)}", *medians])
+            values.append(stat(xs) if xs else None)
+        body.append([*combo, f"{len(ok)}/{len(members)}", *values])
     return [*params, "ok runs", *metrics], body

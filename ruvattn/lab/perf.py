@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
+import importlib.util
 import math
 import sys
 import time
@@ -322,12 +324,10 @@ def standard_workloads(size: str = "full", peers: Sequence[str] = ("numpy", "tor
     """
     from ruvattn import FlashAttention, LinearAttention, MultiHeadAttention, ScaledDotProductAttention
 
-    torch = None
-    if "torch" in peers:
-        try:
-            import torch
-        except ImportError:
-            torch = None
+    # PyTorch is a comparison peer, loaded by name when installed (extra "peers"), never a dependency
+    torch: Any = None
+    if "torch" in peers and importlib.util.find_spec("torch") is not None:
+        torch = importlib.import_module("torch")
     rng = np.random.default_rng(seed)
 
     def randn(*shape: int) -> np.ndarray:

@@ -381,6 +381,56 @@ def check_gradients_refuse_nan(kind: str) -> None:
         )
 
 
+def _fd_gradient_check(kind: str, loss: Any, arr: np.ndarray, grad: np.ndarray, label: str, picks: int = 8) -> None:
+    """Central differences (float64, step 1e-6) of ``loss()`` at ``picks`` entries of ``arr`` (changed in place and
+    put back) against ``grad``: relative error <= 1e-6 (absolute below 1)."""
+    rng = np.random.default_rng(7)
+    flat, g = arr.reshape(-1), np.asarray(grad).reshape(-1)
+    assert g.shape == flat.shape, f"{kind}: {label} gradient has {g.size} entries for {flat.size}"
+    for idx in rng.choice(flat.size, min(picks, flat.size), replace=False):
+        old = flat[idx]
+        flat[idx] = old + 1e-6
+        plus = loss()
+        flat[idx] = old - 1e-6
+        minus = loss()
+        flat[idx] = old
+        fd = (plus - minus) / 2e-6
+        assert abs(fd - g[idx]) <= 1e-6 * max(1.0, abs(fd)), f"{kind}: d/d{label}[{idx}] = {g[idx]!r}, FD {fd!r}"
+
+
+def check_gradients(kind: str) -> None:
+    """``backward`` (where ``supports_backward``) against float64 central finite differences: the query, the
+    keys, the values and every learned array, for one query and for a batch."""
+    ex = example(kind)
+    m = ex.mechanism
+    if not m.supports_backward:
+        return
+    m.eval()
+    rng = np.random.default_rng(5)
+    q, qs, k, v = (a.astype(np.float64).copy() for a in (ex.query, ex.queries, ex.keys, ex.values))
+    state = {
+        n: a.astype(np.float64).copy()
+        for n, a in m.state_dict().items()
+        if a.dtype.kind == "f" and n not in m.fixed_state
+    }
+    for arr in state.values():  # off the initial values (zero biases): every entry matters
+        arr += 0.1 * rng.standard_normal(arr.shape)
+    m.load_state_dict({**m.state_dict(), **state})
+    for query, fwd in ((q, m.forward), (qs, m.forward_batch)):
+        up = rng.standard_normal(np.shape(fwd(query, k, v)))
+        grads = m.backward(query, k, v, up)
+
+        def loss(query=query, fwd=fwd, up=up) -> float:
+            m.load_state_dict({**m.state_dict(), **state})
+            return float(np.sum(fwd(query, k, v) * up))
+
+        for label, arr, grad in (("query", query, grads.query), ("keys", k, grads.keys), ("values", v, grads.values)):
+            _fd_gradient_check(kind, loss, arr, grad, label)
+        assert set(grads.params) == set(state), f"{kind}: gradients for {sorted(grads.params)}, params {sorted(state)}"
+        for name, arr in state.items():
+            _fd_gradient_check(kind, loss, arr, grads.params[name], name)
+
+
 def check_rejected_changes(kind: str) -> None:
     """A refused set_params or load_state_dict changes nothing (config, learned arrays, outputs), and keys
     prepared before a successful load are refused afterwards (never a mix of old and new weights)."""
@@ -426,5 +476,6 @@ CHECKS = (
     check_magnitudes,
     check_mixed_dtypes,
     check_gradients_refuse_nan,
+    check_gradients,
     check_rejected_changes,
 )

@@ -30,6 +30,7 @@ import json
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import numpy as np
@@ -184,6 +185,27 @@ def _check_options(op: str, fn: Callable[..., Any], kwargs: dict[str, Any], form
             raise Unsupported(f"{op}: {', '.join(extra)}= is not supported for {form}; pass one query at a time.")
 
 
+class Gradients(NamedTuple):
+    """Gradients of a scalar loss with respect to the inputs of one forward call, and (``params``) to the
+    mechanism's learned arrays by state-dict name (empty for a mechanism without any)."""
+
+    query: Array
+    keys: Array
+    values: Array
+    params: Mapping[str, Array] = MappingProxyType({})
+
+
+def softmax_attention_grads(
+    q: Array, k: Array, v: Array, p: Array, g: Array, scale: float
+) -> tuple[Array, Array, Array]:
+    r"""``(dq, dk, dv)`` of ``sum(g * (p @ v))`` with ``p = softmax(scale q kᵀ)`` (removed keys: ``p = 0``):
+    :math:`dP = G V^\top`, :math:`dS = P \odot (dP - \operatorname{rowsum}(P \odot dP))`,
+    :math:`\nabla_q = c\,dS\,K`, :math:`\nabla_k = c\,dS^\top Q`, :math:`\nabla_v = P^\top G`."""
+    dp = g @ v.T
+    ds = p * (dp - (p * dp).sum(axis=1, keepdims=True))
+    return (ds @ k) * scale, (ds.T @ q) * scale, p.T @ g
+
+
 class Complexity(str):
     """The specification's ``Complexity``: a description (the string itself) and its ``kind`` in the
     number of keys ``n`` -- ``"linear"``, ``"linearithmic"``, ``"quadratic"`` or ``"custom"``.
@@ -235,6 +257,8 @@ class Attention(Parametrized, ABC):
     empty_keys_raise: ClassVar[bool] = True
     #: Whether :meth:`backward` is implemented (the training hook).
     supports_backward: ClassVar[bool] = False
+    #: state-dict entries that are drawn or fixed rather than learned: ``backward`` gives them no gradient
+    fixed_state: ClassVar[frozenset[str]] = frozenset()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Every ``forward_batch`` / ``forward_neighbours`` a mechanism defines first checks what holds for
@@ -456,13 +480,30 @@ class Attention(Parametrized, ABC):
 
     # -- gradients (the training hook) -----------------------------------------------
     def backward(self, query: Any, keys: Any, values: Any, grad_output: Any, **kwargs: Any) -> Any:
-        """Gradients of ``sum(grad_output * forward(query, keys, values))`` w.r.t. the inputs.
+        """Gradients of ``sum(grad_output * forward(query, keys, values, **kwargs))``: a :class:`Gradients` with the
+        gradients with respect to ``query`` (one ``(d,)`` or a batch ``(m, d)``, the shape of ``forward`` or
+        ``forward_batch``), ``keys``, ``values`` and, in ``params``, every learned array by its state-dict name.
 
         Implemented where ``supports_backward`` is true; elsewhere it raises
         :class:`~ruvattn.errors.Unsupported`.
         """
         raise Unsupported(f"{type(self).__name__}.backward: gradients are not implemented for this mechanism yet "
                           "(supports_backward is False).")  # fmt: skip
+
+    def _upstream(self, op: str, grad_output: Any, rows: int, width: int, single: bool, dt: np.dtype) -> Array:
+        """``grad_output`` as ``(rows, width)`` of ``dt``; a wrong shape or a NaN/inf entry is an error."""
+        if self._dropping:
+            raise Unsupported(f"{op}: gradients through dropout are not available; call .eval() first.")
+        g = V.as_array(np.atleast_2d(grad_output), op, "grad_output", 2, dt)
+        if g.shape != (rows, width):
+            want = (width,) if single else (rows, width)
+            raise DimensionMismatch(f"{op}: grad_output has shape {np.shape(grad_output)}, expected {want}.")
+        V.check_finite(op, grad_output=g)  # a NaN upstream gradient is an error, never NaN gradients
+        return g
+
+    @property
+    def _dropping(self) -> bool:
+        return bool(self.training and getattr(self.config, "dropout", 0.0))
 
     # -- the specification's properties -----------------------------------
     @property

@@ -70,7 +70,7 @@ from ruvattn.errors import (
     Unsupported,
 )
 from ruvattn.kernels import attention as K
-from ruvattn.mechanisms.base import DROPOUT, SEED, Complexity, Example, register
+from ruvattn.mechanisms.base import DROPOUT, SEED, Attention, Complexity, Example, register
 from ruvattn.mechanisms.multi_head import MultiHeadAttention, ProjectedKeysValues, _wide
 
 __all__ = ["DynamicHeadAttention"]
@@ -108,6 +108,9 @@ class DynamicHeadAttention(MultiHeadAttention):
     """
 
     forward_options = frozenset({"mask", "bias", "ids", "heads"})
+    # MultiHeadAttention's backward does not know the head importances and the pruning: not inherited
+    supports_backward = False
+    backward = Attention.backward
     params = (
         MultiHeadAttention.params[0],
         MultiHeadAttention.params[1],

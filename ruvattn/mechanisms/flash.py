@@ -44,7 +44,16 @@ from ruvattn._blas import one_thread
 from ruvattn._params import Param
 from ruvattn.kernels import attention as K
 from ruvattn.kernels import tiles as T
-from ruvattn.mechanisms.base import DIM, SCALE, TEMPERATURE, Attention, Complexity, _mode_array, register
+from ruvattn.mechanisms.base import (
+    DIM,
+    SCALE,
+    TEMPERATURE,
+    Attention,
+    Complexity,
+    Gradients,
+    _mode_array,
+    register,
+)
 
 __all__ = ["FlashAttention"]
 
@@ -56,6 +65,7 @@ class FlashAttention(Attention):
     """Tiled exact attention with an online softmax (see the module docstring)."""
 
     forward_options = frozenset({"mask", "bias"})
+    supports_backward = True
     params = (
         DIM,
         Param(
@@ -110,6 +120,48 @@ class FlashAttention(Attention):
         """Each node over its own neighbour list (lists are short: one tile each)."""
         op = f"{self.kind}.forward_neighbours"
         return self._neighbours(op, queries, keys, values, neighbours, 1, self._scale(self.hidden_dim), False)[0]
+
+    def backward(
+        self, query: Any, keys: Any, values: Any, grad_output: Any, *, mask: Any = None, bias: Any = None
+    ) -> Gradients:
+        r"""Gradients of ``sum(grad_output * forward(...))`` for one query ``(d,)`` or a batch ``(m, d)``, as
+        FlashAttention-2 computes them: the forward's log-sum-exp :math:`\ell` is kept, and each tile of
+        ``block_size`` keys recomputes its weights :math:`P = \exp(c\,Q K_b^\top + B - \ell)`, then
+        :math:`dV_b = P^\top G`, :math:`dS = P \odot (G V_b^\top - D)` with :math:`D = \operatorname{rowsum}(G
+        \odot O)`, :math:`dK_b = c\,dS^\top Q` and :math:`dQ \mathrel{+}= c\,dS\,K_b`.  Working memory is
+        ``(m, block_size)`` whatever the number of keys; the weights matrix is never stored.
+        """
+        op = f"{self.kind}.backward"
+        single = np.ndim(query) == 1
+        qs = np.atleast_2d(query)
+        out, lse = self._run(op, qs, keys, values, None if mask is None else np.asarray(mask), bias)
+        keys, values = self._kv(op, keys, values)
+        q, k, v, dt = self._tables(op, qs, keys, values)
+        m, n = q.shape[0], k.shape[0]
+        g = self._upstream(op, grad_output, m, v.shape[1], single, dt)
+        keep, keep_mode = _mode_array(op, "mask", mask, m, n, None)
+        b, bias_mode = _mode_array(op, "bias", bias, m, n, dt)
+        sc = dt.type(self._scale(self.hidden_dim))
+        total = (g * out).sum(axis=1, keepdims=True)
+        dq = np.zeros_like(q)
+        dk = np.empty_like(k)
+        dv = np.empty_like(v)
+        block = self.config.block_size
+        for start in range(0, n, block):
+            stop = min(start + block, n)
+            kb, vb = k[start:stop], v[start:stop]
+            s = (q @ kb.T) * sc
+            if bias_mode:
+                s += b[:, start:stop]
+            p = np.exp(s - lse[:, None])
+            if keep_mode:
+                p = np.where(keep[:, start:stop], p, dt.type(0))
+            dv[start:stop] = p.T @ g
+            ds = p * (g @ vb.T - total)
+            dk[start:stop] = (ds.T @ q) * sc
+            dq += (ds @ kb) * sc
+        gq, gk, gv = (V.check_output(op, x, dt) for x in (dq, dk, dv))
+        return Gradients(gq[0] if single else gq, gk, gv)
 
     def _run(self, op: str, queries: Any, keys: Any, values: Any, mask: Any, bias: Any) -> tuple[Array, Array]:
         keys, values = self._kv(op, keys, values)

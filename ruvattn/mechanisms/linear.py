@@ -79,7 +79,7 @@ from ruvattn.errors import DimensionMismatch, InvalidConfig, NumericalInstabilit
 from ruvattn.graph import as_neighbours
 from ruvattn.kernels import linear as L
 from ruvattn.kernels.attention import OK, chunk_size
-from ruvattn.mechanisms.base import _NO_KEEP, DIM, SEED, Attention, Complexity, Example, register
+from ruvattn.mechanisms.base import _NO_KEEP, DIM, SEED, Attention, Complexity, Example, Gradients, register
 
 __all__ = ["LinearAttention", "LinearSummary", "draw_projection"]
 
@@ -239,6 +239,10 @@ class LinearAttention(Attention):
             m.weights(ex.query, ex.keys)
             m.features(ex.keys)
             m.forward_neighbours(ex.queries, ex.keys, ex.values, ex.neighbours)
+
+    supports_backward = True
+    #: state that is drawn, not learned: no gradient (``backward`` holds it fixed)
+    fixed_state = frozenset({"projection"})
 
     def _state_shapes(self) -> dict[str, tuple[int, ...]]:
         """FAVOR+'s projection ``(m, d)`` (elu+1 holds no random state)."""
@@ -476,6 +480,67 @@ class LinearAttention(Attention):
         if status:
             self._raise(op, status, query=q, keys=k)
         return out[None, :]
+
+    def _log_features(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
+        """FAVOR+'s exponents ``w_r·x̃ − |x̃|²/2`` (float64; the constant ``1/sqrt(m)`` cancels in the ratio)."""
+        assert self._projection is not None
+        xt = x * self.hidden_dim**-0.25
+        return xt @ self._projection.T - 0.5 * np.einsum("ij,ij->i", xt, xt)[:, None]
+
+    def backward(self, query: Any, keys: Any, values: Any, grad_output: Any, *, mask: Any = None) -> Gradients:
+        r"""Gradients of ``sum(grad_output * forward(...))`` for one query ``(d,)`` or a batch ``(m, d)`` (with
+        ``mask (n,)``), through the feature map, FAVOR+'s projection held fixed (``params`` is empty: it is
+        drawn, not learned).  With :math:`c_i = \varphi(q_i)\cdot z` and outputs :math:`o_i`, all in
+        ``O((n + m) F d_v)``, no ``n × m`` array: :math:`\nabla\varphi(q_i) = (S g_i - z\,(g_i\cdot o_i))/c_i`,
+        :math:`dS = \sum_i \varphi(q_i) g_i^\top / c_i`, :math:`dz = -\sum_i \varphi(q_i)(g_i\cdot o_i)/c_i`,
+        :math:`\nabla\varphi(k_j) = dS\,v_j + dz`, :math:`\nabla v_j = dS^\top\varphi(k_j)`.  FAVOR+'s features are
+        taken with the forward's shifts (per feature over the keys, per query), which cancel in every product.
+        Computed in float64, returned in the inputs' dtype.
+        """
+        op = f"{self.kind}.backward"
+        if type(keys) is LinearSummary:
+            raise Unsupported(f"{op}: a LinearSummary has no gradient with respect to its keys; pass keys and values.")
+        if values is None:
+            raise V.values_required(op, "a LinearSummary")
+        single = np.ndim(query) == 1
+        qs, k, v, dt = self._tables(op, np.atleast_2d(query), keys, values)
+        keep, use_keep = self._keep(op, mask, k.shape[0], batch=not single)
+        g = self._upstream(op, grad_output, qs.shape[0], v.shape[1], single, dt).astype(np.float64)
+        rows = np.flatnonzero(keep) if use_keep else np.arange(k.shape[0])
+        q64, k64, v64 = qs.astype(np.float64), k[rows].astype(np.float64), v[rows].astype(np.float64)
+        if self._kind == L.FAVOR:
+            lk = self._log_features(k64)
+            fk = np.exp(lk - lk.max(axis=0, initial=-np.inf)) if rows.size else np.empty((0, self.num_features))
+            lq = self._log_features(q64) + (lk.max(axis=0) if rows.size else 0.0)
+            fq = np.exp(lq - lq.max(axis=1, keepdims=True))
+        else:
+            fq, fk = (np.where(x > 0, x + 1, np.exp(np.minimum(x, 0))) for x in (q64, k64))
+        s, z = fk.T @ v64, fk.sum(axis=0)
+        c = fq @ z
+        if not (c > 0).all() or not np.isfinite(c).all():
+            raise NumericalInstability(f"{op}: the normaliser φ(q)·z is 0 or not finite for these inputs.")
+        out = (fq @ s) / c[:, None]
+        go = (g * out).sum(axis=1) / c
+        dfq = (g @ s.T) / c[:, None] - z[None, :] * go[:, None]
+        ds, dz = fq.T @ (g / c[:, None]), -(fq.T @ go)
+        dfk = v64 @ ds.T + dz[None, :]
+        dv = np.zeros(v.shape)
+        dv[rows] = fk @ ds
+        dk = np.zeros(k.shape)
+        if self._kind == L.FAVOR:
+            assert self._projection is not None
+            scale = self.hidden_dim**-0.25
+
+            def through(df: NDArray[np.float64], f: NDArray[np.float64], x: NDArray[np.float64]) -> NDArray[np.float64]:
+                dl = df * f  # d/d(exponent)
+                return (dl @ self._projection - dl.sum(axis=1, keepdims=True) * (x * scale)) * scale
+
+            dq, dk[rows] = through(dfq, fq, q64), through(dfk, fk, k64)
+        else:
+            dq = dfq * np.where(q64 > 0, 1.0, fq)
+            dk[rows] = dfk * np.where(k64 > 0, 1.0, fk)
+        gq, gk, gv = (V.check_output(op, x.astype(dt), dt) for x in (dq, dk, dv))
+        return Gradients(gq[0] if single else gq, gk, gv)
 
     def forward_batch(self, queries: Any, keys: Any, values: Any = None, *, mask: Any = None) -> Array:
         """Outputs ``(m, dv)`` of queries ``(m, d)``: the summary of the keys/values is built **once** (or

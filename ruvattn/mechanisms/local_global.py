@@ -46,7 +46,18 @@ from ruvattn._params import Param
 from ruvattn.errors import InvalidConfig
 from ruvattn.graph import NeighbourList, as_neighbours
 from ruvattn.kernels import attention as K
-from ruvattn.mechanisms.base import _NO_KEEP, DIM, SCALE, TEMPERATURE, Attention, Complexity, Example, register
+from ruvattn.mechanisms.base import (
+    _NO_KEEP,
+    DIM,
+    SCALE,
+    TEMPERATURE,
+    Attention,
+    Complexity,
+    Example,
+    Gradients,
+    register,
+    softmax_attention_grads,
+)
 from ruvattn.sparse import SparsityPattern
 
 __all__ = ["LocalGlobalAttention", "SparseGraphAttention"]
@@ -78,6 +89,7 @@ class LocalGlobalAttention(Attention):
     """Local window around the query's position plus global keys (see the module docstring)."""
 
     forward_options = frozenset({"position", "global_ids", "ids"})
+    supports_backward = True
     params = (
         DIM,
         Param("local_window", V.POSITIVE_INT, 32, "entries around the query's position that it attends to"),
@@ -194,6 +206,41 @@ class LocalGlobalAttention(Attention):
         full = np.zeros((1, n), w.dtype)
         full[0, kept] = w
         return full
+
+    def backward(
+        self,
+        query: Any,
+        keys: Any,
+        values: Any,
+        grad_output: Any,
+        *,
+        position: int = 0,
+        positions: Any = None,
+        global_ids: Any = None,
+    ) -> Gradients:
+        """Gradients of ``sum(grad_output * forward(...))`` for one query ``(d,)`` at ``position``, or a batch
+        ``(m, d)`` at ``positions`` (as :meth:`forward_batch`): masked scaled dot-product attention's, so the
+        keys and values outside the kept set get zero gradients."""
+        op = f"{self.kind}.backward"
+        single = np.ndim(query) == 1
+        keys, values = self._kv(op, keys, values)
+        q = V.as_array(np.atleast_2d(query), op, "query", 2)
+        k = V.as_array(keys, op, "keys", 2, q.dtype)
+        v = V.as_array(values, op, "values", 2, q.dtype)
+        V.check_keys_values(op, k, v)
+        m = q.shape[0]
+        if single:
+            pos = [position]
+        else:
+            pos = np.zeros(m, np.int64) if positions is None else np.asarray(positions)
+            if pos.shape != (m,) or (pos.size and pos.dtype.kind not in "iu"):
+                raise InvalidConfig(f"{op}: 'positions' must be {m} integers (one per query); got shape {pos.shape}.")
+        p = np.vstack([self._weights_one(op, q[i], k, position=int(pos[i]), global_ids=global_ids) for i in range(m)])
+        g = self._upstream(op, grad_output, m, v.shape[1], single, p.dtype)
+        grads = softmax_attention_grads(q.astype(p.dtype), k.astype(p.dtype), v.astype(p.dtype), p, g,
+                                        self._scale(self.config.dim))  # fmt: skip
+        gq, gk, gv = (V.check_output(op, x, p.dtype) for x in grads)
+        return Gradients(gq[0] if single else gq, gk, gv)
 
     def forward_batch(
         self, queries: Any, keys: Any, values: Any = None, *, positions: Any = None, global_ids: Any = None

@@ -39,9 +39,18 @@ from numpy.typing import NDArray
 
 from ruvattn import _validation as V
 from ruvattn._params import Param, ParamSet
-from ruvattn.errors import InvalidConfig, NumericalInstability
+from ruvattn.errors import InvalidConfig, NumericalInstability, Unsupported
 from ruvattn.kernels import attention as K
-from ruvattn.mechanisms.base import DIM, DROPOUT, SEED, Attention, Complexity, register
+from ruvattn.mechanisms.base import (
+    DIM,
+    DROPOUT,
+    SEED,
+    Attention,
+    Complexity,
+    Gradients,
+    register,
+    softmax_attention_grads,
+)
 from ruvattn.mechanisms.scaled_dot import DropoutMixin
 
 __all__ = ["MultiHeadAttention", "ProjectedKeysValues"]
@@ -98,6 +107,7 @@ class MultiHeadAttention(DropoutMixin, Attention):
     """Multi-head attention with PyTorch's parameter layout (see the module docstring)."""
 
     forward_options = frozenset({"mask", "bias", "ids"})
+    supports_backward = True
     params = (
         DIM,
         Param("num_heads", V.Integer(1, MAX_HEADS), 8, "attention heads; must divide dim", options=_head_counts),
@@ -344,6 +354,53 @@ class MultiHeadAttention(DropoutMixin, Attention):
             heads_out = self._many(op, q, kv.keys, kv.values, mask, bias, h, sc, False)[0]
         wo, bo = self._weights(kv.keys.dtype)[6:]
         return V.check_output(op, heads_out @ wo.T + bo, kv.keys.dtype)
+
+    def backward(
+        self, query: Any, keys: Any, values: Any, grad_output: Any, *, mask: Any = None, bias: Any = None
+    ) -> Gradients:
+        r"""Gradients of ``sum(grad_output * forward(...))`` for one query ``(d,)`` or a batch ``(m, d)``: with respect
+        to the query, the raw keys and values, and (``params``) ``in_proj_weight``, ``in_proj_bias``,
+        ``out_proj.weight`` and ``out_proj.bias`` (torch's names; equal to torch autograd on
+        ``nn.MultiheadAttention``).  Each head is scaled dot-product attention's backward on its columns; the
+        projections are linear maps (:math:`\nabla_X = \nabla_Q W_q`, :math:`\nabla_{W_q} = \nabla_Q^\top X`).
+        Keys projected beforehand (:meth:`project`) have no gradient: pass the raw keys and values.
+        """
+        op = f"{self.kind}.backward"
+        if isinstance(keys, ProjectedKeysValues) or isinstance(values, ProjectedKeysValues):
+            raise Unsupported(f"{op}: keys projected beforehand have no gradient; pass the raw keys and values.")
+        if values is None:
+            raise InvalidConfig(f"{op}: values are required (the gradient with respect to them is returned).")
+        single = np.ndim(query) == 1
+        p = self._weights_batch(op, np.atleast_2d(query), keys, mask=mask, bias=bias)  # (h, m, n)
+        dt = p.dtype
+        x = V.as_array(np.atleast_2d(query), op, "query", 2, dt)
+        k = V.as_array(keys, op, "keys", 2, dt)
+        v = V.as_array(values, op, "values", 2, dt)
+        V.check_keys_values(op, k, v)
+        V.check_width(op, "values", v, self.hidden_dim)
+        V.check_finite(op, values=v)
+        m, d, h = x.shape[0], self.hidden_dim, self.num_heads
+        g = self._upstream(op, grad_output, m, d, single, dt)
+        wq, bq, wk, bk, wv, bv, wo, _ = self._weights(dt)
+        qp, kp, vp = x @ wq.T + bq, k @ wk.T + bk, v @ wv.T + bv
+        heads_out = self._per_head(lambda i, cols: p[i] @ vp[:, cols])
+        d_heads = g @ wo
+        dq, dk, dv = np.zeros_like(qp), np.zeros_like(kp), np.zeros_like(vp)
+        sc = self._scale(self.hidden_dim)
+        w = d // h
+        for i in range(h):
+            cols = slice(i * w, (i + 1) * w)
+            dq[:, cols], dk[:, cols], dv[:, cols] = softmax_attention_grads(
+                qp[:, cols], kp[:, cols], vp[:, cols], p[i], d_heads[:, cols], sc
+            )
+        params = {
+            "in_proj_weight": np.vstack([dq.T @ x, dk.T @ k, dv.T @ v]),
+            "in_proj_bias": np.concatenate([dq.sum(0), dk.sum(0), dv.sum(0)]),
+            "out_proj.weight": g.T @ heads_out,
+            "out_proj.bias": g.sum(0),
+        }
+        gx, gk, gv = (V.check_output(op, a, dt) for a in (dq @ wq, dk @ wk, dv @ wv))
+        return Gradients(gx[0] if single else gx, gk, gv, {n: V.check_output(op, a, dt) for n, a in params.items()})
 
     def _weights_neighbours(self, op: str, queries: Any, keys: Any, neighbours: Any) -> Array:
         """Per-head, per-edge weights ``(h, nnz)`` aligned with the neighbour ids (before dropout)."""

@@ -28,28 +28,32 @@ Shapes:
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from ruvattn import _validation as V
-from ruvattn.errors import DimensionMismatch, Unsupported
+from ruvattn.errors import Unsupported
 from ruvattn.kernels import attention as K
-from ruvattn.mechanisms.base import DIM, DROPOUT, SCALE, SEED, TEMPERATURE, Attention, Complexity, Prepared, register
+from ruvattn.mechanisms.base import (
+    DIM,
+    DROPOUT,
+    SCALE,
+    SEED,
+    TEMPERATURE,
+    Attention,
+    Complexity,
+    Gradients,
+    Prepared,
+    register,
+    softmax_attention_grads,
+)
 
 __all__ = ["Gradients", "ScaledDotProductAttention"]
 
 Array = NDArray[np.floating]
-
-
-class Gradients(NamedTuple):
-    """Gradients of a scalar loss with respect to the inputs of one forward call."""
-
-    query: Array
-    keys: Array
-    values: Array
 
 
 class DropoutMixin:
@@ -182,13 +186,7 @@ class ScaledDotProductAttention(DropoutMixin, Attention):
         k = V.as_array(keys, op, "keys", 2, p.dtype)
         v = V.as_array(values, op, "values", 2, p.dtype)
         V.check_keys_values(op, k, v)
-        g = V.as_array(np.atleast_2d(grad_output), op, "grad_output", 2, p.dtype)
-        if g.shape != (qs.shape[0], v.shape[1]):
-            want = (v.shape[1],) if single else (qs.shape[0], v.shape[1])
-            raise DimensionMismatch(f"{op}: grad_output has shape {np.shape(grad_output)}, expected {want}.")
-        V.check_finite(op, grad_output=g)  # a NaN upstream gradient is an error, never NaN gradients
-        dp = g @ v.T
-        ds = p * (dp - (p * dp).sum(axis=1, keepdims=True))
+        g = self._upstream(op, grad_output, qs.shape[0], v.shape[1], single, p.dtype)
         q = V.as_array(qs, op, "query", 2, p.dtype)
-        gq, gk, gv = (V.check_output(op, x, p.dtype) for x in ((ds @ k) * sc, (ds.T @ q) * sc, p.T @ g))
+        gq, gk, gv = (V.check_output(op, x, p.dtype) for x in softmax_attention_grads(q, k, v, p, g, sc))
         return Gradients(gq[0] if single else gq, gk, gv)

@@ -1,0 +1,167 @@
+"""Mechanism backward passes beyond the contract's finite differences: the golden sdpa_grad cases through flash
+attention, flash against scaled dot-product with masks, biases and temperature, multi-head against
+``torch.nn.MultiheadAttention``'s autograd (float64 and float32), local+global's zero gradients outside the kept
+keys, and the refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ruvattn import (
+    FlashAttention,
+    InvalidConfig,
+    LocalGlobalAttention,
+    MultiHeadAttention,
+    ScaledDotProductAttention,
+    Unsupported,
+)
+from tests.golden_harness import assert_close, cases, load
+
+GRAD = cases(("sdpa_grad_",))
+
+
+@pytest.mark.parametrize("path", GRAD, ids=[p.stem for p in GRAD])
+@pytest.mark.parametrize("block", [1, 16, 64])
+def test_flash_backward_golden(path, block):
+    case = load(path)
+    i = case["inputs"]
+    q, k, v, up = i["q"], i["k"], i["v"], i["upstream"]
+    grads = FlashAttention(q.shape[-1], block_size=block).backward(q, k, v, up)
+    assert_close(case, "grad_q", grads.query)
+    assert_close(case, "grad_k", grads.keys)
+    assert_close(case, "grad_v", grads.values)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_flash_backward_equals_sdpa_backward_with_mask_bias_temperature(dtype):
+    rng = np.random.default_rng(0)
+    m, n, d = 6, 301, 8
+    q, k = rng.standard_normal((m, d)).astype(dtype), rng.standard_normal((n, d)).astype(dtype)
+    v, g = rng.standard_normal((n, 3)).astype(dtype), rng.standard_normal((m, 3)).astype(dtype)
+    mask, bias = rng.random((m, n)) > 0.3, rng.standard_normal(n).astype(dtype)
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    for kw in ({}, {"mask": mask}, {"bias": bias}, {"mask": mask[0], "bias": np.tile(bias, (m, 1))}):
+        a = FlashAttention(d, block_size=32, temperature=0.7).backward(q, k, v, g, **kw)
+        b = ScaledDotProductAttention(d, temperature=0.7).backward(q, k, v, g, **kw)
+        for x, y in zip(a[:3], b[:3], strict=True):
+            assert x.dtype == dtype
+            np.testing.assert_allclose(x, y, rtol=tol, atol=tol)
+    removed = ~mask[0]  # the last call's shared mask: the keys it removes get no gradient
+    assert removed.sum() > 50 and not a.keys[removed].any() and not a.values[removed].any()
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-11), (np.float32, 1e-5)])
+@pytest.mark.parametrize("batch", [False, True])
+def test_multi_head_backward_equals_torch_autograd(dtype, tol, batch):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    m, n, d, h = 4, 9, 16, 4
+    x = rng.standard_normal((m, d)).astype(dtype)
+    k, v = rng.standard_normal((n, d)).astype(dtype), rng.standard_normal((n, d)).astype(dtype)
+    g = rng.standard_normal((m, d)).astype(dtype)
+    mha = MultiHeadAttention(d, num_heads=h, seed=2).eval()
+    sd = mha.state_dict()
+    sd["in_proj_bias"] = rng.standard_normal(3 * d)
+    sd["out_proj.bias"] = rng.standard_normal(d)
+    mha.load_state_dict(sd)
+    ref = torch.nn.MultiheadAttention(d, h, batch_first=True)
+    ref = ref.double() if dtype == np.float64 else ref.float()
+    ref.load_state_dict({name: torch.from_numpy(np.asarray(a, dtype)) for name, a in sd.items()})
+    tx, tk, tv = (torch.from_numpy(a)[None].requires_grad_() for a in (x, k, v))
+    out, _ = ref(tx, tk, tv)
+    if batch:
+        (out[0] * torch.from_numpy(g)).sum().backward()
+        grads = mha.backward(x, k, v, g)
+        want_q = tx.grad[0].numpy()
+    else:
+        (out[0, 0] * torch.from_numpy(g[0])).sum().backward()
+        grads = mha.backward(x[0], k, v, g[0])
+        want_q = tx.grad[0, 0].numpy()
+    np.testing.assert_allclose(grads.query, want_q, rtol=tol, atol=tol)
+    np.testing.assert_allclose(grads.keys, tk.grad[0].numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(grads.values, tv.grad[0].numpy(), rtol=tol, atol=tol)
+    for name, p in ref.named_parameters():
+        np.testing.assert_allclose(grads.params[name], p.grad.numpy(), rtol=tol, atol=tol, err_msg=name)
+
+
+def test_local_global_gradients_vanish_outside_the_kept_keys():
+    rng = np.random.default_rng(3)
+    n, d = 200, 6
+    attn = LocalGlobalAttention(d, local_window=8, global_nodes=3)
+    q, k, v = rng.standard_normal(d), rng.standard_normal((n, d)), rng.standard_normal((n, 4))
+    g = rng.standard_normal(4)
+    grads = attn.backward(q, k, v, g, position=50)
+    kept = attn.attention_mask(n, position=50)
+    assert not grads.keys[~kept].any() and not grads.values[~kept].any()
+    assert grads.keys[kept].any() and grads.values[kept].any()
+    # equal to scaled dot-product attention's backward with the same keep-mask
+    want = ScaledDotProductAttention(d).backward(q, k, v, g, mask=kept)
+    for a, b in zip(grads[:3], want[:3], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    batch = attn.backward(np.vstack([q, q]), k, v, np.vstack([g, g]), positions=np.array([50, 120]))
+    other = attn.backward(q, k, v, g, position=120)
+    np.testing.assert_allclose(batch.keys, grads.keys + other.keys, rtol=1e-12, atol=1e-14)
+
+
+def test_backward_refusals():
+    rng = np.random.default_rng(4)
+    q, k, v = rng.standard_normal(8), rng.standard_normal((5, 8)), rng.standard_normal((5, 8))
+    mha = MultiHeadAttention(8, num_heads=2)
+    with pytest.raises(Unsupported, match="projected beforehand"):
+        mha.backward(q, mha.project(k, v), None, np.ones(8))
+    with pytest.raises(InvalidConfig, match="values are required"):
+        mha.backward(q, k, None, np.ones(8))
+    with pytest.raises(Unsupported, match="dropout"):
+        MultiHeadAttention(8, num_heads=2, dropout=0.5).train().backward(q, k, v, np.ones(8))
+    with pytest.raises(InvalidConfig, match="positions"):
+        LocalGlobalAttention(8).backward(np.vstack([q, q]), k, v, np.ones((2, 8)), positions=[0.5, 1])
+
+
+def _fd(loss, arr, grad, picks=10, eps=1e-6, rtol=1e-6):
+    rng = np.random.default_rng(9)
+    flat, g = arr.reshape(-1), grad.reshape(-1)
+    for idx in rng.choice(flat.size, min(picks, flat.size), replace=False):
+        old = flat[idx]
+        flat[idx] = old + eps
+        plus = loss()
+        flat[idx] = old - eps
+        minus = loss()
+        flat[idx] = old
+        fd = (plus - minus) / (2 * eps)
+        assert abs(fd - g[idx]) <= rtol * max(1.0, abs(fd)), (idx, fd, g[idx])
+
+
+@pytest.mark.parametrize("feature_map", ["elu", "favor"])
+@pytest.mark.parametrize("batch", [False, True])
+@pytest.mark.parametrize("magnitude", [1.0, 6.0])
+def test_linear_backward_matches_finite_differences(feature_map, batch, magnitude):
+    from ruvattn import LinearAttention
+
+    rng = np.random.default_rng(10)
+    d, n = 6, 40
+    attn = LinearAttention(d, feature_map=feature_map, num_features=24, seed=1)
+    q = magnitude * rng.standard_normal((3, d) if batch else d)
+    k, v = magnitude * rng.standard_normal((n, d)), rng.standard_normal((n, 4))
+    mask = rng.random(n) > 0.3
+    up = rng.standard_normal((3, 4) if batch else 4)
+    fwd = attn.forward_batch if batch else attn.forward
+    grads = attn.backward(q, k, v, up, mask=mask)
+    assert grads.params == {} and not grads.keys[~mask].any() and not grads.values[~mask].any()
+
+    def loss():
+        return float(np.sum(fwd(q, k, v, mask=mask) * up))
+
+    for arr, grad in ((q, grads.query), (k, grads.keys), (v, grads.values)):
+        _fd(loss, arr, grad)
+
+
+def test_linear_backward_refusals():
+    from ruvattn import LinearAttention
+
+    attn = LinearAttention(4, feature_map="favor", seed=0)
+    k = np.ones((3, 4))
+    with pytest.raises(Unsupported, match="LinearSummary"):
+        attn.backward(np.ones(4), attn.summarize(k, k), None, np.ones(4))
+    with pytest.raises(Unsupported, match="per-query mask"):
+        attn.backward(np.ones((2, 4)), k, k, np.ones((2, 4)), mask=np.ones((2, 3), bool))

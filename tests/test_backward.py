@@ -165,3 +165,70 @@ def test_linear_backward_refusals():
         attn.backward(np.ones(4), attn.summarize(k, k), None, np.ones(4))
     with pytest.raises(Unsupported, match="per-query mask"):
         attn.backward(np.ones((2, 4)), k, k, np.ones((2, 4)), mask=np.ones((2, 3), bool))
+
+
+def _gat_mechanism(kind, concat, edge_dim, share_weights=False, seed=0):
+    from ruvattn import GATConv, GATv2Conv
+
+    rng = np.random.default_rng(seed)
+    kw = {"heads": 2, "concat": concat, "edge_dim": edge_dim}
+    layer = GATConv(5, 3, **kw) if kind == "gat" else GATv2Conv(5, 3, share_weights=share_weights, **kw)
+    sd = {name: a + 0.1 * rng.standard_normal(a.shape) for name, a in layer.state_dict().items()}
+    if share_weights:  # lin_r is lin_l: one array under both names
+        sd.update({name: sd[name.replace("lin_r", "lin_l")] for name in sd if name.startswith("lin_r")})
+    layer.load_state_dict(sd)
+    return layer.eval()
+
+
+@pytest.mark.parametrize("kind", ["gat", "gatv2"])
+@pytest.mark.parametrize("concat", [True, False])
+def test_gat_mechanism_backward_equals_pyg_autograd_on_a_star(kind, concat):
+    torch = pytest.importorskip("torch")
+    pyg = pytest.importorskip("torch_geometric.nn")
+    rng = np.random.default_rng(11)
+    n = 6
+    layer = _gat_mechanism(kind, concat, edge_dim=2)
+    q, k, ef = rng.standard_normal(5), rng.standard_normal((n, 5)), rng.standard_normal((n, 2))
+    up = rng.standard_normal(layer.output_dim)
+    grads = layer.backward(q, k, k, up, edge_features=ef)  # messages from the keys themselves, as PyG's x
+    cls = pyg.GATConv if kind == "gat" else pyg.GATv2Conv
+    ref = cls(5, 3, heads=2, concat=concat, edge_dim=2, add_self_loops=False).double()
+    ref.load_state_dict({name: torch.from_numpy(np.asarray(a)) for name, a in layer.state_dict().items()})
+    x = torch.from_numpy(np.vstack([q, k])).requires_grad_()
+    e = torch.from_numpy(ef).requires_grad_()
+    edge_index = torch.from_numpy(np.stack([np.arange(1, n + 1), np.zeros(n, np.int64)]))  # neighbours -> node 0
+    out = ref(x, edge_index, e)
+    (out[0] * torch.from_numpy(up)).sum().backward()
+    np.testing.assert_allclose(grads.query, x.grad[0].numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(grads.keys + grads.values, x.grad[1:].numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(grads.edge_features, e.grad.numpy(), rtol=1e-10, atol=1e-12)
+    for name, p in ref.named_parameters():
+        np.testing.assert_allclose(grads.params[name], p.grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("kind, share", [("gat", False), ("gatv2", False), ("gatv2", True)])
+def test_gat_mechanism_backward_finite_differences_batch_edges(kind, share):
+    rng = np.random.default_rng(12)
+    layer = _gat_mechanism(kind, True, edge_dim=3, share_weights=share)
+    qs, k, v = rng.standard_normal((3, 5)), rng.standard_normal((7, 5)), rng.standard_normal((7, 5))
+    ef = rng.standard_normal((7, 3))
+    up = rng.standard_normal((3, layer.output_dim))
+    grads = layer.backward(qs, k, v, up, edge_features=ef)
+
+    def loss():
+        return float(np.sum(layer.forward_batch(qs, k, v, edge_features=ef) * up))
+
+    for arr, grad in ((qs, grads.query), (k, grads.keys), (v, grads.values), (ef, grads.edge_features)):
+        _fd(loss, arr, grad)
+    state = layer.state_dict()
+    if share:
+        state.update({name: state[name.replace("lin_r", "lin_l")] for name in state if name.startswith("lin_r")})
+    for name in state:
+        if share and name.startswith("lin_r"):
+            continue  # an alias of lin_l: the same array
+
+        def loss_p(name=name):
+            layer.load_state_dict(state)
+            return loss()
+
+        _fd(loss_p, state[name], grads.params[name])

@@ -193,6 +193,8 @@ class Gradients(NamedTuple):
     keys: Array
     values: Array
     params: Mapping[str, Array] = MappingProxyType({})
+    edge_features: Array | None = None
+    """With respect to the edge features, for a mechanism that takes them (GAT layers with ``edge_dim``)."""
 
 
 def softmax_attention_grads(

@@ -85,7 +85,7 @@ from ruvattn.errors import DimensionMismatch, InvalidConfig, NumericalInstabilit
 from ruvattn.graph import NeighbourList, as_neighbours
 from ruvattn.kernels import attention as K
 from ruvattn.kernels import gat as G
-from ruvattn.mechanisms.base import DROPOUT, SEED, Attention, Complexity, Example, Prepared, register
+from ruvattn.mechanisms.base import DROPOUT, SEED, Attention, Complexity, Example, Gradients, Prepared, register
 from ruvattn.mechanisms.scaled_dot import DropoutMixin
 
 __all__ = ["GATConv", "GATv2Conv"]
@@ -502,6 +502,51 @@ class _GraphConv(DropoutMixin, Attention, ABC):
             self._raise_nonfinite(op, dt, query=q, keys=k, values=v, edge_features=ef)
         return out[0], w
 
+    def backward(self, query: Any, keys: Any, values: Any, grad_output: Any, *, edge_features: Any = None) -> Gradients:
+        """Gradients of ``sum(grad_output * forward(...))`` for one target ``(in,)`` or a batch ``(m, in)`` (each
+        over the same neighbours, as :meth:`forward_batch`): with respect to the query, the neighbours' keys and
+        values, the edge features (``edge_features`` field) and every learned array by PyG's names (``params``;
+        equal to PyTorch Geometric's autograd).  In float64, returned in the inputs' dtype.  Evaluation mode
+        only (dropout would need its mask)."""
+        op = f"{type(self).__name__}.backward"
+        if values is None:
+            raise V.values_required(op, "the gradient with respect to the values")
+        single = np.ndim(query) == 1
+        keys, values = self._kv(op, keys, values)
+        q, k, v, _ = self._tables(op, np.atleast_2d(query), keys, values)
+        V.check_width(op, "values", v, self.in_channels)
+        ef = self._edge_attr(op, edge_features, k.shape[0], "neighbours")
+        dt = self._dtype(q, ef)
+        m = q.shape[0]
+        g = self._upstream(op, grad_output, m, self.output_dim, single, dt).astype(np.float64)
+        x64 = [a.astype(np.float64) for a in (q, k, v)]
+        e64 = None if ef is None else ef.astype(np.float64)
+        h, c = self.heads, self.out_channels
+        dout = g.reshape(m, h, c) if self.config.concat else np.repeat(g[:, None, :] / h, h, axis=1)
+        dq, dk, dv, de, params = self._grads(*x64, e64, dout)
+        if self.config.bias:
+            params["bias"] = g.sum(axis=0)
+        de_out = None if de is None else V.check_output(op, de.astype(dt), dt)
+        gq, gk, gv = (V.check_output(op, a.astype(dt), dt) for a in (dq, dk, dv))
+        grads = {name: V.check_output(op, a.astype(dt), dt) for name, a in params.items()}
+        return Gradients(gq[0] if single else gq, gk, gv, grads, de_out)
+
+    @abstractmethod
+    def _grads(
+        self, q: Array, k: Array, v: Array, ef: Array | None, dout: Array
+    ) -> tuple[Array, Array, Array, Array | None, dict[str, Array]]:
+        """``(dq, dk, dv, d_edge_features, params)`` for queries ``q (m, in)`` over ``k``/``v (n, in)`` from the
+        per-head output gradients ``dout (m, heads, C)`` (float64; the bias is the caller's)."""
+
+    def _softmax_step(self, z: Array, msg: Array, dout: Array) -> tuple[Array, Array, Array]:
+        """For scores ``z (n, H)`` (before the activation for GAT; the final scores for GATv2), messages
+        ``msg (n, H, C)`` and ``dout (H, C)``: ``(alpha, d_scores, d_messages)``."""
+        a = np.exp(z - z.max(axis=0, initial=-np.inf))
+        a /= a.sum(axis=0)
+        da = np.einsum("hc,nhc->nh", dout, msg)
+        ds = a * (da - (a * da).sum(axis=0))
+        return a, ds, a[:, :, None] * dout[None]
+
     def forward_with_edges(self, query: Any, keys: Any, values: Any, edge_features: Any = None) -> Array:
         """The output at one target node whose incoming neighbours are the rows of ``keys``/``values``.
 
@@ -628,6 +673,53 @@ class GATConv(_GraphConv):
             shapes["lin_edge.weight"] = (h * ch, c.edge_dim)
         return shapes
 
+    supports_backward = True
+
+    def _grads(
+        self, q: Array, k: Array, v: Array, ef: Array | None, dout: Array
+    ) -> tuple[Array, Array, Array, Array | None, dict[str, Array]]:
+        h, c, slope = self.heads, self.out_channels, self.config.negative_slope
+        w = self.lin_weight_.astype(np.float64)
+        att_src, att_dst = (a.reshape(h, c).astype(np.float64) for a in (self.att_src_, self.att_dst_))
+        hq, hk, hv = (x @ w.T for x in (q, k, v))
+        n = k.shape[0]
+        hk3, hv3 = hk.reshape(n, h, c), hv.reshape(n, h, c)
+        a_src = np.einsum("nhc,hc->nh", hk3, att_src)
+        if ef is not None:
+            we = self.lin_edge_weight_.astype(np.float64)
+            att_edge = self.att_edge_.reshape(h, c).astype(np.float64)
+            he3 = (ef @ we.T).reshape(n, h, c)
+            a_edge = np.einsum("nhc,hc->nh", he3, att_edge)
+        dhq, dhk, dhv = np.zeros_like(hq), np.zeros_like(hk), np.zeros_like(hv)
+        d_att_src, d_att_dst = np.zeros((h, c)), np.zeros((h, c))
+        d_att_edge, dhe = np.zeros((h, c)), np.zeros((n, h * c))
+        for i in range(q.shape[0]):
+            hq3 = hq[i].reshape(h, c)
+            z = a_src + (hq3 * att_dst).sum(axis=1)[None, :] + (a_edge if ef is not None else 0.0)
+            s = np.where(z > 0, z, slope * z)
+            _, ds, dmsg = self._softmax_step(s, hv3, dout[i])
+            dz = np.where(z > 0, ds, slope * ds)  # (n, H)
+            dhv += dmsg.reshape(n, -1)
+            dhk += (dz[:, :, None] * att_src).reshape(n, -1)
+            d_dst = dz.sum(axis=0)
+            dhq[i] = (d_dst[:, None] * att_dst).reshape(-1)
+            d_att_src += np.einsum("nh,nhc->hc", dz, hk3)
+            d_att_dst += d_dst[:, None] * hq3
+            if ef is not None:
+                d_att_edge += np.einsum("nh,nhc->hc", dz, he3)
+                dhe += (dz[:, :, None] * att_edge).reshape(n, -1)
+        params = {
+            "lin.weight": dhq.T @ q + dhk.T @ k + dhv.T @ v,
+            "att_src": d_att_src[None],
+            "att_dst": d_att_dst[None],
+        }
+        de = None
+        if ef is not None:
+            params["att_edge"] = d_att_edge[None]
+            params["lin_edge.weight"] = dhe.T @ ef
+            de = dhe @ we
+        return dhq @ w, dhk @ w, dhv @ w, de, params
+
     def _prepare(self, xs: Array, xd: Array, dt: np.dtype) -> G.GATTables:
         """Project the source rows ``xs`` (messages, ``a_src``) and target rows ``xd`` (``a_dst``)."""
         c = self.config
@@ -708,6 +800,56 @@ class GATv2Conv(_GraphConv):
         if c.edge_dim is not None:
             shapes["lin_edge.weight"] = (hc, c.edge_dim)
         return shapes
+
+    supports_backward = True
+
+    def _grads(
+        self, q: Array, k: Array, v: Array, ef: Array | None, dout: Array
+    ) -> tuple[Array, Array, Array, Array | None, dict[str, Array]]:
+        cfg = self.config
+        h, c, slope = self.heads, self.out_channels, cfg.negative_slope
+        wl, wr = (getattr(self, f"{side}_weight_").astype(np.float64) for side in ("lin_l", "lin_r"))
+        bl = self.lin_l_bias_.astype(np.float64) if cfg.bias else 0.0
+        br = self.lin_r_bias_.astype(np.float64) if cfg.bias else 0.0
+        att = self.att_.reshape(h, c).astype(np.float64)
+        n = k.shape[0]
+        xl3 = (k @ wl.T + bl).reshape(n, h, c)
+        msg3 = (v @ wl.T + bl).reshape(n, h, c)
+        xr = q @ wr.T + br
+        e3 = 0.0
+        if ef is not None:
+            we = self.lin_edge_weight_.astype(np.float64)
+            e3 = (ef @ we.T).reshape(n, h, c)
+        dxl, dmsg, dxr = np.zeros((n, h * c)), np.zeros((n, h * c)), np.zeros_like(xr)
+        d_att = np.zeros((h, c))
+        for i in range(q.shape[0]):
+            u = xl3 + xr[i].reshape(h, c) + e3
+            act = np.where(u > 0, u, slope * u)
+            s = np.einsum("nhc,hc->nh", act, att)
+            _, ds, dm = self._softmax_step(s, msg3, dout[i])
+            dmsg += dm.reshape(n, -1)
+            d_att += np.einsum("nh,nhc->hc", ds, act)
+            du = (ds[:, :, None] * att * np.where(u > 0, 1.0, slope)).reshape(n, -1)
+            dxl += du
+            dxr[i] = du.sum(axis=0)
+        dl_weight = dxl.T @ k + dmsg.T @ v
+        dr_weight = dxr.T @ q
+        params = {"att": d_att[None]}
+        if cfg.share_weights:  # one map on both sides: one gradient, under both names
+            params["lin_l.weight"] = params["lin_r.weight"] = dl_weight + dr_weight
+        else:
+            params["lin_l.weight"], params["lin_r.weight"] = dl_weight, dr_weight
+        if cfg.bias:
+            dbl, dbr = dxl.sum(axis=0) + dmsg.sum(axis=0), dxr.sum(axis=0)
+            if cfg.share_weights:
+                params["lin_l.bias"] = params["lin_r.bias"] = dbl + dbr
+            else:
+                params["lin_l.bias"], params["lin_r.bias"] = dbl, dbr
+        de = None
+        if ef is not None:
+            params["lin_edge.weight"] = dxl.T @ ef
+            de = dxl @ we
+        return dxr @ wr, dxl @ wl, dmsg @ wl, de, params
 
     def _state_aliases(self) -> dict[str, str]:
         if not self.config.share_weights:

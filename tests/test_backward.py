@@ -232,3 +232,43 @@ def test_gat_mechanism_backward_finite_differences_batch_edges(kind, share):
             return loss()
 
         _fd(loss_p, state[name], grads.params[name])
+
+
+@pytest.mark.parametrize("curvature, temperature", [(-1.0, 1.0), (-0.5, 0.5), (-2.0, 2.0)])
+def test_hyperbolic_backward_equals_geoopt_autograd(curvature, temperature):
+    torch = pytest.importorskip("torch")
+    geoopt = pytest.importorskip("geoopt")
+    from ruvattn import HyperbolicAttention
+
+    rng = np.random.default_rng(13)
+    c = -curvature
+    attn = HyperbolicAttention(6, curvature=curvature, temperature=temperature)
+    ball = geoopt.PoincareBall(c=torch.tensor(c, dtype=torch.float64))  # a float64 curvature (its default: float32)
+
+    def point(*shape):  # points well inside the ball (radius < 0.6 / sqrt(c))
+        x = rng.standard_normal(shape)
+        return 0.6 * x / np.linalg.norm(x, axis=-1, keepdims=True) * rng.random((*shape[:-1], 1)) / np.sqrt(c)
+
+    q, k, v = point(3, 6), point(9, 6), point(9, 4)
+    mask = rng.random((3, 9)) > 0.3
+    mask[:, 0] = True
+    up = rng.standard_normal((3, 4))
+    grads = attn.backward(q, k, v, up, mask=mask)
+    tq, tk, tv = (torch.from_numpy(a).requires_grad_() for a in (q, k, v))
+    d = ball.dist(tq[:, None, :], tk[None, :, :])
+    scores = (-d / temperature).masked_fill(~torch.from_numpy(mask), float("-inf"))
+    w = torch.softmax(scores, dim=1)
+    out = ball.expmap0(w @ ball.logmap0(tv))
+    np.testing.assert_allclose(out.detach().numpy(), attn.forward_batch(q, k, v, mask=mask), rtol=1e-10, atol=1e-12)
+    (out * torch.from_numpy(up)).sum().backward()
+    for got, want in ((grads.query, tq.grad), (grads.keys, tk.grad), (grads.values, tv.grad)):
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-8, atol=1e-10)
+
+
+def test_hyperbolic_backward_variants_without_gradients_say_so():
+    from ruvattn import HyperbolicAttention
+
+    q, k = np.full(4, 0.1), np.full((3, 4), 0.2)
+    for kw in ({"aggregation": "midpoint"}, {"projections": True}):
+        with pytest.raises(Unsupported, match="aggregation='tangent' without projections"):
+            HyperbolicAttention(4, **kw).backward(q, k, k, np.ones(4))

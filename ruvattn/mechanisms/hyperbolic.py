@@ -61,7 +61,7 @@ from numpy.typing import NDArray
 
 from ruvattn import _validation as V
 from ruvattn._params import Param
-from ruvattn.errors import DimensionMismatch, OutOfBounds
+from ruvattn.errors import DimensionMismatch, OutOfBounds, Unsupported
 from ruvattn.geometry import PROJECT_EPS, PoincareBall
 from ruvattn.graph import as_neighbours
 from ruvattn.kernels import hyperbolic as H
@@ -75,6 +75,7 @@ from ruvattn.mechanisms.base import (
     Attention,
     Complexity,
     Example,
+    Gradients,
     _mode_array,
     register,
 )
@@ -90,11 +91,37 @@ _EPS64 = PROJECT_EPS[np.dtype(np.float64)]
 _Item = tuple[str, Array, Any]
 
 
+def _map0(x: NDArray[np.float64], c: float, which: str) -> NDArray[np.float64]:
+    """``log_0`` (``which="log"``) or ``exp_0`` of the rows of ``x`` on the ball of curvature ``-c`` (float64)."""
+    r = np.sqrt(c) * np.linalg.norm(x, axis=1)
+    safe = np.where(r > 0, r, 1.0)
+    f = np.arctanh(np.minimum(r, 1 - 1e-15)) / safe if which == "log" else np.tanh(r) / safe
+    return np.where(r[:, None] > 0, f[:, None] * x, x)
+
+
+def _map0_jacobian_parts(x: NDArray[np.float64], c: float, which: str) -> tuple[NDArray[np.float64], ...]:
+    """``(f, g)`` with the Jacobian of ``log_0``/``exp_0`` at row ``x`` equal to ``f I + g x xᵀ``: ``f = s(a)``,
+    ``g = c s'(a)/a`` for ``s(a) = artanh(a)/a`` or ``tanh(a)/a``, ``a = sqrt(c)|x|`` (series below 1e-3)."""
+    a = np.sqrt(c) * np.linalg.norm(x, axis=1)
+    small = a < 1e-3
+    b = np.where(small, 1.0, a)
+    if which == "log":
+        b = np.minimum(b, 1 - 1e-15)
+        f = np.where(small, 1 + a**2 / 3, np.arctanh(b) / b)
+        h = np.where(small, 2 / 3 + 4 * a**2 / 5, (b / (1 - b**2) - np.arctanh(b)) / b**3)
+    else:
+        t = np.tanh(b)
+        f = np.where(small, 1 - a**2 / 3, t / b)
+        h = np.where(small, -2 / 3 + 8 * a**2 / 15, (b * (1 - t**2) - t) / b**3)
+    return f, c * h
+
+
 @register("hyperbolic")
 class HyperbolicAttention(Attention):
     """Attention by hyperbolic distance on the Poincaré ball (see the module docstring)."""
 
     forward_options = frozenset({"mask", "ids"})
+    supports_backward = True  # aggregation='tangent' without projections (the others raise Unsupported)
     params = (
         DIM,
         Param(
@@ -324,6 +351,59 @@ class HyperbolicAttention(Attention):
         op = self.kind + ".forward_batch"
         keys, values = self._kv(op, keys, values)
         return self._run_many(op, queries, keys, values, mask, None, False)[0]
+
+    def backward(self, query: Any, keys: Any, values: Any, grad_output: Any, *, mask: Any = None) -> Gradients:
+        r"""Gradients of ``sum(grad_output * forward(...))`` for one query ``(d,)`` or a batch ``(m, d)`` (with
+        ``mask``), in float64 through the maps, returned in the inputs' dtype (ball-valued inputs; the gradient is
+        the Euclidean one of the ambient coordinates, as geoopt's autograd gives before its Riemannian rescaling).
+
+        With :math:`\ell_j = \log_0 v_j`, :math:`u = \sum_j w_j \ell_j` and :math:`o = \exp_0 u`: the output's
+        gradient goes back through :math:`\exp_0`'s Jacobian (:math:`t I + t'/r\,u u^\top`, :math:`t(r) =
+        \tanh(\sqrt c r)/(\sqrt c r)`), the weights' through the softmax of :math:`-d_c/\tau`, the distances'
+        through :math:`d_c = \operatorname{arcosh}(1 + 2c|q-k|^2/((1-c|q|^2)(1-c|k|^2)))/\sqrt c` (with
+        :math:`\gamma - 1` formed directly: no cancellation at short distances), and the values' through
+        :math:`\log_0`'s Jacobian.  Small radii use the maps' series.  A query equal to a key has no
+        derivative of their distance there: that pair contributes 0.  Implemented for ``aggregation='tangent'``
+        without ``projections``; the other variants raise :class:`~ruvattn.errors.Unsupported`.
+        """
+        op = f"{self.kind}.backward"
+        cfg = self.config
+        if cfg.aggregation != "tangent" or cfg.projections:
+            raise Unsupported(
+                f"{op}: gradients are implemented for aggregation='tangent' without projections; this layer has "
+                f"aggregation={cfg.aggregation!r}, projections={cfg.projections}."
+            )
+        if values is None:
+            raise V.values_required(op, "the gradient with respect to the values")
+        single = np.ndim(query) == 1
+        keys, values = self._kv(op, keys, values)
+        _, w = self._run_many(op, np.atleast_2d(query), keys, values, mask, None, True)  # checks, weights
+        qs, k, v, dt = self._tables(op, np.atleast_2d(query), keys, values)
+        g = self._upstream(op, grad_output, qs.shape[0], v.shape[1], single, dt).astype(np.float64)
+        c, tau = self.c, float(cfg.temperature)
+        q64, k64, v64, w = qs.astype(np.float64), k.astype(np.float64), v.astype(np.float64), w.astype(np.float64)
+        lv = _map0(v64, c, "log")
+        u = w @ lv
+        ju = _map0_jacobian_parts(u, c, "exp")
+        du = ju[0][:, None] * g + ju[1][:, None] * u * np.einsum("ij,ij->i", u, g)[:, None]
+        dlv = w.T @ du
+        jv = _map0_jacobian_parts(v64, c, "log")
+        dv = jv[0][:, None] * dlv + jv[1][:, None] * v64 * np.einsum("ij,ij->i", v64, dlv)[:, None]
+        dw = du @ lv.T
+        ds = w * (dw - (w * dw).sum(axis=1, keepdims=True))
+        dd = -ds / tau
+        alpha, beta = 1 - c * np.einsum("ij,ij->i", q64, q64), 1 - c * np.einsum("ij,ij->i", k64, k64)
+        sq = np.maximum(
+            np.einsum("ij,ij->i", q64, q64)[:, None] + np.einsum("ij,ij->i", k64, k64)[None, :] - 2 * q64 @ k64.T, 0
+        )
+        ab = alpha[:, None] * beta[None, :]
+        gm1 = 2 * c * sq / ab
+        with np.errstate(divide="ignore", invalid="ignore"):
+            coef = np.where(sq > 0, dd / (math.sqrt(c) * np.sqrt(gm1 * (gm1 + 2))) * 4 * c / ab, 0.0)
+        dq = q64 * (coef * (1 + c * sq / alpha[:, None])).sum(axis=1)[:, None] - coef @ k64
+        dk = k64 * (coef * (1 + c * sq / beta[None, :])).sum(axis=0)[:, None] - coef.T @ q64
+        gq, gk, gv = (V.check_output(op, a.astype(dt), dt) for a in (dq, dk, dv))
+        return Gradients(gq[0] if single else gq, gk, gv)
 
     def _weights_batch(self, op: str, queries: Any, keys: Any, *, mask: Any = None) -> Array:
         """Weights ``(1, m, n)`` for many queries."""

@@ -62,14 +62,23 @@ def _non_negative(op: str, **values: float) -> None:
 
 
 class Optimizer:
-    """Base: the parameters, the current learning rate ``lr`` (a schedule may change it) and per-parameter state."""
+    """Base: the parameters, the current learning rate ``lr`` (a schedule may change it) and per-parameter state.
 
-    def __init__(self, params: Iterable[Parameter], lr: float) -> None:
+    ``no_decay``: parameters that get no weight decay (for example the biases, as the GAT paper's L2 term
+    leaves them out); by default every parameter is decayed, as ``torch.optim`` does with one group.
+    """
+
+    def __init__(self, params: Iterable[Parameter], lr: float, no_decay: Iterable[Parameter] = ()) -> None:
         op = type(self).__name__
         self.params = _params(op, params)
         _non_negative(op, lr=lr)
         self.lr = float(lr)
         self.steps = 0
+        skip = {id(p) for p in no_decay}
+        unknown = skip - {id(p) for p in self.params}
+        if unknown:
+            raise InvalidConfig(f"{op}: no_decay names {len(unknown)} parameter(s) that are not being optimised.")
+        self._decays = [id(p) not in skip for p in self.params]
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -95,9 +104,17 @@ class SGD(Optimizer):
     """Stochastic gradient descent: ``g = grad + weight_decay p``; with momentum ``b = momentum b + (1 - dampening) g``
     (``b = g`` on the first step), the step is ``b`` or, with ``nesterov``, ``g + momentum b``."""
 
-    def __init__(self, params: Iterable[Parameter], lr: float, momentum: float = 0.0, dampening: float = 0.0,
-                 nesterov: bool = False, weight_decay: float = 0.0) -> None:  # fmt: skip
-        super().__init__(params, lr)
+    def __init__(
+        self,
+        params: Iterable[Parameter],
+        lr: float,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        no_decay: Iterable[Parameter] = (),
+    ) -> None:
+        super().__init__(params, lr, no_decay)
         _non_negative("SGD", momentum=momentum, dampening=dampening, weight_decay=weight_decay)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise InvalidConfig("SGD: Nesterov momentum needs momentum > 0 and dampening 0.")
@@ -107,7 +124,7 @@ class SGD(Optimizer):
 
     def _update(self, i: int, p: Parameter) -> None:
         dt = p.data.dtype.type
-        g = p.grad + dt(self.weight_decay) * p.data if self.weight_decay else p.grad
+        g = p.grad + dt(self.weight_decay) * p.data if self.weight_decay and self._decays[i] else p.grad
         if self.momentum:
             buf = self._buf[i]
             if buf is None:
@@ -124,9 +141,16 @@ class Adam(Optimizer):
 
     decoupled = False
 
-    def __init__(self, params: Iterable[Parameter], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:  # fmt: skip
-        super().__init__(params, lr)
+    def __init__(
+        self,
+        params: Iterable[Parameter],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        no_decay: Iterable[Parameter] = (),
+    ) -> None:
+        super().__init__(params, lr, no_decay)
         op = type(self).__name__
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
             raise InvalidConfig(f"{op}: betas must be two numbers in [0, 1); got {betas!r}.")
@@ -140,7 +164,7 @@ class Adam(Optimizer):
         dt = p.data.dtype.type
         b1, b2 = self.betas
         g = p.grad
-        if self.weight_decay:
+        if self.weight_decay and self._decays[i]:
             if self.decoupled:
                 p.data *= dt(1 - self.lr * self.weight_decay)
             else:
@@ -160,9 +184,16 @@ class AdamW(Adam):
 
     decoupled = True
 
-    def __init__(self, params: Iterable[Parameter], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 1e-2) -> None:  # fmt: skip
-        super().__init__(params, lr, betas, eps, weight_decay)
+    def __init__(
+        self,
+        params: Iterable[Parameter],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        no_decay: Iterable[Parameter] = (),
+    ) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, no_decay)
 
 
 def clip_grad_norm(params: Iterable[Parameter], max_norm: float) -> float:

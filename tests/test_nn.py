@@ -226,13 +226,16 @@ def _check_fd(model, x, graph, seed=0, eps=1e-6, rtol=1e-6):
             assert abs(fd - gflat[idx]) <= rtol * max(1.0, abs(fd)) + 1e-8, (name, idx, fd, gflat[idx])
 
 
-@pytest.mark.parametrize("cls", [nn.GATLayer, nn.GATv2Layer])
+@pytest.mark.parametrize("cls", [nn.GATLayer, nn.GATv2Layer, "GAT+messages"])
 @pytest.mark.parametrize("concat", [True, False])
 def test_layer_gradients_match_finite_differences_with_dropout(cls, concat):
     rng = np.random.default_rng(9)
     src, dst, n = _edges(rng, n=15, e=40)
     x = rng.standard_normal((n, 5))
-    layer = cls(5, 3, heads=2, concat=concat, dropout=0.3, seed=3, dtype=np.float64)
+    if cls == "GAT+messages":  # the GAT paper's dropout of the aggregated features too
+        layer = nn.GATLayer(5, 3, heads=2, concat=concat, dropout=0.3, seed=3, dtype=np.float64, message_dropout=0.4)
+    else:
+        layer = cls(5, 3, heads=2, concat=concat, dropout=0.3, seed=3, dtype=np.float64)
     layer.bias.data[...] = rng.standard_normal(layer.bias.data.shape)
     _check_fd(layer, x, nn.Graph.from_edges(src, dst, n))
 
@@ -357,6 +360,8 @@ def test_bad_inputs_are_refused_with_clear_errors():
         nn.GATLayer(4, 2, heads=0)
     with pytest.raises(InvalidConfig, match="dropout"):
         nn.GATv2Layer(4, 2, dropout=1.0)
+    with pytest.raises(InvalidConfig, match="message_dropout"):
+        nn.GATLayer(4, 2, message_dropout=-0.1)
     with pytest.raises(InvalidConfig, match="float32 or float64"):
         nn.Linear(3, 2, dtype=np.int32)
     with pytest.raises(DimensionMismatch, match="labels"):
@@ -433,3 +438,17 @@ def test_attention_entropy_is_uniform_for_equal_scores_and_lower_after_a_sharp_o
     ent, uniform = layer.attention_entropy()
     hears = np.unique(g.slots(True).dst[g.slots(True).src == 0])
     assert (ent[hears].min(1) < uniform[hears] - 1e-3).any()
+
+
+def test_message_dropout_drops_what_is_aggregated_not_what_is_scored():
+    rng = np.random.default_rng(17)
+    src, dst, n = _edges(rng)
+    g = nn.Graph.from_edges(src, dst, n)
+    x = rng.standard_normal((n, 4))
+    plain = nn.GATLayer(4, 3, heads=2, seed=1, dtype=np.float64)
+    dropped = nn.GATLayer(4, 3, heads=2, seed=1, dtype=np.float64, message_dropout=0.5)
+    y_plain, y_drop = plain(x, g), dropped(x, g)
+    np.testing.assert_array_equal(plain.attention_weights()[1], dropped.attention_weights()[1])  # same scores
+    assert not np.allclose(y_plain, y_drop)
+    dropped.eval()
+    np.testing.assert_allclose(dropped(x, g), y_plain, rtol=1e-12)  # the identity in evaluation mode

@@ -134,3 +134,26 @@ def test_guards():
     with pytest.raises(InvalidConfig, match="same optimizer"):
         other = optim.SGD([nn.Parameter(np.zeros(1))], lr=1.0)
         optim.WarmupLR(opt, 3, after=optim.CosineLR(other, t_max=3))
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_no_decay_equals_a_torch_group_without_weight_decay(name):
+    rng = np.random.default_rng(3)
+    w0, b0 = rng.standard_normal((3, 2)), rng.standard_normal(2)
+    ours = [nn.Parameter(w0.copy(), "weight"), nn.Parameter(b0.copy(), "bias")]
+    theirs = [torch.nn.Parameter(torch.from_numpy(w0.copy())), torch.nn.Parameter(torch.from_numpy(b0.copy()))]
+    make = {"adam": (optim.Adam, torch.optim.Adam), "adamw": (optim.AdamW, torch.optim.AdamW),
+            "sgd": (optim.SGD, torch.optim.SGD)}[name]  # fmt: skip
+    opt = make[0](ours, lr=0.01, weight_decay=0.1, no_decay=[ours[1]])
+    topt = make[1]([{"params": [theirs[0]]}, {"params": [theirs[1]], "weight_decay": 0.0}], lr=0.01, weight_decay=0.1)
+    for step in range(50):
+        for p, t in zip(ours, theirs, strict=True):
+            g = np.sin(step + p.data)
+            p.grad[...] = g
+            t.grad = torch.from_numpy(g.copy())
+        opt.step()
+        topt.step()
+    for p, t in zip(ours, theirs, strict=True):
+        np.testing.assert_allclose(p.data, t.detach().numpy(), rtol=1e-12, atol=1e-13)
+    with pytest.raises(InvalidConfig, match="not being optimised"):
+        optim.Adam(ours[:1], no_decay=ours[1:])

@@ -243,14 +243,20 @@ class GATLayer(_GraphAttentionLayer):
 
     Parameters: ``weight (in, heads * C)`` (PyG's ``lin.weight`` transposed), ``att_src``/``att_dst (heads, C)``,
     ``bias`` (``heads * C`` with ``concat``, else ``C``).  Glorot-uniform initialisation, zero bias, as PyG.
-    ``dropout`` applies to the attention weights in training mode.
+    ``dropout`` applies to the attention weights in training mode.  ``message_dropout`` also drops entries of
+    the projected features ``W x`` where they are aggregated (not where they are scored), as the GAT paper's
+    own code does (``seq_fts`` dropped with the input rate); PyG's ``GATConv`` has no such option.
     """
 
     def __init__(self, in_channels: int, out_channels: int, heads: int = 1, concat: bool = True,
                  negative_slope: float = 0.2, dropout: float = 0.0, add_self_loops: bool = True, bias: bool = True,
-                 seed: int | np.random.Generator | None = None, dtype: Any = np.float32) -> None:  # fmt: skip
+                 seed: int | np.random.Generator | None = None, dtype: Any = np.float32,
+                 message_dropout: float = 0.0) -> None:  # fmt: skip
         super().__init__(in_channels, out_channels, heads, concat, negative_slope, dropout, add_self_loops, bias, seed,
                          dtype)  # fmt: skip
+        if not 0.0 <= message_dropout < 1.0:
+            raise InvalidConfig(f"GATLayer: message_dropout must be in [0, 1); got {message_dropout}.")
+        self.message_dropout = float(message_dropout)
         hc = self.heads * self.out_channels
         self.weight = Parameter(glorot(self.rng, (self.in_channels, hc), self.dtype), "weight")
         self.att_src = Parameter(glorot(self.rng, (self.heads, self.out_channels), self.dtype), "att_src")
@@ -267,11 +273,18 @@ class GATLayer(_GraphAttentionLayer):
         a_src = np.ascontiguousarray(np.einsum("nhc,hc->nh", h3, self.att_src.data))
         a_dst = np.ascontiguousarray(np.einsum("nhc,hc->nh", h3, self.att_dst.data))
         drop = self._drop(g.src.size)
+        keep = None
+        msg = h
+        if self.training and self.message_dropout > 0.0:
+            scale = self.dtype.type(1.0 / (1.0 - self.message_dropout))
+            keep = (self.rng.random(h.shape, dtype=self.dtype.type) >= self.message_dropout).astype(self.dtype) * scale
+            msg = h * keep
         alpha = np.empty((g.src.size, self.heads), self.dtype)
         out = np.empty_like(h)
         slope = self.dtype.type(self.negative_slope)
-        KT.gat_forward(g.indptr, g.src, a_src, a_dst, h, slope, drop, alpha, out, CHUNK)
-        self._saved = {"x": x, "slots": g, "h": h, "a_src": a_src, "a_dst": a_dst, "drop": drop, "alpha": alpha}
+        KT.gat_forward(g.indptr, g.src, a_src, a_dst, msg, slope, drop, alpha, out, CHUNK)
+        self._saved = {"x": x, "slots": g, "h": h, "msg": msg, "keep": keep, "a_src": a_src, "a_dst": a_dst,
+                       "drop": drop, "alpha": alpha}  # fmt: skip
         return self._finish(out)
 
     def _backward(self, dy: Array, need_input_grad: bool) -> Array | None:
@@ -282,8 +295,10 @@ class GATLayer(_GraphAttentionLayer):
         dz = np.empty_like(s["alpha"])
         da_dst, da_src, dmsg = np.empty_like(s["a_dst"]), np.empty_like(s["a_src"]), np.empty_like(h)
         slope = self.dtype.type(self.negative_slope)
-        KT.gat_backward(g.indptr, g.src, g.rptr, g.rslot, g.dst, s["a_src"], s["a_dst"], h, slope, s["drop"],
+        KT.gat_backward(g.indptr, g.src, g.rptr, g.rslot, g.dst, s["a_src"], s["a_dst"], s["msg"], slope, s["drop"],
                         s["alpha"], dout, dz, da_dst, dmsg, da_src, CHUNK)  # fmt: skip
+        if s["keep"] is not None:
+            dmsg *= s["keep"]
         h3 = h.reshape(n, self.heads, self.out_channels)
         self.att_src.grad += np.einsum("nh,nhc->hc", da_src, h3)
         self.att_dst.grad += np.einsum("nh,nhc->hc", da_dst, h3)
@@ -309,8 +324,9 @@ class GATLayer(_GraphAttentionLayer):
         return self._mechanism(GATConv, state)
 
     def __repr__(self) -> str:
+        extra = f", message_dropout={self.message_dropout}" if self.message_dropout else ""
         return (f"GATLayer({self.in_channels}, {self.out_channels}, heads={self.heads}, concat={self.concat}, "
-                f"dropout={self.dropout})")  # fmt: skip
+                f"dropout={self.dropout}{extra})")  # fmt: skip
 
 
 class GATv2Layer(_GraphAttentionLayer):

@@ -417,6 +417,7 @@ def check_gradients(kind: str) -> None:
         arr += 0.1 * rng.standard_normal(arr.shape)
     m.load_state_dict({**m.state_dict(), **state})
     for query, fwd in ((q, m.forward), (qs, m.forward_batch)):
+        m.load_state_dict({**m.state_dict(), **state})  # the previous checks left a perturbed copy loaded
         up = rng.standard_normal(np.shape(fwd(query, k, v)))
         grads = m.backward(query, k, v, up)
 

@@ -272,3 +272,96 @@ def test_hyperbolic_backward_variants_without_gradients_say_so():
     for kw in ({"aggregation": "midpoint"}, {"projections": True}):
         with pytest.raises(Unsupported, match="aggregation='tangent' without projections"):
             HyperbolicAttention(4, **kw).backward(q, k, k, np.ones(4))
+
+
+@pytest.mark.parametrize("manifold, curvature", [("euclidean", None), ("sphere", 0.7), ("poincare", -1.5),
+                                                 ("lorentz", -1.0)])  # fmt: skip
+def test_manifold_backward_matches_directional_derivatives_on_the_manifold(manifold, curvature):
+    """Along the manifold (a coordinate step, then ``proj`` back onto it): what the gradient must get right
+    everywhere; on the hyperboloid the normal component is left out on purpose."""
+    from ruvattn import ManifoldAttention
+
+    rng = np.random.default_rng(14)
+    attn = ManifoldAttention(5, manifold, curvature=curvature, temperature=0.8)
+    space = attn._space
+    q, k, v = (attn.embed(rng.standard_normal(shape)) for shape in ((3, 5), (8, 5), (8, 5)))
+    up = rng.standard_normal(attn.forward_batch(q, k, v).shape)
+    grads = attn.backward(q, k, v, up)
+
+    def loss():
+        return float(np.sum(attn.forward_batch(q, k, v) * up))
+
+    eps = 1e-6
+    for arr, grad in ((q, grads.query), (k, grads.keys), (v, grads.values)):
+        for i, j in [(0, 1), (1, 2), (2, 3)]:
+            base = arr[i].copy()
+            step = np.zeros_like(base)
+            step[j] = eps
+            plus, minus = space.proj(base + step), space.proj(base - step)
+            arr[i] = plus
+            lp = loss()
+            arr[i] = minus
+            lm = loss()
+            arr[i] = base
+            fd = (lp - lm) / (2 * eps)
+            want = grad[i] @ (plus - minus) / (2 * eps)
+            assert abs(fd - want) <= 1e-6 * max(1.0, abs(fd)), (manifold, i, j, fd, want)
+
+
+def test_mixed_curvature_component_weight_gradient_equals_its_own_method():
+    from ruvattn import MixedCurvatureAttention
+
+    rng = np.random.default_rng(15)
+    attn = MixedCurvatureAttention(6, components=[("euclidean", 2), ("poincare", 2, -1.0), ("sphere", 2, 1.0)])
+    x = attn.embed(rng.standard_normal((9, 6)))
+    up = rng.standard_normal(6)
+    grads = attn.backward(x[0], x, x, up)
+    np.testing.assert_allclose(grads.params["component_weights"], attn.component_weights_grad(x[0], x, x, up),
+                               rtol=1e-12, atol=1e-14)  # fmt: skip
+
+
+def test_every_registered_mechanism_has_a_backward():
+    from ruvattn import available
+    from ruvattn.mechanisms.base import mechanism_class
+
+    assert [kind for kind in available() if not mechanism_class(kind).supports_backward] == []
+
+
+def test_dynamic_heads_backward_leaves_pruned_heads_alone():
+    from ruvattn import DynamicHeadAttention
+
+    rng = np.random.default_rng(16)
+    attn = DynamicHeadAttention(8, num_heads=4, seed=0).eval()
+    q, k, v = rng.standard_normal(8), rng.standard_normal((6, 8)), rng.standard_normal((6, 8))
+    grads = attn.backward(q, k, v, rng.standard_normal(8), heads=[1, 3])
+    w = grads.params["in_proj_weight"].reshape(3, 4, 2, 8)  # (q/k/v, head, rows of the head, d)
+    assert not w[:, [0, 2]].any() and w[:, [1, 3]].any()
+    assert not grads.params["out_proj.weight"].reshape(8, 4, 2)[:, [0, 2]].any()
+    assert "head_importance" not in grads.params
+    with pytest.raises(Unsupported, match="every head active"):
+        attn.backward(q, k, v, np.ones(8), heads=[1], mask=np.ones(6, bool))
+
+
+def test_moe_backward_routes_like_the_forward_and_refuses_what_it_cannot_do():
+    from ruvattn import HyperbolicAttention, MoEAttention, ScaledDotProductAttention
+
+    rng = np.random.default_rng(17)
+    moe = MoEAttention(6, experts=[ScaledDotProductAttention(6), ScaledDotProductAttention(6, temperature=0.3)],
+                       top_k=1, capacity_factor=0.5, seed=1)  # fmt: skip
+    qs, k, v = rng.standard_normal((8, 6)), rng.standard_normal((5, 6)), rng.standard_normal((5, 6))
+    up = rng.standard_normal((8, 6))
+    grads = moe.backward(qs, k, v, up)
+    routing = moe.route(qs)
+    dropped = routing.dropped
+    assert dropped.any()  # capacity 0.5: some queries get no expert
+    # a dropped query's output is zeros whatever it is: its only gradient is through the router's balance (none here)
+    np.testing.assert_array_equal(grads.query[dropped], 0)
+
+    def loss():
+        return float(np.sum(moe.forward_batch(qs, k, v) * up))
+
+    for arr, grad in ((qs, grads.query), (k, grads.keys), (v, grads.values)):
+        _fd(loss, arr, grad)
+    bad = MoEAttention(4, experts=[HyperbolicAttention(4, aggregation="midpoint")] * 2, top_k=2)
+    with pytest.raises(Unsupported, match=r"expert 0 \(hyperbolic\) has no backward"):
+        bad.backward(np.full(4, 0.1), np.full((3, 4), 0.1), np.full((3, 4), 0.1), np.ones(4))

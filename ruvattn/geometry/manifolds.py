@@ -170,6 +170,18 @@ class Manifold(ABC):
             "weight cannot be learned (fixed weights work)."
         )
 
+    def dist_grad(self, x: Any, y: Any) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Gradients ``(∂d/∂x, ∂d/∂y)`` of :meth:`dist` for paired rows ``x``, ``y`` ``(N, d)`` (float64), as ambient
+        vectors whose component along the manifold is exact (the Riemannian gradient ``-log_x(y)/d``, written with
+        the metric); 0 where the two points coincide (``d`` has no derivative there).  Optional: needed by the
+        backward pass of the manifold attention mechanisms."""
+        raise Unsupported(f"{type(self).__name__}.dist_grad: this manifold has no distance gradient.")
+
+    def logmap0_vjp(self, y: Any, g: Any) -> NDArray[np.float64]:
+        """``J_i^T g_i`` row-wise for ``J_i`` the Jacobian of :meth:`logmap0` at ``y_i`` (``(N, d)`` each, float64).
+        Optional, as :meth:`dist_grad`."""
+        raise Unsupported(f"{type(self).__name__}.logmap0_vjp: this manifold has no logmap0 gradient.")
+
     def midpoint(self, points: Any, weights: Any) -> Array:
         """Weighted mean of ``points (n, d)`` in the tangent space at the origin: ``expmap0(Σ w_j logmap0(p_j))``."""
         p = np.atleast_2d(self.proj(points))
@@ -224,6 +236,15 @@ class Euclidean(Manifold):
         return _out(b - a, single)
 
     def expmap0_vjp(self, t: Any, g: Any) -> Array:
+        return np.asarray(g, np.float64)
+
+    def dist_grad(self, x: Any, y: Any) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        diff = np.asarray(x, np.float64) - np.asarray(y, np.float64)
+        d = np.linalg.norm(diff, axis=-1, keepdims=True)
+        gx = np.divide(diff, d, out=np.zeros_like(diff), where=d > 0)
+        return gx, -gx
+
+    def logmap0_vjp(self, y: Any, g: Any) -> NDArray[np.float64]:
         return np.asarray(g, np.float64)
 
 
@@ -335,6 +356,33 @@ class _Stereographic(Manifold):
         f = T / (s * r)
         fp = ((1 + sign * T * T) * s * r - T) / (s * r * r)
         return f * g + (fp / r) * (t @ g) * t
+
+    def dist_grad(self, x: Any, y: Any) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """``∂d/∂x = -λ_x² log_x(y) / d`` (the metric is ``λ_x²`` times the Euclidean one), and symmetrically."""
+        x64, y64 = np.atleast_2d(np.asarray(x, np.float64)), np.atleast_2d(np.asarray(y, np.float64))
+        d = np.atleast_1d(self.dist(x64, y64))[:, None]
+        lam_x = 2.0 / (1.0 + self.curvature * np.einsum("ij,ij->i", x64, x64))[:, None]
+        lam_y = 2.0 / (1.0 + self.curvature * np.einsum("ij,ij->i", y64, y64))[:, None]
+        safe = np.where(d > 0, d, 1.0)
+        gx = np.where(d > 0, -(lam_x**2) * np.atleast_2d(self.logmap(x64, y64)) / safe, 0.0)
+        gy = np.where(d > 0, -(lam_y**2) * np.atleast_2d(self.logmap(y64, x64)) / safe, 0.0)
+        return gx, gy
+
+    def logmap0_vjp(self, y: Any, g: Any) -> NDArray[np.float64]:
+        """``log_0(y) = f(|y|) y``, ``f(r) = artan_k(s r)/(s r)``: ``f g + (f'(r)/r)(y·g) y`` (series at small r)."""
+        y64, g64 = np.atleast_2d(np.asarray(y, np.float64)), np.atleast_2d(np.asarray(g, np.float64))
+        s = math.sqrt(self.c)
+        a = s * np.linalg.norm(y64, axis=1)
+        small = a < 1e-4
+        b = np.where(small, 1.0, a)
+        if self.curvature < 0:
+            b = np.minimum(b, 1 - 1e-15)
+            f = np.where(small, 1 + a**2 / 3, np.arctanh(b) / b)
+            h = np.where(small, 2 / 3 + 4 * a**2 / 5, (b / (1 - b**2) - np.arctanh(b)) / b**3)
+        else:
+            f = np.where(small, 1 - a**2 / 3, np.arctan(b) / b)
+            h = np.where(small, -2 / 3 + 4 * a**2 / 5, (b / (1 + b**2) - np.arctan(b)) / b**3)
+        return f[:, None] * g64 + (self.c * h * np.einsum("ij,ij->i", y64, g64))[:, None] * y64
 
 
 @register_manifold("poincare")
@@ -450,6 +498,34 @@ class Lorentz(Manifold):
         f = math.sinh(s * r) / (s * r)
         fp = (math.cosh(s * r) * s * r - math.sinh(s * r)) / (s * r * r)
         out[1:] = g0 * math.sinh(s * r) / r * u + f * gs + (fp / r) * (u @ gs) * u
+        return out
+
+    def dist_grad(self, x: Any, y: Any) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Tangent gradients: the Riemannian ``-log_x(y)/d`` as an ambient vector ``J v`` (``J`` the Minkowski
+        metric ``diag(-1, 1, ..., 1)``), so ``g · t = <v, t>_L`` for every tangent ``t``; the component normal to
+        the hyperboloid is left out (it depends on how a formula extends off the manifold)."""
+        x64, y64 = np.atleast_2d(np.asarray(x, np.float64)), np.atleast_2d(np.asarray(y, np.float64))
+        d = np.atleast_1d(self.dist(x64, y64))[:, None]
+        safe = np.where(d > 0, d, 1.0)
+        flip = np.ones(x64.shape[1])
+        flip[0] = -1.0
+        gx = np.where(d > 0, -np.atleast_2d(self.logmap(x64, y64)) / safe, 0.0) * flip
+        gy = np.where(d > 0, -np.atleast_2d(self.logmap(y64, x64)) / safe, 0.0) * flip
+        return gx, gy
+
+    def logmap0_vjp(self, y: Any, g: Any) -> NDArray[np.float64]:
+        """On the hyperboloid ``log_0(y) = (0, asinh(s r)/(s r) y_{1:})``, ``r = |y_{1:}|``: a function of the spatial
+        part only (the time coordinate follows from it), so the gradient has no time component."""
+        y64, g64 = np.atleast_2d(np.asarray(y, np.float64)), np.atleast_2d(np.asarray(g, np.float64))
+        ys, gs = y64[:, 1:], g64[:, 1:]
+        s = math.sqrt(self.c)
+        a = s * np.linalg.norm(ys, axis=1)
+        small = a < 1e-4
+        b = np.where(small, 1.0, a)
+        f = np.where(small, 1 - a**2 / 6, np.arcsinh(b) / b)
+        h = np.where(small, -1 / 3 + 3 * a**2 / 10, (b / np.sqrt(1 + b**2) - np.arcsinh(b)) / b**3)
+        out = np.zeros_like(y64)
+        out[:, 1:] = f[:, None] * gs + (self.c * h * np.einsum("ij,ij->i", ys, gs))[:, None] * ys
         return out
 
     def from_poincare(self, p: Any) -> Array:

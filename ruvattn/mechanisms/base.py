@@ -260,7 +260,7 @@ class Attention(Parametrized, ABC):
     #: Whether :meth:`backward` is implemented (the training hook).
     supports_backward: ClassVar[bool] = False
     #: state-dict entries that are drawn or fixed rather than learned: ``backward`` gives them no gradient
-    fixed_state: ClassVar[frozenset[str]] = frozenset()
+    fixed_state: frozenset[str] = frozenset()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Every ``forward_batch`` / ``forward_neighbours`` a mechanism defines first checks what holds for

@@ -70,7 +70,7 @@ from ruvattn.errors import (
     Unsupported,
 )
 from ruvattn.kernels import attention as K
-from ruvattn.mechanisms.base import DROPOUT, SEED, Attention, Complexity, Example, register
+from ruvattn.mechanisms.base import DROPOUT, SEED, Complexity, Example, Gradients, register
 from ruvattn.mechanisms.multi_head import MultiHeadAttention, ProjectedKeysValues, _wide
 
 __all__ = ["DynamicHeadAttention"]
@@ -108,9 +108,9 @@ class DynamicHeadAttention(MultiHeadAttention):
     """
 
     forward_options = frozenset({"mask", "bias", "ids", "heads"})
-    # MultiHeadAttention's backward does not know the head importances and the pruning: not inherited
-    supports_backward = False
-    backward = Attention.backward
+    supports_backward = True
+    #: the importances choose heads, they do not scale them: no gradient (set them with estimate_importance)
+    fixed_state = frozenset({"head_importance"})
     params = (
         MultiHeadAttention.params[0],
         MultiHeadAttention.params[1],
@@ -372,6 +372,17 @@ class DynamicHeadAttention(MultiHeadAttention):
                 out[i] = self._forward_active(op, qs[i], kt, vt, dt, active)
         self.last_active_heads = active
         return out
+
+    def backward(self, query: Any, keys: Any, values: Any, grad_output: Any, *, heads: Any = None, mask: Any = None,
+                 bias: Any = None) -> Gradients:  # fmt: skip
+        """Gradients of ``sum(grad_output * forward(..., heads=heads))``: :class:`MultiHeadAttention`'s, with the
+        pruned heads contributing nothing (their rows of ``in_proj_*`` and columns of ``out_proj.weight`` get zero
+        gradient).  ``head_importance`` only selects heads, so it has none (``fixed_state``)."""
+        op = f"{self.kind}.backward"
+        active = self._select(op, heads)
+        if active.size < self.num_heads:
+            self._subset_only(op, mask, bias, None)
+        return self._backward(op, query, keys, values, grad_output, mask, bias, active)
 
     def forward_neighbours(self, queries: Any, keys: Any, values: Any, neighbours: Any) -> Array:
         """:meth:`MultiHeadAttention.forward_neighbours`; needs every head active."""

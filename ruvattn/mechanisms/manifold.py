@@ -58,7 +58,7 @@ from ruvattn.errors import DimensionMismatch, EmptyInput, InvalidConfig
 from ruvattn.geometry import Manifold, get_manifold
 from ruvattn.graph import as_neighbours
 from ruvattn.kernels import attention as K
-from ruvattn.mechanisms.base import DIM, TEMPERATURE, Attention, Complexity, Example, _mode_array, register
+from ruvattn.mechanisms.base import DIM, TEMPERATURE, Attention, Complexity, Example, Gradients, _mode_array, register
 
 __all__ = ["ManifoldAttention", "MixedCurvatureAttention"]
 
@@ -140,6 +140,78 @@ def _batch(
     return out
 
 
+def _backward_one(
+    factors: list[tuple[Manifold, slice]],
+    beta: NDArray[np.float64],
+    tau: float,
+    q: NDArray[np.float64],
+    k: NDArray[np.float64],
+    v: NDArray[np.float64],
+    w: NDArray[np.float64],
+    g: NDArray[np.float64],
+    dk: NDArray[np.float64],
+    dv: NDArray[np.float64],
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """One query's share of the gradients of ``<out, g>`` for ``out_c = exp0(Σ_j w_j log0(v_jc))`` per factor ``c``
+    and ``w = softmax(-Σ_c β_c d_c(q_c, k_jc) / τ)``: adds into ``dk``/``dv`` and returns ``(dq, dβ)``."""
+    live = np.flatnonzero(w > 0)
+    wl = w[live]
+    dw = np.zeros(live.size)
+    for m, sl in factors:
+        vl = v[live][:, sl]
+        logs = np.atleast_2d(m.logmap0(m.proj(vl)))
+        du = m.expmap0_vjp(wl @ logs, g[sl])
+        dv[live, sl] += m.logmap0_vjp(vl, wl[:, None] * du[None, :])
+        dw += logs @ du
+    ds = wl * (dw - wl @ dw)
+    dq = np.zeros_like(q)
+    dbeta = np.zeros(len(factors))
+    for c, (m, sl) in enumerate(factors):
+        kl = k[live][:, sl]
+        d = np.atleast_1d(m.dist(np.broadcast_to(q[sl], kl.shape), kl))
+        dbeta[c] = -(d @ ds) / tau
+        if beta[c] == 0:
+            continue
+        gx, gy = m.dist_grad(np.broadcast_to(q[sl], kl.shape), kl)
+        dd = -beta[c] * ds / tau
+        dq[sl] += dd @ gx
+        dk[live, sl] += dd[:, None] * gy
+    return dq, dbeta
+
+
+def _backward(
+    attn: ManifoldAttention | MixedCurvatureAttention, query: Any, keys: Any, values: Any, grad_output: Any, mask: Any
+) -> tuple[Gradients, NDArray[np.float64]]:
+    """The shared backward of the two classes (a loop over queries, like their forward); also returns ``dβ``."""
+    op = attn.kind + ".backward"
+    if values is None:
+        raise V.values_required(op, "the gradient with respect to the values")
+    single = np.ndim(query) == 1
+    keys, values = attn._kv(op, keys, values)
+    qs, k, v, dt = attn._inputs(op, np.atleast_2d(query), keys, values, "queries")
+    if isinstance(attn, MixedCurvatureAttention):
+        attn._values(op, v)
+        factors = [(m, sl) for (m, _), sl in zip(attn.factors, attn._slices, strict=True)]
+        beta = np.asarray(attn.component_weights_, np.float64)
+    else:
+        factors, beta = [(attn._manifold, slice(None))], np.ones(1)
+    m, n = qs.shape[0], k.shape[0]
+    keep, mode = _mode_array(op, "mask", mask, m, n, None)
+    g = attn._upstream(op, grad_output, m, v.shape[1], single, dt).astype(np.float64)
+    q64, k64, v64 = qs.astype(np.float64), k.astype(np.float64), v.astype(np.float64)
+    dq, dk, dv = np.zeros_like(q64), np.zeros_like(k64), np.zeros_like(v64)
+    dbeta = np.zeros(len(factors))
+    tau = float(attn.config.temperature)
+    for i in range(m):
+        row_mask = None if mode == 0 else keep[0] if mode == 1 else keep[i]
+        w = attn._weights(op, qs[i], k, row_mask)
+        w = np.asarray(w[0] if isinstance(w, tuple) else w, np.float64)
+        dq[i], db = _backward_one(factors, beta, tau, q64[i], k64, v64, w, g[i], dk, dv)
+        dbeta += db
+    gq, gk, gv = (V.check_output(op, a.astype(dt), dt) for a in (dq, dk, dv))
+    return Gradients(gq[0] if single else gq, gk, gv), dbeta
+
+
 def _neighbours(
     attn: ManifoldAttention | MixedCurvatureAttention,
     op: str,
@@ -164,6 +236,7 @@ class ManifoldAttention(Attention):
     """Distance-softmax attention with manifold-midpoint aggregation on any :class:`Manifold`."""
 
     forward_options = frozenset({"mask"})
+    supports_backward = True
     params = (
         DIM,
         Param(
@@ -243,6 +316,14 @@ class ManifoldAttention(Attention):
         keys, values = self._kv(op, keys, values)
         return _batch(self, op, queries, keys, values, mask)
 
+    def backward(self, query: Any, keys: Any, values: Any, grad_output: Any, *, mask: Any = None) -> Gradients:
+        r"""Gradients of ``sum(grad_output * forward(...))`` for one query ``(d,)`` or a batch ``(m, d)`` (float64,
+        a loop over queries like the forward): through :math:`\exp_0` and :math:`\log_0` (the manifold's
+        ``expmap0_vjp``/``logmap0_vjp``), the softmax of :math:`-d/\tau` and the distance (``dist_grad``:
+        :math:`-\lambda_x^2 \log_x(y)/d` on the ball and the sphere).  On the hyperboloid the gradients are tangent
+        vectors (their component off the manifold is left out); a query equal to a key contributes 0 there."""
+        return _backward(self, query, keys, values, grad_output, mask)[0]
+
     def forward_neighbours(self, queries: Any, keys: Any, values: Any, neighbours: Any) -> Array:
         """Node ``i`` over its own neighbour rows; a node without neighbours gets the origin."""
         return _neighbours(self, self.kind + ".forward_neighbours", queries, keys, values, neighbours,
@@ -285,6 +366,7 @@ class MixedCurvatureAttention(Attention):
     """Attention in a product of Euclidean, Poincaré and spherical factors (see the module docstring)."""
 
     forward_options = frozenset({"mask"})
+    supports_backward = True
     params = (
         DIM,
         Param(
@@ -399,6 +481,13 @@ class MixedCurvatureAttention(Attention):
         op = self.kind + ".forward_batch"
         keys, values = self._kv(op, keys, values)
         return _batch(self, op, queries, keys, values, mask)
+
+    def backward(self, query: Any, keys: Any, values: Any, grad_output: Any, *, mask: Any = None) -> Gradients:
+        """Gradients of ``sum(grad_output * forward(...))`` (one query or a batch, float64): each factor's share as in
+        :meth:`ManifoldAttention.backward`, the shared weights' through ``β_c d_c``; ``params["component_weights"]``
+        is ``∂L/∂β`` (summed over the batch; :meth:`component_weights_grad` for one query)."""
+        grads, dbeta = _backward(self, query, keys, values, grad_output, mask)
+        return grads._replace(params={"component_weights": dbeta})
 
     def forward_neighbours(self, queries: Any, keys: Any, values: Any, neighbours: Any) -> Array:
         """Node ``i`` over its own neighbour rows; a node without neighbours gets the origin (zeros)."""

@@ -54,8 +54,8 @@ from numpy.typing import NDArray
 
 from ruvattn import _validation as V
 from ruvattn._params import REQUIRED, Param, ParamSet
-from ruvattn.errors import DimensionMismatch, InvalidConfig
-from ruvattn.mechanisms.base import DIM, SEED, Attention, Complexity, build, register
+from ruvattn.errors import DimensionMismatch, InvalidConfig, Unsupported
+from ruvattn.mechanisms.base import DIM, SEED, Attention, Complexity, Gradients, build, register
 from ruvattn.routing.router import Router, Routing, RoutingRecord, fit_router
 
 __all__ = ["MoEAttention", "MoEBuilder", "PreparedKeys"]
@@ -332,6 +332,68 @@ class MoEAttention(Attention):
                 raise DimensionMismatch(f"{op}: expert {e} returned width {ys.shape[1]}, expected {self.output_dim}.")
             np.add.at(out, rows, routing.weights[rows, slots][:, None] * ys)
         return V.check_output(op, out, dt)
+
+    supports_backward = True
+
+    @property
+    def fixed_state(self) -> frozenset[str]:
+        """The experts' drawn (not learned) state under its MoE name, e.g. a FAVOR+ expert's projection."""
+        return frozenset(f"experts.{i}.{n}" for i, e in enumerate(self.experts) for n in e.fixed_state)
+
+    def backward(self, query: Any, keys: Any, values: Any, grad_output: Any, *, edge_features: Any = None) -> Gradients:
+        r"""Gradients of ``sum(grad_output * forward(...))`` for one query ``(d,)`` or a batch ``(m, d)`` (routed as
+        :meth:`forward_batch`, capacity included).  The choice of experts is held fixed (it is piecewise constant);
+        each chosen expert's own :meth:`~Attention.backward` gets its gate times the upstream gradient, and the gates
+        :math:`w = \operatorname{softmax}(z_S)` pass :math:`\partial L/\partial w_{q,s} = g_q\cdot y_{q,e}` back
+        through the router (:meth:`~ruvattn.routing.Router.backward`) to its weights and to the query.  ``params``
+        holds ``router.*`` and every expert's learned arrays as ``experts.<i>.*`` (zeros for an expert no query
+        chose).  Evaluation mode (a noisy router's noise would be drawn again); a chosen expert without a
+        backward raises :class:`~ruvattn.errors.Unsupported` naming it."""
+        op = self.kind + ".backward"
+        if isinstance(keys, PreparedKeys):
+            raise Unsupported(f"{op}: keys prepared for the experts have no gradient; pass the keys and values.")
+        if self.router.noisy and self.router.training:
+            raise Unsupported(f"{op}: a noisy router in training mode draws new noise; call .eval() first.")
+        if values is None:
+            raise V.values_required(op, "the gradient with respect to the values")
+        single = np.ndim(query) == 1
+        keys, values, _ = self._split(op, keys, values)
+        qs = V.as_array(np.atleast_2d(query), op, "query", 2)
+        V.check_width(op, "query", qs, self.config.dim)
+        routing = self.router.route(qs)
+        dt = V.common_dtype(qs, keys, values)
+        g = self._upstream(op, grad_output, qs.shape[0], self.output_dim, single, dt).astype(np.float64)
+        dq = np.zeros(qs.shape)
+        dk, dv = np.zeros(np.shape(keys)), np.zeros(np.shape(values))
+        de = None if edge_features is None else np.zeros(np.shape(edge_features))
+        params: dict[str, NDArray[np.float64]] = {}
+        grad_w = np.zeros(routing.weights.shape)
+        for e, expert in enumerate(self.experts):
+            learned = [n for n in expert.state_dict() if n not in expert.fixed_state]
+            rows, slots = np.nonzero(routing.experts == e)
+            if rows.size == 0:
+                params.update({f"experts.{e}.{n}": np.zeros(expert.state_dict()[n].shape) for n in learned})
+                continue
+            opts = _options(expert, {"edge_features": edge_features})
+            w = routing.weights[rows, slots][:, None]
+            ys = np.asarray(expert.forward_batch(qs[rows], keys, values, **opts), np.float64)
+            grad_w[rows, slots] = np.einsum("ij,ij->i", g[rows], ys)
+            try:
+                gr = expert.backward(qs[rows], keys, values, w * g[rows], **opts)
+            except Unsupported as exc:
+                raise Unsupported(f"{op}: expert {e} ({expert.kind}) has no backward: {exc}") from None
+            dq[rows] += gr.query
+            dk += gr.keys
+            dv += gr.values
+            if de is not None and gr.edge_features is not None:
+                de += gr.edge_features
+            params.update({f"experts.{e}.{n}": np.asarray(gr.params[n], np.float64) for n in learned})
+        rg = self.router.backward(qs, routing, grad_w, input_grad=True)
+        dq += rg.pop("x")
+        params.update({f"router.{n}": a for n, a in rg.items()})
+        gq, gk, gv = (V.check_output(op, a.astype(dt), dt) for a in (dq, dk, dv))
+        out = {n: V.check_output(op, a.astype(dt), dt) for n, a in params.items()}
+        return Gradients(gq[0] if single else gq, gk, gv, out, None if de is None else de.astype(dt))
 
     def expert_outputs(self, queries: Any, keys: Any, values: Any) -> NDArray[np.float64]:
         """Every expert's output for every query, ``(E, m, dv_out)`` float64 (for training and analysis)."""

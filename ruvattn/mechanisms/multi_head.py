@@ -365,7 +365,12 @@ class MultiHeadAttention(DropoutMixin, Attention):
         projections are linear maps (:math:`\nabla_X = \nabla_Q W_q`, :math:`\nabla_{W_q} = \nabla_Q^\top X`).
         Keys projected beforehand (:meth:`project`) have no gradient: pass the raw keys and values.
         """
-        op = f"{self.kind}.backward"
+        return self._backward(f"{self.kind}.backward", query, keys, values, grad_output, mask, bias, None)
+
+    def _backward(
+        self, op: str, query: Any, keys: Any, values: Any, grad_output: Any, mask: Any, bias: Any, active: Any
+    ) -> Gradients:
+        """:meth:`backward` with only the heads ``active`` contributing (every head when ``None``)."""
         if isinstance(keys, ProjectedKeysValues) or isinstance(values, ProjectedKeysValues):
             raise Unsupported(f"{op}: keys projected beforehand have no gradient; pass the raw keys and values.")
         if values is None:
@@ -383,12 +388,13 @@ class MultiHeadAttention(DropoutMixin, Attention):
         g = self._upstream(op, grad_output, m, d, single, dt)
         wq, bq, wk, bk, wv, bv, wo, _ = self._weights(dt)
         qp, kp, vp = x @ wq.T + bq, k @ wk.T + bk, v @ wv.T + bv
-        heads_out = self._per_head(lambda i, cols: p[i] @ vp[:, cols])
+        on = np.ones(h, bool) if active is None else np.isin(np.arange(h), active)
+        heads_out = self._per_head(lambda i, cols: p[i] @ vp[:, cols] * on[i])
         d_heads = g @ wo
         dq, dk, dv = np.zeros_like(qp), np.zeros_like(kp), np.zeros_like(vp)
         sc = self._scale(self.hidden_dim)
         w = d // h
-        for i in range(h):
+        for i in np.flatnonzero(on):
             cols = slice(i * w, (i + 1) * w)
             dq[:, cols], dk[:, cols], dv[:, cols] = softmax_attention_grads(
                 qp[:, cols], kp[:, cols], vp[:, cols], p[i], d_heads[:, cols], sc

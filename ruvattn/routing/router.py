@@ -447,6 +447,7 @@ class Router(Parametrized):
         *,
         balance_coef: float = 0.0,
         z_coef: float = 0.0,
+        input_grad: bool = False,
     ) -> dict[str, F64]:
         r"""Gradients of the gated task loss plus the auxiliary losses w.r.t. the router parameters.
 
@@ -476,6 +477,9 @@ class Router(Parametrized):
             :math:`g = \partial L_{\text{task}} / \partial w`.
         balance_coef, z_coef : float
             :math:`\beta, \gamma \ge 0`.
+        input_grad : bool
+            Also return ``"x"``, the gradient with respect to the queries ``(m, d)`` (through the clean
+            logits and, when noise was drawn, the noise std).
 
         Returns
         -------
@@ -509,12 +513,17 @@ class Router(Parametrized):
             delta += (2.0 * gamma / m) * _logsumexp(z)[:, None] * p
         dh = delta / self.temperature
         grads = {"weight": dh.T @ xs, "bias": dh.sum(axis=0)}
+        dx = dh @ self.weight_ if input_grad else None
         if self.noise_weight_ is not None:
             if routing.standard_normal is None:
                 grads["noise_weight"] = np.zeros_like(self.noise_weight_)
             else:
                 dpre = dh * routing.standard_normal * expit(xs @ self.noise_weight_.T) * self.noise_scale
                 grads["noise_weight"] = dpre.T @ xs
+                if dx is not None:
+                    dx = dx + dpre @ self.noise_weight_
+        if dx is not None:
+            grads["x"] = dx
         return grads
 
 

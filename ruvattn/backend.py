@@ -56,7 +56,7 @@ def _threading_layer() -> str:
 
 def _warm_training(dt: type) -> None:
     """The training layers' kernels (:mod:`ruvattn.kernels.training`): GAT and GATv2 forward and backward with
-    dropout, ELU, the slot grouping."""
+    dropout, ELU, the slot grouping; and hard-negative mining's (:mod:`ruvattn.kernels.mining`)."""
     from ruvattn import nn
 
     rng = np.random.default_rng(0)
@@ -66,6 +66,11 @@ def _warm_training(dt: type) -> None:
         model = nn.Sequential(cls(3, 2, heads=2, dropout=0.5, seed=0, dtype=dt), nn.ELU())
         y = model(x, graph)
         model.backward(np.ones_like(y), True)
+    from ruvattn.graph import NeighbourList
+    from ruvattn.mining import mine_hard_negatives
+
+    path = NeighbourList(np.array([0, 1, 3, 5, 6]), np.array([1, 0, 2, 1, 3, 2]), 4)
+    mine_hard_negatives(x, path, 1)
 
 
 def _warm_geometry(dt: type) -> None:

@@ -430,6 +430,20 @@ def check_gradients(kind: str) -> None:
         assert set(grads.params) == set(state), f"{kind}: gradients for {sorted(grads.params)}, params {sorted(state)}"
         for name, arr in state.items():
             _fd_gradient_check(kind, loss, arr, grads.params[name], name)
+    # the neighbour-list form: each node over its own rows of the key/value tables
+    m.load_state_dict({**m.state_dict(), **state})
+    nl = ex.neighbours
+    up = rng.standard_normal(np.shape(m.forward_neighbours(qs, k, v, nl)))
+    grads = m.backward_neighbours(qs, k, v, nl, up)
+
+    def loss_nl() -> float:
+        m.load_state_dict({**m.state_dict(), **state})
+        return float(np.sum(m.forward_neighbours(qs, k, v, nl) * up))
+
+    for label, arr, grad in (("queries", qs, grads.query), ("keys", k, grads.keys), ("values", v, grads.values)):
+        _fd_gradient_check(kind, loss_nl, arr, grad, f"{label} (neighbours)", picks=5)
+    for name, arr in state.items():
+        _fd_gradient_check(kind, loss_nl, arr, grads.params[name], f"{name} (neighbours)", picks=3)
 
 
 def check_rejected_changes(kind: str) -> None:

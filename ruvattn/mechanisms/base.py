@@ -492,6 +492,50 @@ class Attention(Parametrized, ABC):
         raise Unsupported(f"{type(self).__name__}.backward: gradients are not implemented for this mechanism yet "
                           "(supports_backward is False).")  # fmt: skip
 
+    def backward_neighbours(
+        self, queries: Any, keys: Any, values: Any, neighbours: Any, grad_output: Any, *, edge_features: Any = None
+    ) -> Gradients:
+        """Gradients of ``sum(grad_output * forward_neighbours(queries, keys, values, neighbours))``: node ``i``'s
+        :meth:`backward` over its own rows ``keys[ids_i]``/``values[ids_i]`` (the contract's definition of that
+        form), scattered into the key and value tables; ``params`` summed over the nodes.  A node without
+        neighbours has a zero output row, so zero gradients.  ``edge_features (nnz, edge_dim)`` in CSR order for a
+        mechanism that takes them (GAT layers).  A loop over nodes in Python: for whole-graph training use the
+        :mod:`ruvattn.nn` layers, whose kernels run every node at once."""
+        op = f"{self.kind}.backward_neighbours"
+        if not self.supports_backward:
+            self.backward(None, None, None, None)  # raises Unsupported with the mechanism's own message
+        if values is None:
+            raise V.values_required(op, "the gradient with respect to the values")
+        extra_all = {} if edge_features is None else {"edge_features": edge_features}
+        out = self.forward_neighbours(queries, keys, values, neighbours, **extra_all)
+        dt = out.dtype
+        qs = V.as_array(queries, op, "queries", 2)
+        k = V.as_array(keys, op, "keys", 2)
+        v = V.as_array(values, op, "values", 2)
+        nl = as_neighbours(op, neighbours, qs.shape[0], k.shape[0])
+        g = self._upstream(op, grad_output, out.shape[0], out.shape[1], False, dt)
+        ef = None if edge_features is None else np.asarray(edge_features)
+        dq, dk, dv = np.zeros(qs.shape), np.zeros(k.shape), np.zeros(v.shape)
+        de = None if ef is None else np.zeros(ef.shape)
+        params = {n: np.zeros(a.shape) for n, a in self.state_dict().items() if n not in self.fixed_state}
+        for i in range(qs.shape[0]):
+            lo, hi = int(nl.indptr[i]), int(nl.indptr[i + 1])
+            if hi == lo:
+                continue
+            ids = nl.indices[lo:hi]
+            extra = {} if ef is None else {"edge_features": ef[lo:hi]}
+            gr = self.backward(qs[i], k[ids], v[ids], g[i], **extra)
+            dq[i] = gr.query
+            np.add.at(dk, ids, gr.keys)
+            np.add.at(dv, ids, gr.values)
+            if de is not None and gr.edge_features is not None:
+                de[lo:hi] = gr.edge_features
+            for name, a in gr.params.items():
+                params[name] += a
+        gq, gk, gv = (V.check_output(op, a.astype(dt), dt) for a in (dq, dk, dv))
+        grads = {n: V.check_output(op, a.astype(dt), dt) for n, a in params.items()}
+        return Gradients(gq, gk, gv, grads, None if de is None else de.astype(dt))
+
     def _upstream(self, op: str, grad_output: Any, rows: int, width: int, single: bool, dt: np.dtype) -> Array:
         """``grad_output`` as ``(rows, width)`` of ``dt``; a wrong shape or a NaN/inf entry is an error."""
         if self._dropping:

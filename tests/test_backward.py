@@ -365,3 +365,26 @@ def test_moe_backward_routes_like_the_forward_and_refuses_what_it_cannot_do():
     bad = MoEAttention(4, experts=[HyperbolicAttention(4, aggregation="midpoint")] * 2, top_k=2)
     with pytest.raises(Unsupported, match=r"expert 0 \(hyperbolic\) has no backward"):
         bad.backward(np.full(4, 0.1), np.full((3, 4), 0.1), np.full((3, 4), 0.1), np.ones(4))
+
+
+@pytest.mark.parametrize("kind", ["gat", "gatv2"])
+def test_gat_backward_without_neighbours_is_the_bias_gradient(kind):
+    """Found by the reliability sweep: an empty neighbour set gave an untyped reshape error."""
+    layer = _gat_mechanism(kind, True, edge_dim=2)
+    up = np.arange(layer.output_dim, dtype=float)
+    grads = layer.backward(np.ones(5), np.empty((0, 5)), np.empty((0, 5)), up, edge_features=np.empty((0, 2)))
+    assert grads.keys.shape == (0, 5) and not grads.query.any()
+    np.testing.assert_array_equal(grads.params["bias"], up)  # the output is the bias
+    assert all(not a.any() for name, a in grads.params.items() if name != "bias")
+
+
+def test_local_global_backward_checks_positions_as_its_forward_does():
+    """Found by the reliability sweep: a string position and a 2-D positions array were accepted."""
+    attn = LocalGlobalAttention(4)
+    k = np.ones((3, 4))
+    with pytest.raises(InvalidConfig, match="position"):
+        attn.backward(np.ones(4), k, k, np.ones(4), position="0")
+    with pytest.raises(InvalidConfig, match="for a batch"):
+        attn.backward(np.ones(4), k, k, np.ones(4), positions=np.zeros(1, int))
+    with pytest.raises(InvalidConfig, match="positions"):
+        attn.backward(np.ones((2, 4)), k, k, np.ones((2, 4)), positions=np.zeros((2, 1), int))

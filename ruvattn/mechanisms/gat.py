@@ -699,15 +699,15 @@ class GATConv(_GraphConv):
             s = np.where(z > 0, z, slope * z)
             _, ds, dmsg = self._softmax_step(s, hv3, dout[i])
             dz = np.where(z > 0, ds, slope * ds)  # (n, H)
-            dhv += dmsg.reshape(n, -1)
-            dhk += (dz[:, :, None] * att_src).reshape(n, -1)
+            dhv += dmsg.reshape(n, h * c)
+            dhk += (dz[:, :, None] * att_src).reshape(n, h * c)
             d_dst = dz.sum(axis=0)
             dhq[i] = (d_dst[:, None] * att_dst).reshape(-1)
             d_att_src += np.einsum("nh,nhc->hc", dz, hk3)
             d_att_dst += d_dst[:, None] * hq3
             if ef is not None:
                 d_att_edge += np.einsum("nh,nhc->hc", dz, he3)
-                dhe += (dz[:, :, None] * att_edge).reshape(n, -1)
+                dhe += (dz[:, :, None] * att_edge).reshape(n, h * c)
         params = {
             "lin.weight": dhq.T @ q + dhk.T @ k + dhv.T @ v,
             "att_src": d_att_src[None],
@@ -827,9 +827,9 @@ class GATv2Conv(_GraphConv):
             act = np.where(u > 0, u, slope * u)
             s = np.einsum("nhc,hc->nh", act, att)
             _, ds, dm = self._softmax_step(s, msg3, dout[i])
-            dmsg += dm.reshape(n, -1)
+            dmsg += dm.reshape(n, h * c)
             d_att += np.einsum("nh,nhc->hc", ds, act)
-            du = (ds[:, :, None] * att * np.where(u > 0, 1.0, slope)).reshape(n, -1)
+            du = (ds[:, :, None] * att * np.where(u > 0, 1.0, slope)).reshape(n, h * c)
             dxl += du
             dxr[i] = du.sum(axis=0)
         dl_weight = dxl.T @ k + dmsg.T @ v

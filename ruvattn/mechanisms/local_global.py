@@ -223,6 +223,13 @@ class LocalGlobalAttention(Attention):
         keys and values outside the kept set get zero gradients."""
         op = f"{self.kind}.backward"
         single = np.ndim(query) == 1
+        if single and positions is not None:
+            raise InvalidConfig(f"{op}: 'positions' is for a batch of queries; one query takes 'position'.")
+        # the forward form's own checks (position and global_ids types and ranges, widths, finiteness) first
+        if single:
+            self.forward(query, keys, values, position=position, global_ids=global_ids)
+        else:
+            self.forward_batch(query, keys, values, positions=positions, global_ids=global_ids)
         keys, values = self._kv(op, keys, values)
         q = V.as_array(np.atleast_2d(query), op, "query", 2)
         k = V.as_array(keys, op, "keys", 2, q.dtype)

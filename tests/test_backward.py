@@ -388,3 +388,5 @@ def test_local_global_backward_checks_positions_as_its_forward_does():
         attn.backward(np.ones(4), k, k, np.ones(4), positions=np.zeros(1, int))
     with pytest.raises(InvalidConfig, match="positions"):
         attn.backward(np.ones((2, 4)), k, k, np.ones((2, 4)), positions=np.zeros((2, 1), int))
+    with pytest.raises(InvalidConfig, match="a batch of queries takes 'positions'"):
+        attn.backward(np.ones((1, 4)), k, k, np.ones((1, 4)), position=0, positions=np.zeros(1, int))

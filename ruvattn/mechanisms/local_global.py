@@ -214,7 +214,7 @@ class LocalGlobalAttention(Attention):
         values: Any,
         grad_output: Any,
         *,
-        position: int = 0,
+        position: Any = None,
         positions: Any = None,
         global_ids: Any = None,
     ) -> Gradients:
@@ -225,6 +225,9 @@ class LocalGlobalAttention(Attention):
         single = np.ndim(query) == 1
         if single and positions is not None:
             raise InvalidConfig(f"{op}: 'positions' is for a batch of queries; one query takes 'position'.")
+        if not single and position is not None:
+            raise InvalidConfig(f"{op}: 'position' is for one query; a batch of queries takes 'positions'.")
+        position = 0 if position is None else position
         # the forward form's own checks (position and global_ids types and ranges, widths, finiteness) first
         if single:
             self.forward(query, keys, values, position=position, global_ids=global_ids)

@@ -23,6 +23,7 @@ A schedule sets ``optimizer.lr`` from the base rate and the step count: :class:`
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 
 import numpy as np
@@ -61,7 +62,7 @@ def _non_negative(op: str, **values: float) -> None:
             raise InvalidConfig(f"{op}: {name} must be a finite number >= 0; got {v!r}.")
 
 
-class Optimizer:
+class Optimizer(ABC):
     """Base: the parameters, the current learning rate ``lr`` (a schedule may change it) and per-parameter state.
 
     ``no_decay``: parameters that get no weight decay (for example the biases, as the GAT paper's L2 term
@@ -96,8 +97,9 @@ class Optimizer:
         for i, p in enumerate(self.params):
             self._update(i, p)
 
+    @abstractmethod
     def _update(self, i: int, p: Parameter) -> None:
-        raise NotImplementedError
+        """Update parameter ``i`` from its gradient (``self.steps`` is already the new step count)."""
 
 
 class SGD(Optimizer):
@@ -218,7 +220,7 @@ def clip_grad_value(params: Iterable[Parameter], clip_value: float) -> None:
         np.clip(p.grad, -clip_value, clip_value, out=p.grad)
 
 
-class Schedule:
+class Schedule(ABC):
     """Sets ``optimizer.lr = base_lr * factor(step)``; call :meth:`step` once per epoch (or per update), after
     ``optimizer.step()``, as with ``torch.optim.lr_scheduler``."""
 
@@ -232,8 +234,9 @@ class Schedule:
         self.count = 0
         optimizer.lr = self.lr_at(0)
 
+    @abstractmethod
     def factor(self, step: int) -> float:
-        raise NotImplementedError
+        """The multiplier of the base rate at ``step``."""
 
     def lr_at(self, step: int) -> float:
         return self.base_lr * self.factor(step)

@@ -89,6 +89,23 @@ def _normalise_aggregate(indptr, src, msg, drop, use_drop, alpha, out, first, la
                     row[base + c] += a * msg[j, base + c]
 
 
+@_inline
+def _shift(alpha, lo, hi, mx):
+    """``alpha[lo:hi, h] -= mx[h]``: one node's scores minus each head's max."""
+    for k in range(lo, hi):
+        for h in range(alpha.shape[1]):
+            alpha[k, h] -= mx[h]
+
+
+@_inline
+def _softmax_aggregate(indptr, src, msg, drop, alpha, out, first, last):
+    """Targets ``first..last-1`` whose shifted scores are in ``alpha``: one vectorised exp over the chunk's slots,
+    then each head's sums and the aggregation (:func:`_normalise_aggregate`)."""
+    block = alpha[indptr[first] : indptr[last]]
+    exp_sum(block.reshape(block.size), 0)
+    _normalise_aggregate(indptr, src, msg, drop, drop.shape[0] > 0, alpha, out, first, last)
+
+
 @_serial
 def gat_forward_chunk(indptr, src, a_src, a_dst, msg, slope, drop, alpha, out, first, last):
     """Targets ``first..last-1`` of :func:`gat_forward`: scores minus each head's max, one vectorised exp over the
@@ -106,12 +123,8 @@ def gat_forward_chunk(indptr, src, a_src, a_dst, msg, slope, drop, alpha, out, f
                 s = z if z > 0 else z * slope
                 alpha[k, h] = s
                 mx[h] = max(mx[h], s)
-        for k in range(lo, hi):
-            for h in range(heads):
-                alpha[k, h] -= mx[h]
-    block = alpha[indptr[first] : indptr[last]]
-    exp_sum(block.reshape(block.size), 0)
-    _normalise_aggregate(indptr, src, msg, drop, drop.shape[0] > 0, alpha, out, first, last)
+        _shift(alpha, lo, hi, mx)
+    _softmax_aggregate(indptr, src, msg, drop, alpha, out, first, last)
 
 
 @_parallel
@@ -213,12 +226,8 @@ def gatv2_forward_chunk(indptr, src, xl, xr, att, slope, drop, alpha, out, first
                     s += att[h, c] * (u if u > 0 else u * slope)
                 alpha[k, h] = s
                 mx[h] = max(mx[h], s)
-        for k in range(lo, hi):
-            for h in range(heads):
-                alpha[k, h] -= mx[h]
-    block = alpha[indptr[first] : indptr[last]]
-    exp_sum(block.reshape(block.size), 0)
-    _normalise_aggregate(indptr, src, xl, drop, drop.shape[0] > 0, alpha, out, first, last)
+        _shift(alpha, lo, hi, mx)
+    _softmax_aggregate(indptr, src, xl, drop, alpha, out, first, last)
 
 
 @_parallel

@@ -19,6 +19,7 @@ of a :class:`Sequential`).  A model is a :class:`Sequential` of layers; an optim
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Any
 
@@ -77,19 +78,20 @@ def _float_dtype(dtype: Any) -> np.dtype:
     return dt
 
 
-class Module:
+class Module(ABC):
     """Base layer: ``forward``/``backward``, its parameters and sub-layers, ``train()``/``eval()``."""
 
     training: bool = True
 
+    @abstractmethod
     def forward(self, x: Input, graph: Any = None) -> Array:
-        raise NotImplementedError(f"{type(self).__name__} has no forward")
+        """The layer's output for ``x`` (and ``graph``, for layers that read one); keeps what ``backward`` needs."""
 
+    @abstractmethod
     def backward(self, dy: Array, need_input_grad: bool = True) -> Array | None:
         """Add this layer's parameter gradients from ``dy`` (the gradient of the loss with respect to the last
         forward's output) and return the gradient with respect to its input (``None`` when not asked for or
         not defined)."""
-        raise NotImplementedError(f"{type(self).__name__} has no backward")
 
     def __call__(self, x: Input, graph: Any = None) -> Array:
         return self.forward(x, graph)

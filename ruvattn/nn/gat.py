@@ -16,6 +16,7 @@ The attention sums run in :mod:`ruvattn.kernels.training`; the projections are B
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -204,11 +205,13 @@ class _GraphAttentionLayer(Module):
         with one_thread():
             return self._backward(dy, need_input_grad)
 
+    @abstractmethod
     def _forward(self, x: Input, graph: Any) -> Array:
-        raise NotImplementedError
+        """The layer's forward (run with the BLAS on one thread)."""
 
+    @abstractmethod
     def _backward(self, dy: Array, need_input_grad: bool) -> Array | None:
-        raise NotImplementedError
+        """The layer's backward (run with the BLAS on one thread)."""
 
     def attention_entropy(self) -> tuple[Array, Array]:
         """Entropy (nats) of every node's attention weights in the last forward, per head ``(N, heads)``, and of a

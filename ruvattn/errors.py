@@ -17,6 +17,7 @@ __all__ = [
     "EmptyInput",
     "Internal",
     "InvalidConfig",
+    "MissingDependency",
     "NumericalInstability",
     "OutOfBounds",
     "Unsupported",
@@ -50,6 +51,10 @@ class OutOfBounds(AttentionError, IndexError):
 
 class Unsupported(AttentionError):
     """The mechanism cannot honour this request (for example a mask it cannot apply)."""
+
+
+class MissingDependency(AttentionError, ImportError):
+    """An optional dependency a feature needs is not installed (the message names the extra to install)."""
 
 
 class Internal(AttentionError):

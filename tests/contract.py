@@ -477,6 +477,37 @@ def check_rejected_changes(kind: str) -> None:
         _close(mixed, old)
 
 
+_NEUTRAL = {"distances": 0.0, "hnsw_layers": 0, "edge_weights": 1.0}
+
+
+def check_metadata(kind: str) -> None:
+    """forward_with_metadata: refused (Unsupported) by a mechanism that reads no graph metadata; otherwise empty
+    metadata is InvalidConfig naming a field it reads, and neutral metadata (distance/layer 0, edge weight 1)
+    equals plain forward."""
+    from ruvattn import GraphMetadata, Unsupported
+
+    ex = example(kind)
+    m = ex.mechanism
+    n = ex.keys.shape[0]
+    if not m.metadata_fields:
+        _raises(
+            Unsupported,
+            kind,
+            "metadata",
+            lambda: m.forward_with_metadata(ex.query, ex.keys, ex.values, GraphMetadata()),
+        )
+        return
+    try:
+        m.forward_with_metadata(ex.query, ex.keys, ex.values, GraphMetadata())
+    except InvalidConfig as exc:
+        assert any(f"GraphMetadata.{f}" in str(exc) for f in m.metadata_fields), f"{kind}: {exc}"
+    else:
+        raise AssertionError(f"{kind}: empty metadata must be InvalidConfig naming the field it needs")
+    neutral = {f: np.full(n, _NEUTRAL[f]) for f in m.metadata_fields if f in _NEUTRAL}
+    _close(m.forward_with_metadata(ex.query, ex.keys, ex.values, GraphMetadata(**neutral)),
+           m.forward(ex.query, ex.keys, ex.values))  # fmt: skip
+
+
 CHECKS = (
     check_weights,
     check_forms,
@@ -493,4 +524,5 @@ CHECKS = (
     check_gradients_refuse_nan,
     check_gradients,
     check_rejected_changes,
+    check_metadata,
 )

@@ -19,8 +19,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ruvattn.errors import DimensionMismatch, OutOfBounds
+from ruvattn.graph.metadata import GraphMetadata
 
-__all__ = ["NeighbourList", "as_neighbours"]
+__all__ = ["GraphMetadata", "NeighbourList", "as_neighbours"]
 
 
 def _integer_ids(op: str, name: str, ids: Any) -> NDArray[np.int64]:

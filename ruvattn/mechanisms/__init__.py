@@ -4,6 +4,7 @@ from ruvattn.mechanisms.base import Attention, Example, Prepared, available, bui
 from ruvattn.mechanisms.dynamic_heads import DynamicHeadAttention
 from ruvattn.mechanisms.flash import FlashAttention
 from ruvattn.mechanisms.gat import GATConv, GATv2Conv
+from ruvattn.mechanisms.graph_rope import GraphRoPE
 from ruvattn.mechanisms.hyperbolic import HyperbolicAttention
 from ruvattn.mechanisms.linear import LinearAttention, LinearSummary
 from ruvattn.mechanisms.local_global import LocalGlobalAttention, SparseGraphAttention
@@ -20,6 +21,7 @@ __all__ = [
     "GATConv",
     "GATv2Conv",
     "Gradients",
+    "GraphRoPE",
     "HyperbolicAttention",
     "LinearAttention",
     "LinearSummary",

@@ -42,6 +42,7 @@ from ruvattn._params import Param, Parametrized
 from ruvattn.errors import DimensionMismatch, InvalidConfig, NumericalInstability, Unsupported
 from ruvattn.geometry import Euclidean, Manifold
 from ruvattn.graph import NeighbourList, as_neighbours
+from ruvattn.graph.metadata import GraphMetadata
 from ruvattn.kernels import attention as K
 from ruvattn.kernels import tiles as T
 
@@ -261,6 +262,9 @@ class Attention(Parametrized, ABC):
     supports_backward: ClassVar[bool] = False
     #: state-dict entries that are drawn or fixed rather than learned: ``backward`` gives them no gradient
     fixed_state: frozenset[str] = frozenset()
+    #: The :class:`~ruvattn.graph.GraphMetadata` fields :meth:`forward_with_metadata` can read (empty: the
+    #: mechanism takes no graph metadata).
+    metadata_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Every ``forward_batch`` / ``forward_neighbours`` a mechanism defines first checks what holds for
@@ -384,6 +388,32 @@ class Attention(Parametrized, ABC):
             if ids.size:
                 out[i] = self.forward(qs[i], k[ids], v[ids])
         return out
+
+    def forward_with_metadata(
+        self, query: Any, keys: Any, values: Any, metadata: GraphMetadata, **kwargs: Any
+    ) -> Array:
+        """The specification's graph-aware form: :meth:`forward` with options read from ``metadata`` (a
+        :class:`~ruvattn.graph.GraphMetadata` describing the ``n`` keys) by the mechanism's own
+        :meth:`_metadata_options` -- which fields it reads is :attr:`metadata_fields`.  A field it needs and
+        does not get is :class:`~ruvattn.errors.InvalidConfig` naming it; a mechanism that reads none raises
+        :class:`~ruvattn.errors.Unsupported` listing those that do."""
+        op = f"{self.kind}.forward_with_metadata"
+        if not isinstance(metadata, GraphMetadata):
+            raise InvalidConfig(f"{op}: metadata must be a GraphMetadata; got {type(metadata).__name__}.")
+        if not self.metadata_fields:
+            users = ", ".join(k for k in available() if _REGISTRY[k].metadata_fields)
+            raise Unsupported(f"{op}: {type(self).__name__} reads no graph metadata; mechanisms that do: {users}.")
+        n = self._check_keys(op, keys).shape[0]
+        options = self._metadata_options(op, metadata, n)
+        clash = sorted(set(options) & set(kwargs))
+        if clash:
+            raise InvalidConfig(f"{op}: {', '.join(clash)} comes from the metadata; do not pass it as well.")
+        return self.forward(query, keys, values, **options, **kwargs)
+
+    def _metadata_options(self, op: str, metadata: GraphMetadata, n: int) -> dict[str, Any]:
+        """The :meth:`forward` options ``metadata`` gives for ``n`` keys (mechanisms with
+        :attr:`metadata_fields` override it)."""
+        return {}
 
     # -- per-key-set work, spaces, examples ------------------------------------------
     def prepare(self, keys: Any, values: Any) -> Any:
@@ -744,6 +774,15 @@ class Attention(Parametrized, ABC):
         if status.any():
             V.raise_for_status(op, status, query=qs, keys=k, values=v, empty_ok=True)
         return out, (_edge_major(w, nl, heads) if want_weights else None), lse, nl
+
+
+def edge_weight_bias(self: Attention, op: str, metadata: GraphMetadata, n: int) -> dict[str, Any]:
+    """``_metadata_options`` of a softmax mechanism with a ``bias`` option: ``bias = log(edge_weights)``, so
+    the weights become ``w_j e^{s_j} / sum_l w_l e^{s_l}`` (an edge weight multiplies its key's share; weight 0
+    removes the key)."""
+    w = metadata.require(self.kind, "edge_weights", n)
+    with np.errstate(divide="ignore"):
+        return {"bias": np.log(w)}
 
 
 # The base class's own (looping) forms are checked too: a mechanism that inherits them (GAT's

@@ -52,6 +52,7 @@ from ruvattn.mechanisms.base import (
     Complexity,
     Gradients,
     _mode_array,
+    edge_weight_bias,
     register,
 )
 
@@ -64,6 +65,8 @@ Array = NDArray[np.floating]
 class FlashAttention(Attention):
     """Tiled exact attention with an online softmax (see the module docstring)."""
 
+    metadata_fields = ("edge_weights",)
+    _metadata_options = edge_weight_bias
     forward_options = frozenset({"mask", "bias"})
     supports_backward = True
     params = (

@@ -47,6 +47,7 @@ from ruvattn.mechanisms.base import (
     Complexity,
     Gradients,
     Prepared,
+    edge_weight_bias,
     register,
     softmax_attention_grads,
 )
@@ -79,6 +80,8 @@ class DropoutMixin:
 class ScaledDotProductAttention(DropoutMixin, Attention):
     """Scaled dot-product attention (see the module docstring for the formula and shapes)."""
 
+    metadata_fields = ("edge_weights",)
+    _metadata_options = edge_weight_bias
     forward_options = frozenset({"mask", "bias", "ids"})
     params = (DIM, SCALE, TEMPERATURE, DROPOUT, SEED)
     supports_backward = True

@@ -357,3 +357,24 @@ def test_exports_are_offline_and_hold_the_data(small, sdpa, tmp_path):
     np.testing.assert_allclose(np.sort(weights), np.sort(view.state.edge_weight))
     svg = view.save_image(tmp_path / "n.svg", width=500, height=400)
     assert svg.read_text(encoding="utf-8").lstrip().startswith("<svg")
+
+
+def test_a_real_hnsw_index_gives_its_layers(sdpa):
+    """An HNSWIndex as the graph: the layer selector lists its real layers and each shows faiss's lists."""
+    pytest.importorskip("faiss")
+    from ruvattn.graph.hnsw import HNSWIndex
+
+    x = clustered_graph(n_nodes=600, dim=DIM, n_clusters=4, k=1, seed=1).embeddings
+    index = HNSWIndex.build(x, M=4, ef_construction=32, seed=2)
+    assert index.num_layers >= 3
+    top = int(np.flatnonzero(index.levels == index.max_level)[0])
+    view = NeighbourhoodView(sdpa, index.vectors, index, centre=top, layer=1)
+    assert [v for _, v in view.controls["layer"].options] == list(range(index.num_layers))
+    assert set(view.state.nodes[1:].tolist()) == set(index.layer(1).neighbours(top).tolist())
+    ids = index.layer(1).neighbours(top)
+    order = np.argsort(ids)
+    got = np.asarray(view.state.edge_weight)
+    np.testing.assert_allclose(np.sort(got), np.sort(_softmax_numpy(x[top], x[ids])), rtol=1e-5, atol=1e-7)
+    assert order.size == got.size
+    view.controls["layer"].value = 0
+    assert set(view.state.nodes[1:].tolist()) == set(index.layer(0).neighbours(top).tolist())

@@ -36,6 +36,7 @@ from plotly.colors import sample_colorscale
 from ruvattn import analysis
 from ruvattn.errors import DimensionMismatch, InvalidConfig, OutOfBounds
 from ruvattn.graph import NeighbourList, as_neighbours
+from ruvattn.graph.hnsw import HNSWIndex
 from ruvattn.mechanisms import Attention
 
 from ._base import AttentionWidget, as_matrix, as_mechanism, embedded, plane_layout, weight_colorscale, weight_options
@@ -174,7 +175,8 @@ class NeighbourhoodView(AttentionWidget):
         Any registered mechanism; one with several heads shows the mean over its heads.
     features : (N, d) array
         One row per node; a node's query and its neighbours' keys are rows of it.
-    graph : neighbour list, or a list of them (HNSW layers, layer 0 the base layer)
+    graph : neighbour list, a list of them (HNSW layers, layer 0 the base layer), or an
+        :class:`~ruvattn.graph.hnsw.HNSWIndex` (its real layers; ``features`` are then usually its vectors)
         Any form :func:`ruvattn.graph.as_neighbours` accepts: padded ``(N, k)`` ids with -1,
         ``(indptr, indices)``, a scipy CSR matrix, a :class:`~ruvattn.graph.NeighbourList`, or one
         list of ids per node. Every layer has one row per node; a node absent from an upper layer
@@ -219,6 +221,8 @@ class NeighbourhoodView(AttentionWidget):
                 f"{self.name}: features has shape {self.features.shape}, expected (N, {self.mechanism.hidden_dim}) "
                 f"for {type(self.mechanism).__name__}."
             )
+        if isinstance(graph, HNSWIndex):
+            graph = graph.layers()
         forms = graph if isinstance(graph, list) and graph and all(_is_layer(g) for g in graph) else [graph]
         self.layers: list[NeighbourList] = [
             as_neighbours(f"{self.name} (layer {i})", g, n, n) for i, g in enumerate(forms)

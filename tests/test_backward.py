@@ -13,6 +13,7 @@ from ruvattn import (
     InvalidConfig,
     LocalGlobalAttention,
     MultiHeadAttention,
+    NumericalInstability,
     ScaledDotProductAttention,
     Unsupported,
 )
@@ -390,3 +391,13 @@ def test_local_global_backward_checks_positions_as_its_forward_does():
         attn.backward(np.ones((2, 4)), k, k, np.ones((2, 4)), positions=np.zeros((2, 1), int))
     with pytest.raises(InvalidConfig, match="a batch of queries takes 'positions'"):
         attn.backward(np.ones((1, 4)), k, k, np.ones((1, 4)), position=0, positions=np.zeros(1, int))
+
+
+def test_mixed_curvature_overflowed_weight_gradient_is_typed() -> None:
+    """The reliability sweep's replay(3, 0, 17156): values of 1e300 overflow dL/dβ; NumericalInstability, not inf."""
+    from ruvattn.lab.sweep import replay
+
+    op = replay(3, 0, 17156)
+    assert op.kind == "mixed_curvature" and op.op == "backward"
+    with pytest.raises(NumericalInstability):
+        op.call()

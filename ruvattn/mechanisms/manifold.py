@@ -169,7 +169,8 @@ def _backward_one(
     for c, (m, sl) in enumerate(factors):
         kl = k[live][:, sl]
         d = np.atleast_1d(m.dist(np.broadcast_to(q[sl], kl.shape), kl))
-        dbeta[c] = -(d @ ds) / tau
+        with np.errstate(over="ignore", invalid="ignore"):  # checked (typed) by the caller
+            dbeta[c] = -(d @ ds) / tau
         if beta[c] == 0:
             continue
         gx, gy = m.dist_grad(np.broadcast_to(q[sl], kl.shape), kl)
@@ -487,6 +488,7 @@ class MixedCurvatureAttention(Attention):
         :meth:`ManifoldAttention.backward`, the shared weights' through ``β_c d_c``; ``params["component_weights"]``
         is ``∂L/∂β`` (summed over the batch; :meth:`component_weights_grad` for one query)."""
         grads, dbeta = _backward(self, query, keys, values, grad_output, mask)
+        dbeta = V.check_output(self.kind + ".backward", dbeta, dbeta.dtype)  # an overflowed gradient is typed
         return grads._replace(params={"component_weights": dbeta})
 
     def forward_neighbours(self, queries: Any, keys: Any, values: Any, neighbours: Any) -> Array:

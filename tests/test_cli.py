@@ -62,3 +62,16 @@ def test_bad_flags_exit_nonzero_with_message(argv, message):
 def test_info_reports_backend(capsys):
     assert main(["info"]) == 0
     assert json.loads(capsys.readouterr().out)["backend"] in {"numba", "python (NUMBA_DISABLE_JIT=1)"}
+
+
+def test_demo_graph_flag_chooses_the_neighbour_lists(capsys):
+    pytest.importorskip("faiss")
+    args = ["demo", "--nodes", "80", "--dim", "8", "--neighbours", "6", "--candidates", "40", "--repeats", "2"]
+    args.append("--json")
+    assert main([*args, "--graph", "hnsw"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["workload"].endswith("HNSW results") and rows[1]["workload"].endswith("HNSW layer 0 (<= 6)")
+    assert all(r["max_abs_err"] < 1e-4 for r in rows)
+    assert main([*args, "--graph", "knn"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["workload"] == "1 query x 40 candidates" and rows[1]["workload"] == "80 nodes x own 6 neighbours"

@@ -188,3 +188,34 @@ def test_missing_faiss_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(importlib, "import_module", lambda name: fake_import(name))
     with pytest.raises(MissingDependency, match=r"ruvattn\[hnsw\]"):
         HNSWIndex.build(np.zeros((3, 2), np.float32))
+
+
+def test_nearest_others_excludes_the_node_and_matches_exact_knn(clustered: np.ndarray, index: HNSWIndex) -> None:
+    rows = np.arange(0, 6000, 37)
+    got = index.nearest_others(rows, 8)
+    assert got.shape == (rows.size, 8) and (got >= 0).all()
+    assert not (got == rows[:, None]).any()
+    d2 = ((clustered[rows, None, :].astype(np.float64) - clustered[None].astype(np.float64)) ** 2).sum(-1)
+    d2[np.arange(rows.size), rows] = np.inf
+    exact = np.argsort(d2, axis=1)[:, :8]
+    assert np.mean([len(set(a) & set(b)) / 8 for a, b in zip(got, exact, strict=True)]) >= 0.95
+    with pytest.raises(InvalidConfig):
+        index.nearest_others(rows, index.num_nodes)
+    with pytest.raises(OutOfBounds):
+        index.nearest_others([index.num_nodes], 3)
+
+
+def test_resolve_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ruvattn.graph import hnsw
+
+    assert hnsw.resolve_graph("auto") == "hnsw" and hnsw.resolve_graph("knn") == "knn"
+    with pytest.raises(InvalidConfig):
+        hnsw.resolve_graph("exact")
+
+    def missing() -> None:
+        raise MissingDependency("HNSWIndex needs faiss (the faiss-cpu package): pip install 'ruvattn[hnsw]'.")
+
+    monkeypatch.setattr(hnsw, "faiss_module", missing)
+    assert hnsw.resolve_graph("auto") == "knn"
+    with pytest.raises(MissingDependency, match="hnsw"):
+        hnsw.resolve_graph("hnsw")

@@ -38,7 +38,15 @@ from ruvattn import _validation as V
 from ruvattn.errors import DimensionMismatch, InvalidConfig, MissingDependency, NumericalInstability, OutOfBounds
 from ruvattn.graph import NeighbourList
 
-__all__ = ["HNSWArrays", "HNSWIndex", "SearchResult", "faiss_module", "level_probabilities"]
+__all__ = [
+    "HNSWArrays",
+    "HNSWIndex",
+    "SearchResult",
+    "faiss_available",
+    "faiss_module",
+    "level_probabilities",
+    "resolve_graph",
+]
 
 _METRICS = ("l2", "ip")
 
@@ -49,6 +57,27 @@ def faiss_module() -> ModuleType:
         return importlib.import_module("faiss")
     except ImportError:
         raise MissingDependency("HNSWIndex needs faiss (the faiss-cpu package): pip install 'ruvattn[hnsw]'.") from None
+
+
+def faiss_available() -> bool:
+    """Whether faiss can be imported (the ``hnsw`` extra is installed)."""
+    try:
+        faiss_module()
+    except MissingDependency:
+        return False
+    return True
+
+
+def resolve_graph(choice: str) -> str:
+    """``"hnsw"`` or ``"knn"`` for a tool's ``--graph`` flag: ``"auto"`` is ``"hnsw"`` when faiss is installed;
+    ``"hnsw"`` without faiss is :class:`~ruvattn.errors.MissingDependency` naming the extra."""
+    if choice not in ("auto", "hnsw", "knn"):
+        raise InvalidConfig(f"--graph must be auto, hnsw or knn; got {choice!r}.")
+    if choice == "auto":
+        return "hnsw" if faiss_available() else "knn"
+    if choice == "hnsw":
+        faiss_module()
+    return choice
 
 
 def level_probabilities(M: int, levels: int = 32) -> NDArray[np.float64]:
@@ -328,6 +357,26 @@ class HNSWIndex:
         stats.reset()
         dist, ids = self.index.search(q, int(k), params=params)
         return SearchResult(ids.astype(np.int64), dist, int(stats.ndis), int(stats.nhops))
+
+    def nearest_others(self, rows: Any, k: int, *, ef: int | None = None) -> NDArray[np.int64]:
+        """Each indexed node ``rows[i]``'s ``k`` nearest *other* nodes as the index finds them, nearest first:
+        ``(len(rows), k)`` ids (a search for ``k + 1`` with ``ef`` (default ``max(2(k + 1), 64)``), the node itself
+        removed, or the last result when the search missed it; -1 pads a row the search could not fill)."""
+        op = "HNSWIndex.nearest_others"
+        ids = np.asarray(rows)
+        if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
+            raise DimensionMismatch(f"{op}: rows must be a flat array of node ids; got shape {ids.shape}.")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.num_nodes):
+            raise OutOfBounds(f"{op}: rows must be node ids in [0, {self.num_nodes}).")
+        _check_int(op, "k", k, 1)
+        if k >= self.num_nodes:
+            raise InvalidConfig(f"{op}: k must be smaller than the {self.num_nodes} indexed nodes; got {k}.")
+        found = self.search(self.vectors[ids], k + 1, ef=max(2 * (k + 1), 64) if ef is None else ef).ids
+        out = np.full((ids.size, k), -1, np.int64)
+        for i, (node, row) in enumerate(zip(ids, found, strict=True)):
+            others = row[(row != node) & (row >= 0)][:k]
+            out[i, : others.size] = others
+        return out
 
     def __repr__(self) -> str:
         return (

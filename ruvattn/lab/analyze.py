@@ -92,6 +92,7 @@ def run_analysis(args: argparse.Namespace) -> dict[str, Any]:
     from ruvattn.datasets import clustered_graph
     from ruvattn.datasets.synthetic import exact_knn
     from ruvattn.errors import InvalidConfig
+    from ruvattn.graph.hnsw import HNSWIndex, resolve_graph
 
     kinds: list[str] = args.mechanism
     figures: Path | None = None
@@ -103,26 +104,38 @@ def run_analysis(args: argparse.Namespace) -> dict[str, Any]:
         figures = Path(args.figures)
         if figures.exists() and not figures.is_dir():
             raise InvalidConfig(f"--figures: {args.figures!r} exists and is not a directory.")
+    graph = resolve_graph(getattr(args, "graph", "auto"))
     if args.data == "demo":
         if args.neighbours >= args.nodes:
             raise InvalidConfig(f"--neighbours ({args.neighbours}) must be < --nodes ({args.nodes}).")
-        g = clustered_graph(args.nodes, args.dim, k=args.neighbours, seed=args.seed)
-        x, nb = g.embeddings, g.neighbours
+        x = clustered_graph(args.nodes, args.dim, k=1, seed=args.seed).embeddings
         data: dict[str, Any] = {"source": "demo", "generator": "clustered_graph"}
     else:
         x = _load_embeddings(args.data)
         if args.neighbours >= x.shape[0]:
             raise InvalidConfig(f"--neighbours ({args.neighbours}) must be < the {x.shape[0]} rows of --data.")
-        nb = exact_knn(x, args.neighbours)
         data = {"source": str(args.data)}
     n, d = x.shape
     k, m = args.neighbours, (min(64, n) if args.queries is None else args.queries)
     if m > n:
         raise InvalidConfig(f"--queries ({m}) must be at most the number of nodes ({n}).")
+    if graph == "hnsw":  # cosine similarity = L2 on unit rows: the index holds the normalised rows
+        unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.finfo(np.float64).tiny)
+        index = HNSWIndex.build(unit, M=max(2, k // 2), ef_construction=max(64, 2 * k), seed=args.seed)
+        nb = np.zeros((n, k), np.int64)
+        nb[:m] = index.nearest_others(np.arange(m), k)
+        if (nb[:m] < 0).any():
+            raise InvalidConfig(
+                f"--graph hnsw: the index found fewer than {k} neighbours for some node; use --graph knn."
+            )
+        how = f"its {k} nearest neighbours found by an HNSW index (faiss, M={max(2, k // 2)})"
+    else:
+        nb = exact_knn(x, k)
+        how = f"its own {k} nearest neighbours (exact cosine kNN)"
     if not 1 <= args.heads <= 16:
         raise InvalidConfig(f"--heads must be in [1, 16]; got {args.heads}.")
     mass_k = 8 if args.top_k is None else args.top_k
-    mode = f"each of the first {m} nodes over its own {k} nearest neighbours (cosine kNN)"
+    mode = f"each of the first {m} nodes over {how}"
     data.update(nodes=n, dim=d, neighbours=k, queries=m, seed=args.seed, mode=mode)
 
     results: list[dict[str, Any]] = []

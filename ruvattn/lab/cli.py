@@ -124,6 +124,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--repeats", type=_positive("--repeats"), default=300, help="timed calls per row")
     demo.add_argument("--threads", type=_positive("--threads"), default=1, help="Numba threads")
     demo.add_argument("--seed", type=_int_at_least("--seed", 0), default=0, help="random seed (>= 0)")
+    demo.add_argument("--graph", choices=("auto", "hnsw", "knn"), default="auto",
+                      help="neighbour lists: a real HNSW index (faiss, extra 'hnsw'), exact kNN, or auto (hnsw if "
+                      "faiss is installed)")  # fmt: skip
     demo.add_argument("--json", action="store_true", help="print the table as JSON")
     an = sub.add_parser(
         "analyze", help="attention statistics of a mechanism on a data set (entropy, top-k mass, routing balance)",
@@ -175,6 +178,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="K",
         help="k of the top-k mass (default 8); for moe the router's top-k (default 2 of the 4 experts)",
     )
+    an.add_argument("--graph", choices=("auto", "hnsw", "knn"), default="auto",
+                    help="each node's neighbours: found by a real HNSW index (faiss, extra 'hnsw'), exact cosine "
+                    "kNN, or auto (hnsw if faiss is installed)")  # fmt: skip
     an.add_argument("--json", action="store_true", help="print the results as JSON")
     an.add_argument(
         "--figures",
@@ -203,7 +209,7 @@ def _demo(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     with threads(args.threads):
         rows = run_demo(args.nodes, args.dim, args.neighbours, args.candidates, args.heads, args.repeats, args.seed,
-                        progress=progress)  # fmt: skip
+                        progress=progress, graph=args.graph)  # fmt: skip
     return [r.as_dict() for r in rows]
 
 

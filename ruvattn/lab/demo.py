@@ -1,10 +1,12 @@
 """``ruvattn demo``: every registered mechanism on a built-in synthetic graph.
 
-The graph is :func:`ruvattn.datasets.clustered_graph` (clustered embeddings with exact k-nearest
-neighbour lists; nothing is downloaded).  For each kind of :func:`ruvattn.available` the demo
-builds the mechanism from its :meth:`~ruvattn.mechanisms.Attention.example_params` at the graph's
-width, maps the embeddings into its :attr:`~ruvattn.mechanisms.Attention.input_space`, and times
-two of the contract's forms:
+The graph is :func:`ruvattn.datasets.clustered_graph` (clustered embeddings; nothing is downloaded) with
+either a real HNSW index over them (``graph="hnsw"``, faiss: the neighbour lists are its layer 0, ``M = k/2``
+links so at most ``k`` per node, and the candidate set is the index's search result) or exact k-nearest
+neighbour lists (``"knn"``); ``"auto"`` takes the index when faiss is installed.  For each kind of
+:func:`ruvattn.available` the demo builds the mechanism from its
+:meth:`~ruvattn.mechanisms.Attention.example_params` at the graph's width, maps the embeddings into its
+:attr:`~ruvattn.mechanisms.Attention.input_space`, and times two of the contract's forms:
 
 * one query over a candidate set (prepared once with ``prepare`` where the mechanism has
   per-key-set work), and
@@ -25,6 +27,7 @@ import numpy as np
 
 from ruvattn.datasets import clustered_graph
 from ruvattn.errors import InvalidConfig
+from ruvattn.graph.hnsw import HNSWIndex, resolve_graph
 from ruvattn.lab.timing import timeit
 from ruvattn.mechanisms import Attention, Prepared, available, build, mechanism_class
 
@@ -75,17 +78,30 @@ def run_demo(
     seed: int = 0,
     kinds: Iterable[str] | None = None,
     progress: Callable[[Iterable[str]], Iterable[str]] | None = None,
+    graph: str = "auto",
 ) -> list[DemoRow]:
     """The demo table: two rows per mechanism (see the module docstring)."""
     if neighbours >= nodes or candidates > nodes:
         raise InvalidConfig(
             f"demo: --neighbours ({neighbours}) must be < --nodes and --candidates ({candidates}) <= --nodes ({nodes})."
         )
+    kind_of_graph = resolve_graph(graph)
     g = clustered_graph(nodes, dim, k=neighbours, seed=seed)
     x64 = g.embeddings.astype(np.float64)
-    nb = g.neighbours
     q_row = int(np.random.default_rng(seed).integers(nodes))
     n, k = candidates, neighbours
+    if kind_of_graph == "hnsw":
+        index = HNSWIndex.build(g.embeddings, M=max(2, k // 2), ef_construction=max(64, 2 * k), seed=seed + 1)
+        nb: Any = index.layer(0)
+        cand = index.search(g.embeddings[q_row], n, ef=max(n, 16)).ids[0]
+        cand = cand[cand >= 0]
+        one_label, graph_label = (
+            f"1 query x {cand.size} HNSW results",
+            f"{nodes} nodes x HNSW layer 0 (<= {2 * max(2, k // 2)})",
+        )
+    else:
+        nb, cand = g.neighbours, np.arange(n)
+        one_label, graph_label = f"1 query x {n} candidates", f"{nodes} nodes x own {k} neighbours"
     names = list(kinds) if kinds is not None else available()
     # every mechanism is built before the first is timed: a bad setting (--heads for --dim) is reported
     # before any progress is shown
@@ -97,14 +113,15 @@ def run_demo(
         e32 = e64.astype(np.float32)
 
         def one(e: np.ndarray, m: Attention = m) -> Callable[[], Any]:
-            prepared = m.prepare(e[:n], e[:n])
-            args = (e[:n], e[:n]) if isinstance(prepared, Prepared) else (prepared,)  # real per-key-set work only
+            keys = e[cand]
+            prepared = m.prepare(keys, keys)
+            args = (keys, keys) if isinstance(prepared, Prepared) else (prepared,)  # real per-key-set work only
             return lambda: m.forward(e[q_row], *args)
 
         def graph(e: np.ndarray, m: Attention = m) -> Callable[[], Any]:
             return lambda: m.forward_neighbours(e, e, e, nb)
 
-        forms = ((f"1 query x {n} candidates", one, 1), (f"{nodes} nodes x own {k} neighbours", graph, nodes))
+        forms = ((one_label, one, 1), (graph_label, graph, nodes))
         for workload, make, items in forms:
             fn = make(e32)
             got = np.asarray(fn(), np.float64)

@@ -25,6 +25,7 @@ from ruvattn.errors import (
 from ruvattn.graph import GraphMetadata, NeighbourList
 from ruvattn.mechanisms import (
     Attention,
+    DualSpaceAttention,
     DynamicHeadAttention,
     FlashAttention,
     GATConv,
@@ -51,6 +52,7 @@ __all__ = [
     "Attention",
     "AttentionError",
     "DimensionMismatch",
+    "DualSpaceAttention",
     "DynamicHeadAttention",
     "EmptyInput",
     "FlashAttention",

@@ -1,6 +1,7 @@
 """User-facing attention mechanisms; importing this package registers them all."""
 
 from ruvattn.mechanisms.base import Attention, Example, Prepared, available, build, mechanism_class, register
+from ruvattn.mechanisms.dual_space import DualSpaceAttention
 from ruvattn.mechanisms.dynamic_heads import DynamicHeadAttention
 from ruvattn.mechanisms.flash import FlashAttention
 from ruvattn.mechanisms.gat import GATConv, GATv2Conv
@@ -15,6 +16,7 @@ from ruvattn.mechanisms.scaled_dot import Gradients, ScaledDotProductAttention
 
 __all__ = [
     "Attention",
+    "DualSpaceAttention",
     "DynamicHeadAttention",
     "Example",
     "FlashAttention",

@@ -10,6 +10,8 @@ each array argument, in order, with the arguments' shapes and dtypes.  Arithmeti
 * :func:`triplet` — ``max(||a - p + eps|| - ||a - n + eps|| + margin, 0)`` (PyTorch's ``triplet_margin_loss``).
 * :func:`local_contrastive` — InfoNCE on a graph: a node's neighbours are its positives, non-neighbours
   its negatives (the specification's signature: one node, its neighbours' and non-neighbours' embeddings).
+* :func:`consistency` — GRAND's consistency regularisation (Feng et al. 2020): the predictions of several
+  stochastic passes (dropout, DropNode) over unlabelled nodes are pulled towards their sharpened mean.
 
 >>> import numpy as np
 >>> loss, (ga, gp, gn) = info_nce(np.array([1.0, 0.0]), np.array([1.0, 0.0]), np.array([[0.0, 1.0]]), 1.0)
@@ -26,7 +28,7 @@ from numpy.typing import NDArray
 
 from ruvattn.errors import DimensionMismatch, InvalidConfig, NumericalInstability
 
-__all__ = ["info_nce", "local_contrastive", "triplet"]
+__all__ = ["consistency", "info_nce", "local_contrastive", "triplet"]
 
 Array = NDArray[np.floating]
 
@@ -214,3 +216,61 @@ def local_contrastive(
     if nb.ndim != 2 or nb.shape[0] == 0:
         raise DimensionMismatch(f"local_contrastive: neighbour_embeddings must be (P, d) with P >= 1; got {nb.shape}.")
     return info_nce(node_embedding, nb, non_neighbour_embeddings, temperature, similarity)
+
+
+def consistency(logits: Any, temperature: float = 0.5, index: Any = None) -> tuple[float, list[Array]]:
+    r"""GRAND's consistency loss over ``S`` stochastic passes, with its gradients.
+
+    ``logits`` is a sequence of ``S >= 2`` arrays ``(N, C)`` (one per pass); ``index`` the rows it applies to
+    (default all; GRAND uses every node, labelled or not).  With :math:`P_s = \operatorname{softmax}(Z_s)`,
+    :math:`\bar P = \frac1S \sum_s P_s` and the sharpened target
+    :math:`T_{ic} = \bar P_{ic}^{1/\tau} / \sum_{c'} \bar P_{ic'}^{1/\tau}` (held constant, no gradient, as in
+    GRAND's code),
+
+    .. math::
+
+        L = \frac{1}{S\,|I|} \sum_s \sum_{i \in I} \lVert P_{s,i} - T_i \rVert^2 .
+
+    Returns ``(loss, [dL/dZ_s for each pass])`` (zero rows outside ``index``).
+
+    >>> import numpy as np
+    >>> z = np.array([[2.0, 0.0]])
+    >>> loss, grads = consistency([z, z], temperature=1.0)  # equal passes, tau = 1: target = prediction
+    >>> loss, float(np.abs(grads[0]).max())
+    (0.0, 0.0)
+    """
+    op = "consistency"
+    if isinstance(logits, np.ndarray) and logits.ndim == 3:
+        logits = list(logits)
+    if not isinstance(logits, (list, tuple)) or len(logits) < 2:
+        raise InvalidConfig(f"{op}: logits must be a sequence of at least 2 passes' (N, C) arrays.")
+    zs, dts = zip(*(_float(op, f"logits[{s}]", z) for s, z in enumerate(logits)), strict=True)
+    shape = zs[0].shape
+    if len(shape) != 2 or shape[1] < 1 or any(z.shape != shape for z in zs):
+        raise DimensionMismatch(f"{op}: every pass must be (N, C) of one shape; got {[z.shape for z in zs]}.")
+    tau = _positive(op, "temperature", temperature)
+    n = shape[0]
+    rows = np.arange(n) if index is None else np.asarray(index)
+    if rows.ndim != 1 or (rows.size and rows.dtype.kind not in "iu"):
+        raise DimensionMismatch(f"{op}: index must be a flat array of row ids; got {rows!r}.")
+    if rows.size and (rows.min() < 0 or rows.max() >= n):
+        raise DimensionMismatch(f"{op}: index must be row ids in [0, {n}).")
+    if rows.size == 0:
+        raise InvalidConfig(f"{op}: index selects no rows.")
+    ps = []
+    for z in zs:
+        e = np.exp(z[rows] - z[rows].max(axis=1, keepdims=True))
+        ps.append(e / e.sum(axis=1, keepdims=True))
+    mean = np.mean(ps, axis=0)
+    logp = np.log(np.maximum(mean, np.finfo(np.float64).tiny)) / tau
+    t = np.exp(logp - logp.max(axis=1, keepdims=True))
+    t /= t.sum(axis=1, keepdims=True)
+    scale = 1.0 / (len(zs) * rows.size)
+    loss = float(sum(((p - t) ** 2).sum() for p in ps) * scale)
+    grads = []
+    for p, z, dt in zip(ps, zs, dts, strict=True):
+        dp = 2.0 * scale * (p - t)
+        dz = np.zeros_like(z)
+        dz[rows] = p * (dp - (p * dp).sum(axis=1, keepdims=True))
+        grads.append(dz.astype(dt))
+    return loss, grads

@@ -178,3 +178,41 @@ def test_bad_inputs():
     # no negatives: every term is 0 (the positive is the whole softmax)
     loss, (ga, _, _) = info_nce(a, a, np.ones((0, 4)))
     assert loss == 0.0 and not ga.any()
+
+
+def test_consistency_against_torch_autograd_and_fd() -> None:
+    """GRAND's consistency loss: the sharpened mean is a constant target (detached), as in GRAND's code."""
+    torch = pytest.importorskip("torch")
+    from ruvattn.losses import consistency
+
+    rng = np.random.default_rng(0)
+    zs = [rng.standard_normal((7, 4)) * 2 for _ in range(3)]
+    idx = np.array([0, 2, 3, 6])
+    loss, grads = consistency(zs, temperature=0.5, index=idx)
+    tz = [torch.tensor(z, requires_grad=True) for z in zs]
+    ps = [torch.softmax(z[idx], dim=1) for z in tz]
+    mean = torch.stack(ps).mean(0)
+    sharp = mean**2  # 1 / tau with tau = 0.5
+    target = (sharp / sharp.sum(1, keepdim=True)).detach()
+    ref = sum(((p - target) ** 2).sum(1).mean() for p in ps) / 3
+    ref.backward()
+    assert loss == pytest.approx(ref.item(), rel=1e-12)
+    for g, z in zip(grads, tz, strict=True):
+        np.testing.assert_allclose(g, z.grad.numpy(), rtol=1e-10, atol=1e-14)
+    assert not grads[0][[1, 4, 5]].any()  # rows outside the index get no gradient
+
+
+def test_consistency_bad_inputs() -> None:
+    from ruvattn.losses import consistency
+
+    z = np.zeros((3, 2))
+    with pytest.raises(InvalidConfig):
+        consistency([z])
+    with pytest.raises(DimensionMismatch):
+        consistency([z, np.zeros((3, 3))])
+    with pytest.raises(InvalidConfig):
+        consistency([z, z], temperature=0.0)
+    with pytest.raises(NumericalInstability):
+        consistency([z, z + np.nan])
+    with pytest.raises(DimensionMismatch):
+        consistency([z, z], index=[5])

@@ -10,6 +10,7 @@ Numba-backed library again and redraws. They need the ``widgets`` extra::
 - :class:`NeighbourhoodView`: one node and its 1–2 hop neighbours, edges by attention weight.
 - :class:`PoincareDiskView`: points in the Poincaré disk, geodesic arcs weighted by attention.
 - :class:`MoERoutingView`: expert choices, load against the ideal, entropy, dead and dropped.
+- :class:`SearchPathView`: step through a search on a real HNSW index (greedy, beam, your own policy).
 
 Every widget exports a static image (``save_image``: SVG/PNG/PDF) and an offline HTML file
 (``save_html``: plotly.js inlined, no CDN at view time).
@@ -30,6 +31,7 @@ try:
     from .neighbourhood import NeighbourhoodView
     from .poincare import PoincareDiskView
     from .routing import MoERoutingView
+    from .search_path import SearchPathView
 except ImportError as exc:  # pragma: no cover - only without the extra
     raise ImportError(
         f"ruvattn.widgets needs the widgets extra ({exc.name} is missing): pip install 'ruvattn[widgets]'"
@@ -42,4 +44,5 @@ __all__ = [
     "MoERoutingView",
     "NeighbourhoodView",
     "PoincareDiskView",
+    "SearchPathView",
 ]

@@ -263,3 +263,12 @@ def test_edge_weights_multiply_each_keys_share(kind: str) -> None:
                                rtol=1e-12, atol=1e-12)  # fmt: skip
     with pytest.raises(InvalidConfig, match="edge_weights"):
         m.forward_with_metadata(q, k, v, GraphMetadata(distances=np.zeros(12)))
+
+
+def test_large_tables_take_the_parallel_kernel_with_the_same_result() -> None:
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((300, 256)).astype(np.float32)  # 76,800 entries: rows go to Numba's threads
+    pos = rng.uniform(0, 50, 300)
+    for layout in ("interleaved", "half"):
+        got = GraphRoPE(256, layout=layout).rotate(x, pos)
+        np.testing.assert_allclose(got, ref.rotate(x, pos, 10000.0, layout), rtol=1e-5, atol=1e-5)

@@ -26,8 +26,9 @@ must run on the thread that calls it: BLAS threads inside Numba threads oversubs
 (on a loaded 2-core machine a 64 x 256 x 64 product went from 10 µs to 1,100 µs).  Callers launch
 them inside :func:`ruvattn._blas.one_thread`, which pins the BLAS to one thread.  A batch of one
 block runs its serial kernel (:func:`many_block`, :func:`flash_block`) on the calling thread with the
-BLAS as the user set it, as a numpy product would (the BLAS splits a product's rows and columns
-over its threads, never a sum, so the bits are the same).  Where pinning is not possible, OpenBLAS
+BLAS as the user set it, as a numpy product would (results agree to rounding whatever the BLAS's
+threads: OpenBLAS's SkylakeX kernels split rows and columns, never a sum, and keep the bits; its Haswell
+kernels changed float32 results by up to 5e-8 between 1 and 2 threads).  Where pinning is not possible, OpenBLAS
 still runs a product whose ``m * n * k`` is at most 65,536 x 4
 (``SMP_THRESHOLD_MIN x GEMM_MULTITHREAD_THRESHOLD``, interface/gemm.c) on the calling thread, and
 :func:`tile_shape` keeps every product within :data:`GEMM_BUDGET`.  The block shape depends on the

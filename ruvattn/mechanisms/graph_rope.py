@@ -67,6 +67,8 @@ from ruvattn.mechanisms.base import (
 __all__ = ["GraphRoPE"]
 
 Array = NDArray[np.floating]
+#: tables of at least this many entries are rotated in parallel (batch and neighbour forms only)
+_PARALLEL_ENTRIES = 1 << 16
 
 
 def _buckets(owner: str, name: str, value: Any) -> tuple[float, ...]:
@@ -156,12 +158,15 @@ class GraphRoPE(Attention):
         arr = V.as_array(np.atleast_2d(x), op, "x", 2)
         V.check_width(op, "x", arr, self.hidden_dim)
         pos = self._positions(op, np.atleast_1d(positions) if one else positions, arr.shape[0], "positions")
-        out = self._rotated(arr, pos, -1.0 if inverse else 1.0)
+        out = self._rotated(arr, pos, -1.0 if inverse else 1.0, many=True)
         return out[0] if one else out
 
-    def _rotated(self, x: Array, pos: NDArray[np.float64], sign: float = 1.0) -> Array:
+    def _rotated(self, x: Array, pos: NDArray[np.float64], sign: float = 1.0, many: bool = False) -> Array:
+        """``x`` rotated row by row; ``many`` (a batch or neighbour lists) lets a large table use Numba's threads
+        (one query's keys never do: the single-query forms launch no parallel kernel)."""
         out = np.empty_like(x)
-        R.rotate(x, pos, self.inverse_frequencies(), self.config.layout == "half", sign, out)
+        kernel = R.rotate_many if many and x.size >= _PARALLEL_ENTRIES else R.rotate
+        kernel(x, pos, self.inverse_frequencies(), self.config.layout == "half", sign, out)
         return out
 
     def _positions(self, op: str, positions: Any, n: int, name: str) -> NDArray[np.float64]:
@@ -224,8 +229,9 @@ class GraphRoPE(Attention):
         self, op: str, q: Array, k: Array, key_positions: Any, qpos: NDArray[np.float64]
     ) -> tuple[Array, Array, NDArray[np.float64]]:
         kpos = self._positions(op, key_positions, k.shape[0], "key_positions")
-        qr = self._rotated(np.ascontiguousarray(self._project(q, "w_q")), qpos)
-        kr = self._rotated(np.ascontiguousarray(self._project(k, "w_k")), kpos)
+        many = q.shape[0] > 1
+        qr = self._rotated(np.ascontiguousarray(self._project(q, "w_q")), qpos, many=many)
+        kr = self._rotated(np.ascontiguousarray(self._project(k, "w_k")), kpos, many=many)
         if not (np.isfinite(qr).all() and np.isfinite(kr).all()):
             raise NumericalInstability(f"{op}: the projected query or keys overflowed {q.dtype.name}; scale them down.")
         return qr, kr, kpos
@@ -431,8 +437,8 @@ class GraphRoPE(Attention):
         np.add.at(dqr, node, sc * ds[:, None] * kr)
         dkr = sc * ds[:, None] * qr[node]
         dvg = p[:, None] * g[node]
-        dqp = self._rotated(np.ascontiguousarray(dqr, dtype=dt), qpos, -1.0)
-        dkp = self._rotated(np.ascontiguousarray(dkr, dtype=dt), epos, -1.0)
+        dqp = self._rotated(np.ascontiguousarray(dqr, dtype=dt), qpos, -1.0, many=True)
+        dkp = self._rotated(np.ascontiguousarray(dkr, dtype=dt), epos, -1.0, many=True)
         kg, vgr = k[nl.indices], v[nl.indices]
         params: dict[str, Array] = {}
         if self.config.projections:
@@ -454,3 +460,5 @@ class GraphRoPE(Attention):
         self.forward_with_metadata(ex.query, ex.keys, ex.values, md)
         self.forward(ex.query, ex.keys, ex.values, key_positions=np.linspace(0.0, 3.0, n), query_position=1.0)
         self.rotate(ex.keys, np.arange(n), inverse=True)
+        out = np.empty_like(ex.keys)  # the parallel kernel, which only tables of 65,536+ entries reach
+        R.rotate_many(ex.keys, np.arange(n, dtype=np.float64), self.inverse_frequencies(), False, 1.0, out)

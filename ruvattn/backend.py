@@ -73,6 +73,21 @@ def _warm_training(dt: type) -> None:
     mine_hard_negatives(x, path, 1)
 
 
+def _warm_graph() -> None:
+    """The HNSW navigator's kernels (:mod:`ruvattn.kernels.navigator`: edge tables, the navigated search), when
+    faiss is installed (the navigator needs an :class:`~ruvattn.graph.hnsw.HNSWIndex`); one dtype: faiss
+    stores float32 vectors and the queries run in float64."""
+    from ruvattn.graph.hnsw import HNSWIndex, faiss_available
+
+    if not faiss_available():
+        return
+    from ruvattn.graph.navigator import Navigator
+
+    x = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+    nav = Navigator(HNSWIndex.build(x, M=4, ef_construction=16)).fit(x[:60] + 0.01, efs=(8,))
+    nav.search(x[:2], 3, ef=8)
+
+
 def _warm_geometry(dt: type) -> None:
     """The geometry module's own kernels (every manifold operation), outside any mechanism."""
     from ruvattn.geometry import Lorentz, PoincareBall, Sphere
@@ -135,8 +150,8 @@ def warmup(verbose: bool = False) -> dict[str, float]:
     """Compile every kernel for float32 and float64 once; returns seconds per dtype.
 
     It iterates over the registry: every kind's :meth:`~ruvattn.mechanisms.Attention.example` in each dtype
-    through every form of the contract (:func:`warm_mechanism`), plus the geometry module's and the training
-    layers' kernels.  A mechanism registered tomorrow is warmed without an edit here.  With the on-disk cache
+    through every form of the contract (:func:`warm_mechanism`), plus the geometry module's, the training
+    layers' and (with faiss) the HNSW navigator's kernels.  A mechanism registered tomorrow is warmed without an edit here.  With the on-disk cache
     (``NUMBA_CACHE_DIR``) a second process loads the kernels instead of compiling them.
     """
     from ruvattn.mechanisms import available, mechanism_class
@@ -149,6 +164,8 @@ def warmup(verbose: bool = False) -> dict[str, float]:
             warm_mechanism(ex.mechanism, ex)
         _warm_geometry(dt)
         _warm_training(dt)
+        if dt is np.float32:
+            _warm_graph()
         timings[np.dtype(dt).name] = time.perf_counter() - t0
         if verbose:
             print(f"warmup {np.dtype(dt).name}: {timings[np.dtype(dt).name]:.2f} s")

@@ -15,7 +15,7 @@ from numpy.typing import ArrayLike, NDArray
 from ruvattn._validation import positive_int
 from ruvattn.errors import InvalidConfig, NumericalInstability
 
-__all__ = ["SyntheticGraph", "clustered_graph", "exact_knn"]
+__all__ = ["SyntheticGraph", "clustered_graph", "clustered_points", "exact_knn"]
 
 
 @dataclass(frozen=True)
@@ -38,14 +38,30 @@ def clustered_graph(
     n_clusters, k = positive_int(owner, "n_clusters", n_clusters), positive_int(owner, "k", k)
     if k >= n_nodes:
         raise InvalidConfig(f"{owner}: 'k' must be smaller than n_nodes={n_nodes}; got {k}.")
+    emb, labels = clustered_points(n_nodes, dim, n_clusters, seed, spread)
+    return SyntheticGraph(emb, labels, exact_knn(emb, k, normalize=False))
+
+
+def clustered_points(
+    n_nodes: int = 2000, dim: int = 128, n_clusters: int = 16, seed: int = 0, spread: float = 0.35
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """:func:`clustered_graph`'s embeddings and cluster labels without the neighbour lists (no all-pairs step, so
+    any size): unit-norm rows ``centre + spread * N(0, I/dim)`` around ``n_clusters`` random unit centres.
+
+    >>> x, labels = clustered_points(100, 8, 4, seed=1)
+    >>> x.shape, bool(np.allclose(np.linalg.norm(x, axis=1), 1, atol=1e-6)), int(labels.max()) < 4
+    ((100, 8), True, True)
+    """
+    owner = "clustered_points"
+    n_nodes, dim = positive_int(owner, "n_nodes", n_nodes), positive_int(owner, "dim", dim)
+    n_clusters = positive_int(owner, "n_clusters", n_clusters)
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((n_clusters, dim))
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     labels = rng.integers(0, n_clusters, n_nodes)
     x = centres[labels] + spread * rng.standard_normal((n_nodes, dim)) / np.sqrt(dim)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    emb = x.astype(np.float32)
-    return SyntheticGraph(emb, labels.astype(np.int64), exact_knn(emb, k, normalize=False))
+    return x.astype(np.float32), labels.astype(np.int64)
 
 
 def exact_knn(embeddings: ArrayLike, k: int, *, normalize: bool = True, block: int = 1024) -> NDArray[np.int64]:

@@ -151,8 +151,9 @@ def warmup(verbose: bool = False) -> dict[str, float]:
 
     It iterates over the registry: every kind's :meth:`~ruvattn.mechanisms.Attention.example` in each dtype
     through every form of the contract (:func:`warm_mechanism`), plus the geometry module's, the training
-    layers' and (with faiss) the HNSW navigator's kernels.  A mechanism registered tomorrow is warmed without an edit here.  With the on-disk cache
-    (``NUMBA_CACHE_DIR``) a second process loads the kernels instead of compiling them.
+    layers' and (with faiss) the HNSW navigator's kernels.  A mechanism registered tomorrow is warmed without
+    an edit here.  With the on-disk cache (``NUMBA_CACHE_DIR``) a second process loads the kernels instead of
+    compiling them.
     """
     from ruvattn.mechanisms import available, mechanism_class
 

@@ -222,8 +222,9 @@ class Navigator:
                               z0, zu, use, collect, margins, layer_of, visited, i + 1, res_d, res_i, cand_d,
                               cand_i, dq, st)  # fmt: skip
             carried = st[4]
-            order = np.argsort(res_d[:size], kind="stable")[:k]
+            beam = -res_d[:size]  # the kernel keeps negated distances (a min-heap whose top is the worst)
+            order = np.argsort(beam, kind="stable")[:k]
             ids[i, : order.size] = res_i[:size][order]
-            dist[i, : order.size] = res_d[:size][order]
+            dist[i, : order.size] = beam[order]
             stats[i] = st
         return ids, dist, stats

@@ -85,41 +85,6 @@ def _pop_min(dist, ids, size):
 
 
 @_inline
-def _push_max(dist, ids, size, d, i):
-    k = size
-    dist[k] = d
-    ids[k] = i
-    while k > 0:
-        p = (k - 1) // 2
-        if dist[p] >= dist[k]:
-            break
-        dist[p], dist[k] = dist[k], dist[p]
-        ids[p], ids[k] = ids[k], ids[p]
-        k = p
-    return size + 1
-
-
-@_inline
-def _pop_max(dist, ids, size):
-    size -= 1
-    dist[0] = dist[size]
-    ids[0] = ids[size]
-    k = 0
-    while True:
-        a = 2 * k + 1
-        if a >= size:
-            break
-        if a + 1 < size and dist[a + 1] > dist[a]:
-            a += 1
-        if dist[k] >= dist[a]:
-            break
-        dist[a], dist[k] = dist[k], dist[a]
-        ids[a], ids[k] = ids[k], ids[a]
-        k = a
-    return size
-
-
-@_inline
 def _full(q, x, n):
     acc = 0.0
     for i in range(x.shape[1]):
@@ -156,9 +121,9 @@ def navigate(q, x, indptr, indices, entry, max_level, ef, order, tails, bsq, che
     """One query: greedy descent on the upper layers (threshold: the current node's distance), then an
     ``ef``-beam on layer 0 (threshold: the ef-th best once the beam is full), admitting neighbours through
     :func:`_admit` when ``use``.  ``indptr (L, N + 1)`` indexes ``indices`` for every layer.  Returns the beam
-    size; ``res_d``/``res_i`` hold it (a max-heap).  ``stats`` += (full distances, partial dims, expansions,
-    tests); with ``collect`` every neighbour that would be admitted adds a row of margins (``layer_of`` its
-    layer) and the count of rows is ``stats[4]``."""
+    size; ``res_d``/``res_i`` hold it as a min-heap of *negated* distances (so its top is the worst).
+    ``stats`` += (full distances, partial dims, expansions, tests); with ``collect`` every neighbour that would
+    be admitted adds a row of margins (``layer_of`` its layer) and the count of rows is ``stats[4]``."""
     d = x.shape[1]
     nj = checkpoints.shape[0]
     c = entry
@@ -192,14 +157,14 @@ def navigate(q, x, indptr, indices, entry, max_level, ef, order, tails, bsq, che
             c, dc = best, bestd
             if c == prev:
                 break
-    nr = _push_max(res_d, res_i, 0, dc, c)
+    nr = _push_min(res_d, res_i, 0, -dc, c)
     nc = _push_min(cand_d, cand_i, 0, dc, c)
     visited[c] = stamp
     while nc > 0:
         dcur = cand_d[0]
         cur = cand_i[0]
         nc = _pop_min(cand_d, cand_i, nc)
-        if nr >= ef and dcur > res_d[0]:
+        if nr >= ef and dcur > -res_d[0]:
             break
         for i in range(d):
             dq[i] = q[i] - float(x[cur, i])
@@ -209,7 +174,7 @@ def navigate(q, x, indptr, indices, entry, max_level, ef, order, tails, bsq, che
             if visited[n] == stamp:
                 continue
             visited[n] = stamp
-            thr = res_d[0] if nr >= ef else np.inf
+            thr = -res_d[0] if nr >= ef else np.inf
             row = int(stats[4])
             take = collect and row < margins.shape[0]
             dn, used = _admit(q, dq, x, n, cur, e, thr, dcur, order, tails, bsq, checkpoints, z0, use, margins,
@@ -224,9 +189,9 @@ def navigate(q, x, indptr, indices, entry, max_level, ef, order, tails, bsq, che
             if take and thr < np.inf and dn < thr:
                 layer_of[row] = 0
                 stats[4] += 1
-            if dn < np.inf and (nr < ef or dn < res_d[0]):
+            if dn < np.inf and (nr < ef or dn < -res_d[0]):
                 nc = _push_min(cand_d, cand_i, nc, dn, n)
-                nr = _push_max(res_d, res_i, nr, dn, n)
+                nr = _push_min(res_d, res_i, nr, -dn, n)
                 if nr > ef:
-                    nr = _pop_max(res_d, res_i, nr)
+                    nr = _pop_min(res_d, res_i, nr)
     return nr

@@ -102,5 +102,14 @@ def test_the_search_path_view_takes_the_navigator(setup) -> None:
 
     _, test, index, nav, _, _ = setup
     view = SearchPathView(index, test[:3], policies={"navigator": nav.trace}, mode="navigator", ef=32)
-    assert view.state.trace.mode == "navigator" and view.error is None
-    np.testing.assert_array_equal(view.state.trace.ids, nav.search(test[0], 10, ef=32).ids[0])
+    t = view.state.trace
+    res = nav.search(test[0], 10, ef=32)
+    assert t.mode == "navigator" and view.error is None
+    np.testing.assert_array_equal(t.ids, res.ids[0])
+    # the route: from the entry point down the layers, every fully evaluated node a neighbour of the expanded one
+    assert t.steps[0].node == index.entry_point and t.visited[0] == index.entry_point
+    assert [s.layer for s in t.steps] == sorted((s.layer for s in t.steps), reverse=True)
+    for s in t.steps:
+        assert set(s.evaluated.tolist()) <= set(index.layer(s.layer).neighbours(s.node).tolist())
+    assert t.distance_computations == res.full[0] and len(t.steps) == res.expansions[0]
+    assert view.state.computations == t.distance_computations

@@ -36,7 +36,7 @@ from numpy.typing import NDArray
 from ruvattn import _validation as V
 from ruvattn.errors import DimensionMismatch, InvalidConfig
 from ruvattn.graph.hnsw import HNSWIndex
-from ruvattn.graph.search import SearchTrace
+from ruvattn.graph.search import SearchStep, SearchTrace
 from ruvattn.kernels import navigator as K
 
 __all__ = ["Navigator", "NavigatorResult"]
@@ -163,14 +163,49 @@ class Navigator:
         return NavigatorResult(ids, dist, stats[:, 0], stats[:, 1] / self.index.dim, stats[:, 2])
 
     def trace(self, index: HNSWIndex, query: Any, k: int, ef: int) -> SearchTrace:
-        """A :class:`~ruvattn.graph.search.SearchTrace` of one navigated search, for
-        :class:`~ruvattn.widgets.SearchPathView` (``policies={"navigator": nav.trace}``): its results and the
-        nodes it evaluated in full (the kernel does not record the order of expansions, so ``steps`` is empty)."""
+        """One navigated search as a :class:`~ruvattn.graph.search.SearchTrace`, for
+        :class:`~ruvattn.widgets.SearchPathView` (``policies={"navigator": nav.trace}``): each expansion is a
+        step with the neighbours it evaluated in full (the ones it dropped cost a fraction and are not listed);
+        ``beam`` is the best node so far.  ``visited`` is every node evaluated in full, in order."""
+        op = "Navigator.trace"
         if index is not self.index:
-            raise InvalidConfig("Navigator.trace: the view's index is not the one the navigator was built on.")
-        res = self.search(query, k, ef=ef)
-        q = np.asarray(query, np.float64)
-        return SearchTrace(q, "navigator", ef, [], res.ids[0], res.distances[0], res.ids[0][res.ids[0] >= 0])
+            raise InvalidConfig(f"{op}: the view's index is not the one the navigator was built on.")
+        if self.z0 is None:
+            raise InvalidConfig(f"{op}: call fit(training_queries) first.")
+        q = self._queries(op, np.atleast_2d(query))
+        k, ef = self._k_ef(op, k, ef)
+        route = np.zeros((3 * self.index.num_nodes + 1024, 3), np.int64)  # room for the whole route (else cut short)
+        ids, dist, stats = self._run(q, ef, k, use=True, collect=False, route=route)
+        rows = route[: int(stats[0, 5])]
+        x = self._x.astype(np.float64)
+        qq = q[0]
+        steps: list[SearchStep] = []
+        visited: list[int] = []
+        best, best_d = -1, np.inf
+        pending: list[int] = []
+        current: tuple[int, int] | None = None
+
+        def close() -> None:
+            if current is None:
+                return
+            node, layer = current
+            ev = np.array(pending, dtype=np.int64)
+            dv = ((x[ev] - qq) ** 2).sum(axis=1) if ev.size else np.empty(0)
+            steps.append(SearchStep(layer, node, float(((x[node] - qq) ** 2).sum()), ev, dv, best, np.array([best])))
+
+        for kind, node, layer in rows.tolist():
+            if kind == 0:
+                close()
+                current, pending = (node, layer), []
+            else:
+                visited.append(node)
+                dn = float(((x[node] - qq) ** 2).sum())
+                if dn < best_d:
+                    best, best_d = node, dn
+                if current is not None:
+                    pending.append(node)
+        close()
+        return SearchTrace(qq, "navigator", ef, steps, ids[0], dist[0], np.array(visited, dtype=np.int64))
 
     # -- internals ---------------------------------------------------------------------------------
     def _queries(self, op: str, queries: Any) -> NDArray[np.float64]:
@@ -199,6 +234,7 @@ class Navigator:
         collect: bool,
         margins: NDArray[np.float64] | None = None,
         layer_of: NDArray[np.int64] | None = None,
+        route: NDArray[np.int64] | None = None,
     ) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]:
         n, d = self._x.shape
         m = q.shape[0]
@@ -212,15 +248,16 @@ class Navigator:
         dq = np.empty(d)
         ids = np.full((m, k), -1, np.int64)
         dist = np.full((m, k), np.inf)
-        stats = np.zeros((m, 5))
+        stats = np.zeros((m, 6))
         carried = 0.0  # collected rows continue across queries
+        path = np.zeros((0, 3), np.int64) if route is None else route
         for i in range(m):
-            st = np.zeros(5)
+            st = np.zeros(6)
             st[4] = carried
             size = K.navigate(q[i], self._x, self._indptr, self._indices, self.index.entry_point,
                               self.index.max_level, ef, self._order, self._tails, self._bsq, self.checkpoints,
                               z0, zu, use, collect, margins, layer_of, visited, i + 1, res_d, res_i, cand_d,
-                              cand_i, dq, st)  # fmt: skip
+                              cand_i, dq, st, path)  # fmt: skip
             carried = st[4]
             beam = -res_d[:size]  # the kernel keeps negated distances (a min-heap whose top is the worst)
             order = np.argsort(beam, kind="stable")[:k]

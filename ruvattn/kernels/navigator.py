@@ -115,20 +115,34 @@ def _admit(q, dq, x, n, c, e, thr, dqc, order, tails, bsq, checkpoints, z, use, 
     return _full(q, x, n), float(x.shape[1])
 
 
+@_inline
+def _note(path, stats, kind, node, layer):
+    """Record row ``(kind, node, layer)`` of the route (kind 0: ``node`` expanded on ``layer``; 1: ``node``
+    evaluated in full) while ``path`` has room; ``stats[5]`` counts the rows."""
+    row = int(stats[5])
+    if row < path.shape[0]:
+        path[row, 0] = kind
+        path[row, 1] = node
+        path[row, 2] = layer
+        stats[5] += 1
+
+
 @_serial
 def navigate(q, x, indptr, indices, entry, max_level, ef, order, tails, bsq, checkpoints, z0, zu, use,
-             collect, margins, layer_of, visited, stamp, res_d, res_i, cand_d, cand_i, dq, stats):  # fmt: skip
+             collect, margins, layer_of, visited, stamp, res_d, res_i, cand_d, cand_i, dq, stats, path):  # fmt: skip
     """One query: greedy descent on the upper layers (threshold: the current node's distance), then an
     ``ef``-beam on layer 0 (threshold: the ef-th best once the beam is full), admitting neighbours through
     :func:`_admit` when ``use``.  ``indptr (L, N + 1)`` indexes ``indices`` for every layer.  Returns the beam
     size; ``res_d``/``res_i`` hold it as a min-heap of *negated* distances (so its top is the worst).
     ``stats`` += (full distances, partial dims, expansions, tests); with ``collect`` every neighbour that would
-    be admitted adds a row of margins (``layer_of`` its layer) and the count of rows is ``stats[4]``."""
+    be admitted adds a row of margins (``layer_of`` its layer) and the count of rows is ``stats[4]``; the route
+    goes to ``path`` (:func:`_note`; give a ``(0, 3)`` array not to record it)."""
     d = x.shape[1]
     nj = checkpoints.shape[0]
     c = entry
     dc = _full(q, x, c)
     stats[0] += 1
+    _note(path, stats, 1, c, max_level)
     for lev in range(max_level, 0, -1):
         while True:
             prev = c
@@ -136,6 +150,7 @@ def navigate(q, x, indptr, indices, entry, max_level, ef, order, tails, bsq, che
             for i in range(d):
                 dq[i] = q[i] - float(x[c, i])
             stats[2] += 1
+            _note(path, stats, 0, c, lev)
             for e in range(indptr[lev, c], indptr[lev, c + 1]):
                 n = indices[e]
                 row = int(stats[4])
@@ -147,6 +162,7 @@ def navigate(q, x, indptr, indices, entry, max_level, ef, order, tails, bsq, che
                     stats[3] += 1
                 else:
                     stats[0] += 1
+                    _note(path, stats, 1, n, lev)
                     if use:
                         stats[3] += nj
                 if take and dn < bestd:
@@ -169,6 +185,7 @@ def navigate(q, x, indptr, indices, entry, max_level, ef, order, tails, bsq, che
         for i in range(d):
             dq[i] = q[i] - float(x[cur, i])
         stats[2] += 1
+        _note(path, stats, 0, cur, 0)
         for e in range(indptr[0, cur], indptr[0, cur + 1]):
             n = indices[e]
             if visited[n] == stamp:
@@ -184,6 +201,7 @@ def navigate(q, x, indptr, indices, entry, max_level, ef, order, tails, bsq, che
                 stats[3] += 1
             else:
                 stats[0] += 1
+                _note(path, stats, 1, n, 0)
                 if use and thr < np.inf:
                     stats[3] += nj
             if take and thr < np.inf and dn < thr:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import copy
 import re
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 nbformat = pytest.importorskip("nbformat")
@@ -118,3 +120,31 @@ def _check_offline_page(html):
     assert "mathjax" not in html.lower()
     assert STATE in html and '"slider-model"' in html and "IntSliderModel" in html
     assert "A slider" in html
+
+
+def test_save_image_retries_once_when_kaleidos_page_is_not_ready(tmp_path, monkeypatch):
+    """kaleido sometimes queries its Chromium page before the page's scripts ran ("kaleido_scopes is not
+    defined", seen once in CI): the export tries once more; any other error, or a second failure, is raised."""
+    import plotly.graph_objects as go
+
+    from ruvattn.widgets import AttentionHeatmap
+
+    rng = np.random.default_rng(0)
+    view = AttentionHeatmap("scaled_dot_product", rng.standard_normal((2, 4)), rng.standard_normal((3, 4)))
+    calls = []
+
+    def flaky(self, path, **kwargs):
+        calls.append(path)
+        if len(calls) == 1:
+            raise RuntimeError("ReferenceError: kaleido_scopes is not defined")
+        Path(path).write_text("<svg/>")
+
+    monkeypatch.setattr(go.Figure, "write_image", flaky)
+    assert view.save_image(tmp_path / "a.svg").read_text() == "<svg/>" and len(calls) == 2
+
+    def broken(self, path, **kwargs):
+        raise RuntimeError("something else")
+
+    monkeypatch.setattr(go.Figure, "write_image", broken)
+    with pytest.raises(RuntimeError, match="something else"):
+        view.save_image(tmp_path / "b.svg")

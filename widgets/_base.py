@@ -285,5 +285,12 @@ class AttentionWidget(ABC):
                 f"{self.name}.save_image needs kaleido and a Chrome/Chromium: pip install 'ruvattn[widgets]'"
             )
         fig = self.to_figure()
-        fig.write_image(str(path), format=fmt, width=width, height=height or fig.layout.height or 500, scale=scale)
+        for attempt in range(2):  # kaleido can query its page before the page's scripts ran: try once more then
+            try:
+                fig.write_image(str(path), format=fmt, width=width, height=height or fig.layout.height or 500,
+                                scale=scale)  # fmt: skip
+                break
+            except Exception as exc:
+                if attempt or "kaleido_scopes is not defined" not in str(exc):
+                    raise
         return path

@@ -26,11 +26,13 @@ from ruvattn.nn.core import (
     glorot,
     softmax_cross_entropy,
 )
+from ruvattn.nn.dual import DualSpaceLayer, Propagation, dual_space_model, grand_model
 from ruvattn.nn.gat import GATLayer, GATv2Layer, Graph
 
 __all__ = [
     "ELU",
     "Dropout",
+    "DualSpaceLayer",
     "GATLayer",
     "GATv2Layer",
     "Graph",
@@ -39,8 +41,11 @@ __all__ = [
     "Linear",
     "Module",
     "Parameter",
+    "Propagation",
     "ReLU",
     "Sequential",
+    "dual_space_model",
     "glorot",
+    "grand_model",
     "softmax_cross_entropy",
 ]

@@ -126,15 +126,35 @@ class Module(ABC):
     def eval(self) -> Module:
         return self.train(False)
 
+    def buffers(self) -> dict[str, Array]:
+        """State that is not learned by gradient but belongs to the model (saved and restored with the parameters):
+        none by default."""
+        return {}
+
+    def load_buffers(self, state: dict[str, Array]) -> None:
+        """Restore :meth:`buffers` from ``state`` (the same names); a layer with buffers overrides this."""
+        if state:
+            raise DimensionMismatch(f"{type(self).__name__} has no buffers; got {sorted(state)}.")
+
+    def _modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        yield prefix, self
+        for name, child in self.children():
+            yield from child._modules(prefix + name + ".")
+
     def state_dict(self) -> dict[str, Array]:
-        """Copies of every parameter's array by dotted name."""
-        return {name: p.data.copy() for name, p in self.named_parameters()}
+        """Copies of every parameter's array and every buffer by dotted name."""
+        state = {name: p.data.copy() for name, p in self.named_parameters()}
+        for prefix, module in self._modules():
+            state.update({prefix + name: np.array(v, copy=True) for name, v in module.buffers().items()})
+        return state
 
     def load_state_dict(self, state: dict[str, Array]) -> None:
-        """Copy arrays of :meth:`state_dict`'s names and shapes into the parameters (all of them, or none)."""
+        """Copy arrays of :meth:`state_dict`'s names and shapes into the parameters and buffers (all, or none)."""
         params = dict(self.named_parameters())
-        if set(state) != set(params):
-            missing, extra = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+        buffers = {prefix + name for prefix, m in self._modules() for name in m.buffers()}
+        if set(state) != set(params) | buffers:
+            expected = set(params) | buffers
+            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
             raise DimensionMismatch(f"load_state_dict: missing {missing}, unexpected {extra}.")
         for name, p in params.items():
             arr = np.asarray(state[name])
@@ -142,6 +162,10 @@ class Module(ABC):
                 raise DimensionMismatch(f"load_state_dict: {name} has shape {p.data.shape}; got {arr.shape}.")
         for name, p in params.items():
             p.data[...] = state[name]
+        for prefix, module in self._modules():
+            names = module.buffers()
+            if names:
+                module.load_buffers({name: state[prefix + name] for name in names})
 
 
 class Sequential(Module):

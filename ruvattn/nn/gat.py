@@ -71,7 +71,11 @@ class Graph:
     src: Ids
     dst: Ids
     num_nodes: int
+    #: How many disjoint copies of one graph this is (:meth:`repeat`); node ``c * (num_nodes // copies) + i``
+    #: is node ``i`` of copy ``c``.
+    copies: int = 1
     _cache: dict[bool, Slots] = field(default_factory=dict, repr=False, compare=False)
+    _derived: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_edges(cls, src: Any, dst: Any, num_nodes: int) -> Graph:
@@ -103,6 +107,47 @@ class Graph:
     @property
     def num_edges(self) -> int:
         return int(self.src.size)
+
+    @property
+    def base_nodes(self) -> int:
+        """Nodes per copy (``num_nodes`` unless the graph is a :meth:`repeat`)."""
+        return self.num_nodes // self.copies
+
+    def repeat(self, copies: int) -> Graph:
+        """``copies`` disjoint copies of this graph as one (cached): a batch of ``copies`` stochastic passes over
+        the same graph (dropout, DropNode) is one forward over the stacked features."""
+        if isinstance(copies, bool) or not isinstance(copies, (int, np.integer)) or copies < 1:
+            raise InvalidConfig(f"Graph.repeat: copies must be a positive integer; got {copies!r}.")
+        if copies == 1:
+            return self
+        key = ("repeat", int(copies))
+        got = self._derived.get(key)
+        if got is None:
+            offsets = np.repeat(np.arange(copies, dtype=np.int64) * self.num_nodes, self.src.size)
+            got = Graph(np.tile(self.src, copies) + offsets, np.tile(self.dst, copies) + offsets,
+                        self.num_nodes * int(copies), self.copies * int(copies))  # fmt: skip
+            self._derived[key] = got
+        return got
+
+    def propagation(self, dtype: Any = np.float32) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        r"""GCN's propagation matrix :math:`\hat A = D^{-1/2}(A + I)D^{-1/2}` and its transpose (cached), as scipy
+        CSR: row ``i`` of :math:`\hat A x` sums over ``i``'s sources (duplicate edges add up), self loops
+        replaced by one per node, :math:`D` the row sums of :math:`A + I` (in-degree plus one)."""
+        dt = np.dtype(dtype)
+        key = ("propagation", dt.str)
+        got = self._derived.get(key)
+        if got is None:
+            n = self.num_nodes
+            keep = self.src != self.dst
+            loops = np.arange(n, dtype=np.int64)
+            rows, cols = np.concatenate([self.dst[keep], loops]), np.concatenate([self.src[keep], loops])
+            a = sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(n, n))
+            a.sum_duplicates()
+            inv = 1.0 / np.sqrt(np.asarray(a.sum(1)).ravel())
+            a = (sp.diags(inv) @ a @ sp.diags(inv)).tocsr().astype(dt)
+            got = (a, a.T.tocsr())
+            self._derived[key] = got
+        return got
 
     def slots(self, self_loops: bool) -> Slots:
         """The slot layout, cached: with ``self_loops`` the input's loops are removed and each node gets one

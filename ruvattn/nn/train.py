@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from ruvattn.datasets.planetoid import NodeData
 from ruvattn.errors import InvalidConfig
+from ruvattn.losses import consistency as consistency_loss
 from ruvattn.nn.core import ELU, Dropout, Module, Sequential, softmax_cross_entropy
 from ruvattn.nn.gat import GATLayer, GATv2Layer, Graph
 
@@ -95,20 +97,44 @@ class FitResult:
 
 
 def fit(model: Module, data: NodeData, optimizer: Any, epochs: int = 1000, patience: int = 100,
-        callback: Callable[[EpochStats], None] | None = None, progress: bool = False) -> FitResult:  # fmt: skip
+        callback: Callable[[EpochStats], None] | None = None, progress: bool = False, samples: int = 1,
+        consistency: float = 0.0, temperature: float = 0.5, select: str = "paper") -> FitResult:  # fmt: skip
     """Train ``model`` on ``data``'s training nodes (whole graph, one step per epoch) and select on validation.
 
     Each epoch: one training step (dropout on), then an evaluation pass (dropout off) giving the validation
     loss and accuracy and the test accuracy.  ``callback`` gets every epoch's :class:`EpochStats` (a live
     plot, a log).  ``progress`` shows a progress bar (tqdm).  At the end the model holds the selected
     epoch's parameters.
+
+    ``select="paper"`` keeps an epoch when its validation accuracy is at least the best so far and its validation
+    loss at most the lowest so far (the GAT paper's code); ``select="loss"`` keeps the epoch with the lowest
+    validation loss (GRAND's code: a model trained with the consistency loss sharpens its predictions, and its
+    validation loss rarely falls again together with a new best accuracy).  Either way training stops after
+    ``patience`` epochs in which neither the validation accuracy nor the loss improved.
+
+    ``samples > 1`` makes each training step ``samples`` stochastic passes at once (one forward over
+    :meth:`Graph.repeat` copies of the graph with the features stacked, so every dropout draws anew per
+    copy): the loss is their mean cross-entropy plus ``consistency`` times GRAND's consistency loss between
+    them (:func:`ruvattn.losses.consistency`, sharpening ``temperature``, over every node).
     """
     if epochs < 1 or patience < 1:
         raise InvalidConfig(f"fit: epochs and patience must be >= 1; got {epochs} and {patience}.")
+    if select not in ("paper", "loss"):
+        raise InvalidConfig(f"fit: select must be 'paper' or 'loss'; got {select!r}.")
+    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
+        raise InvalidConfig(f"fit: samples must be a positive integer; got {samples!r}.")
+    if not (np.isfinite(consistency) and consistency >= 0.0):
+        raise InvalidConfig(f"fit: consistency must be a finite weight >= 0; got {consistency}.")
+    if consistency > 0.0 and samples < 2:
+        raise InvalidConfig("fit: the consistency loss compares passes: it needs samples >= 2.")
     if data.train.size == 0 or data.val.size == 0:
         raise InvalidConfig("fit: the data needs training and validation nodes.")
     graph = Graph.from_neighbours(data.graph)
     x, y = data.x, data.labels
+    n = data.num_nodes
+    train_x, train_graph = x, graph.repeat(samples)
+    if samples > 1:
+        train_x = sp.vstack([x] * samples, format="csr") if sp.issparse(x) else np.concatenate([x] * samples)
     best_acc, best_loss = -1.0, float("inf")
     chosen: FitResult | None = None
     waited = 0
@@ -123,8 +149,22 @@ def fit(model: Module, data: NodeData, optimizer: Any, epochs: int = 1000, patie
             t0 = time.perf_counter()
             model.train()
             model.zero_grad()
-            logits = model(x, graph)
-            loss, dlogits = softmax_cross_entropy(logits, y, data.train)
+            logits = model(train_x, train_graph)
+            if samples == 1:
+                loss, dlogits = softmax_cross_entropy(logits, y, data.train)
+            else:
+                passes = [logits[s * n : (s + 1) * n] for s in range(samples)]
+                terms = [softmax_cross_entropy(z, y, data.train) for z in passes]
+                loss = float(np.mean([t[0] for t in terms]))
+                grads = [t[1] / samples for t in terms]
+                if consistency > 0.0:
+                    extra, dcons = consistency_loss(passes, temperature)
+                    loss += consistency * extra
+                    grads = [
+                        g + logits.dtype.type(consistency) * dc.astype(logits.dtype)
+                        for g, dc in zip(grads, dcons, strict=True)
+                    ]
+                dlogits = np.concatenate(grads)
             model.backward(dlogits)
             optimizer.step()
             seconds = time.perf_counter() - t0
@@ -141,7 +181,8 @@ def fit(model: Module, data: NodeData, optimizer: Any, epochs: int = 1000, patie
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", val_acc=f"{val_acc:.3f}")
             if val_acc >= best_acc or val_loss <= best_loss:
-                if val_acc >= best_acc and val_loss <= best_loss:
+                keep = val_loss <= best_loss if select == "loss" else val_acc >= best_acc and val_loss <= best_loss
+                if keep:
                     chosen = FitResult(epoch, val_acc, val_loss, test_acc, model.state_dict())
                 best_acc, best_loss = max(best_acc, val_acc), min(best_loss, val_loss)
                 waited = 0

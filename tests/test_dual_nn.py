@@ -255,6 +255,31 @@ def test_hnsw_latent_neighbours_are_nearly_exact():
     assert not (got == np.arange(2000)[:, None]).any() and (got >= 0).all()
 
 
+@pytest.mark.parametrize(
+    "index", ["knn", pytest.param("hnsw", marks=pytest.mark.skipif(not faiss_available(), reason="needs faiss"))]
+)
+def test_latent_neighbours_can_be_restricted_to_candidates(index):
+    rng = np.random.default_rng(12)
+    z = rng.standard_normal((300, 8)).astype(np.float32)
+    cand = np.sort(rng.choice(300, 200, replace=False))
+    got = latent_knn(z, 6, index, candidates=cand)
+    unit = z / np.linalg.norm(z, axis=1, keepdims=True)
+    sim = unit @ unit[cand].T
+    sim[np.arange(300)[:, None] == cand[None, :]] = -np.inf
+    want = cand[np.argsort(-sim, axis=1, kind="stable")[:, :6]]
+    assert np.isin(got, cand).all() and not (got == np.arange(300)[:, None]).any()
+    overlap = np.mean([len(set(a) & set(b)) / 6 for a, b in zip(got, want, strict=True)])
+    assert overlap == 1.0 if index == "knn" else overlap > 0.95
+    if index == "knn":
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(InvalidConfig, match="candidates"):
+        latent_knn(z, 6, index, candidates=[0, 1, 2])
+    layer = nn.DualSpaceLayer(8, 2, k=6, index=index, seed=0)
+    layer.latent_candidates = cand
+    layer.eval()(z, _sym_graph(rng, n=300, e=400))
+    assert np.isin(layer.latent_neighbours(), cand).all()
+
+
 def test_stacked_copies_are_independent_passes_over_one_graph():
     rng = np.random.default_rng(10)
     g = _sym_graph(rng, n=20, e=40)

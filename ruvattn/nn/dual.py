@@ -116,24 +116,50 @@ class Propagation(Module):
         return f"Propagation(order={self.order}, dropnode={self.dropnode})"
 
 
-def latent_knn(z: Array, k: int, index: str = "auto", seed: int = 12345) -> NDArray[np.int64]:
-    """Each row's ``k`` nearest other rows of ``z`` by cosine similarity, ``(N, k)``: from an HNSW index over the
-    unit rows (``"hnsw"``; ``"auto"`` when faiss is installed) or exactly (``"knn"``).  A row the index could not
-    fill (-1) takes its exact neighbours."""
-    from ruvattn.datasets.synthetic import exact_knn
+def _exact_among(unit: Array, cand: NDArray[np.int64], k: int, rows: NDArray[np.int64]) -> NDArray[np.int64]:
+    """Exact cosine top-``k`` of ``unit[rows]`` among ``unit[cand]`` (the row itself excluded), blockwise."""
+    out = np.empty((rows.size, k), np.int64)
+    for lo in range(0, rows.size, 1024):
+        r = rows[lo : lo + 1024]
+        sim = unit[r] @ unit[cand].T
+        sim[r[:, None] == cand[None, :]] = -np.inf
+        top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(sim, top, 1), axis=1, kind="stable")
+        out[lo : lo + r.size] = cand[np.take_along_axis(top, order, 1)]
+    return out
+
+
+def latent_knn(z: Array, k: int, index: str = "auto", seed: int = 12345, candidates: Any = None) -> NDArray[np.int64]:
+    """Each row's ``k`` nearest other rows of ``z`` by cosine similarity, ``(N, k)``, nearest first: from an HNSW
+    index over the unit rows (``"hnsw"``; ``"auto"`` when faiss is installed) or exactly (``"knn"``).
+    ``candidates`` (node ids) restricts the neighbours to those rows (the index holds only them).  A row the
+    index could not fill takes its exact neighbours."""
     from ruvattn.graph.hnsw import HNSWIndex, resolve_graph
 
+    op = "latent_knn"
     way = resolve_graph(index)
     z = np.asarray(z, np.float32)
+    n = z.shape[0]
+    cand = np.arange(n, dtype=np.int64) if candidates is None else np.unique(np.asarray(candidates, np.int64))
+    if cand.size and (cand[0] < 0 or cand[-1] >= n):
+        raise InvalidConfig(f"{op}: candidates must be node ids in [0, {n}).")
+    if k > cand.size - 1:
+        raise InvalidConfig(f"{op}: k={k} neighbours need more than {cand.size} candidates.")
     norms = np.linalg.norm(z, axis=1, keepdims=True)
     unit = z / np.where(norms > 0, norms, 1.0)
+    rows = np.arange(n, dtype=np.int64)
     if way == "knn":
-        return exact_knn(unit, k, normalize=False)
-    ids = HNSWIndex.build(unit, M=16, ef_construction=100, seed=seed).nearest_others(np.arange(z.shape[0]), k)
-    bad = (ids < 0).any(1)
-    if bad.any():
-        ids[bad] = exact_knn(unit, k, normalize=False)[bad]
-    return ids
+        return _exact_among(unit, cand, k, rows)
+    found = HNSWIndex.build(unit[cand], M=16, ef_construction=100, seed=seed).search(unit, k + 1, ef=max(64, 2 * k + 2))
+    ids = np.where(found.ids >= 0, cand[np.maximum(found.ids, 0)], -1)
+    out = np.full((n, k), -1, np.int64)
+    for i in range(n):
+        others = ids[i][(ids[i] != i) & (ids[i] >= 0)][:k]
+        out[i, : others.size] = others
+    bad = np.flatnonzero((out < 0).any(1))
+    if bad.size:
+        out[bad] = _exact_among(unit, cand, k, bad)
+    return out
 
 
 class DualSpaceLayer(_GraphAttentionLayer):
@@ -189,6 +215,9 @@ class DualSpaceLayer(_GraphAttentionLayer):
         self._init_bias()
         self._latent: Graph | None = None
         self._latent_ids: NDArray[np.int64] | None = None
+        #: node ids the latent neighbours are drawn from (``None``: every node); e.g. every node but the labelled
+        #: training nodes, so that no training node sees another's label through its latent neighbours
+        self.latent_candidates: NDArray[np.int64] | None = None
         self._steps = 0  # training forwards so far
         self._built = 0  # the value of _steps when the neighbours were set
         self._provisional = False  # set from a training input: rebuild at the first evaluation
@@ -235,7 +264,7 @@ class DualSpaceLayer(_GraphAttentionLayer):
             if self.k >= base:
                 raise InvalidConfig(f"DualSpaceLayer: k={self.k} latent neighbours need more than {base} nodes.")
             z = x[:base].toarray() if sp.issparse(x) else np.asarray(x[:base])
-            self.set_latent(latent_knn(z, self.k, self.index))
+            self.set_latent(latent_knn(z, self.k, self.index, candidates=self.latent_candidates))
             self._provisional = self.training
             self.rebuilds += 1
         latent = self._latent

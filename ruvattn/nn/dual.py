@@ -34,7 +34,9 @@ from ruvattn.errors import DimensionMismatch, InvalidConfig, NumericalInstabilit
 from ruvattn.kernels import training as KT
 from ruvattn.nn.core import (
     Array,
+    Dropout,
     Input,
+    Linear,
     Module,
     Parameter,
     ReLU,
@@ -388,6 +390,19 @@ class DualSpaceLayer(_GraphAttentionLayer):
                 f"k={self.k}, refresh={self.refresh}, index={self.index!r})")  # fmt: skip
 
 
+def _grand_trunk(num_features: int, hidden: int, order: int, dropnode: float, input_dropout: float,
+                 hidden_dropout: float, rng: np.random.Generator, dtype: np.dtype) -> list[Module]:  # fmt: skip
+    """GRAND's augmentation and hidden layer, the linear map first (it commutes with the propagation, which then
+    runs on ``hidden`` channels instead of the raw features)."""
+    return [
+        Dropout(input_dropout, seed=rng),
+        Linear(num_features, hidden, bias=False, seed=rng, dtype=dtype),
+        Propagation(order, dropnode, seed=rng),
+        ReLU(),
+        Dropout(hidden_dropout, seed=rng),
+    ]
+
+
 def dual_space_model(
     num_features: int,
     num_classes: int,
@@ -407,36 +422,18 @@ def dual_space_model(
     dtype: Any = np.float32,
 ) -> Sequential:
     """Dropout(``input_dropout``) → Linear(features, ``hidden``, no bias) → :class:`Propagation` (``order``,
-    ``dropnode``) → ReLU → Dropout(``hidden_dropout``) → :class:`DualSpaceLayer` (``hidden`` → classes, one head,
-    ``k`` latent neighbours rebuilt every ``refresh`` evaluations).
+    ``dropnode``) → ReLU → Dropout(``hidden_dropout``) → :class:`DualSpaceLayer` (``hidden`` → classes, ``heads``
+    averaged, ``k`` latent neighbours rebuilt every ``refresh`` training steps, residual by default).
 
-    The first three are GRAND's augmentation with the linear map moved before the propagation (they commute, so
-    the propagation runs on ``hidden`` channels instead of the raw features); train it with
+    The first five layers are GRAND's augmentation and hidden layer (:func:`grand_model`); train it with
     ``fit(..., samples=4, consistency=1.0, temperature=0.5, patience=200)`` (GRAND's Cora settings).
     """
-    from ruvattn.nn.core import Dropout, Linear
-
     rng = np.random.default_rng(seed)
     dt = _float_dtype(dtype)
+    head = DualSpaceLayer(hidden, num_classes, heads=heads, k=k, refresh=refresh, index=index, self_path=self_path,
+                          residual=residual, dropout=attention_dropout, seed=rng, dtype=dt)  # fmt: skip
     return Sequential(
-        Dropout(input_dropout, seed=rng),
-        Linear(num_features, hidden, bias=False, seed=rng, dtype=dt),
-        Propagation(order, dropnode, seed=rng),
-        ReLU(),
-        Dropout(hidden_dropout, seed=rng),
-        DualSpaceLayer(
-            hidden,
-            num_classes,
-            heads=heads,
-            k=k,
-            refresh=refresh,
-            index=index,
-            self_path=self_path,
-            residual=residual,
-            dropout=attention_dropout,
-            seed=rng,
-            dtype=dt,
-        ),
+        *_grand_trunk(num_features, hidden, order, dropnode, input_dropout, hidden_dropout, rng, dt), head
     )
 
 
@@ -451,17 +448,9 @@ def grand_model(
     seed: int | None = None,
     dtype: Any = np.float32,
 ) -> Sequential:
-    """GRAND's model (Feng et al. 2020) as :func:`dual_space_model` builds it, with a linear classifier in place of
-    the dual-space layer: the ablation that shows what the two attentions add.  Train it the same way."""
-    from ruvattn.nn.core import Dropout, Linear
-
+    """GRAND's model (Feng et al. 2020): the trunk of :func:`dual_space_model` with a linear classifier in place of
+    the dual-space layer -- the ablation that shows what the two attentions add.  Train it the same way."""
     rng = np.random.default_rng(seed)
     dt = _float_dtype(dtype)
-    return Sequential(
-        Dropout(input_dropout, seed=rng),
-        Linear(num_features, hidden, bias=False, seed=rng, dtype=dt),
-        Propagation(order, dropnode, seed=rng),
-        ReLU(),
-        Dropout(hidden_dropout, seed=rng),
-        Linear(hidden, num_classes, seed=rng, dtype=dt),
-    )
+    trunk = _grand_trunk(num_features, hidden, order, dropnode, input_dropout, hidden_dropout, rng, dt)
+    return Sequential(*trunk, Linear(hidden, num_classes, seed=rng, dtype=dt))

@@ -584,3 +584,62 @@ def _dying_run_point(task: dict) -> dict:
     import os
 
     os._exit(3)
+
+
+@pytest.mark.kernels
+def test_a_kernel_that_dies_at_start_is_started_again(toy, monkeypatch):
+    """jupyter_client's "Kernel died before replying to kernel_info" (no cell ran: e.g. two workers raced for a
+    port) starts the point again, up to KERNEL_START_ATTEMPTS times, and says so in the point's log; the
+    notebook runs once, so its result is the same as a clean run's."""
+    import papermill
+
+    root, points, fresh = toy
+    key = fresh[1]["key"]
+    (points / f"{key}.json").unlink()
+    real, calls = papermill.execute_notebook, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) < experiments.KERNEL_START_ATTEMPTS:
+            raise RuntimeError("Kernel died before replying to kernel_info")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(papermill, "execute_notebook", flaky)
+    monkeypatch.setattr(experiments.time, "sleep", lambda s: None)
+    report = run_experiment(root / "toy.experiment.yaml", workers=1, progress=False)
+    assert (report.executed, report.cached, report.failed) == (1, 1, [])
+    _same_results(report.rows, fresh)
+    log = (points / f"{key}.log").read_text()
+    assert log.count("kernel start failed (Kernel died before replying to kernel_info)") == 2
+    assert _executions(root).count("1") == 2  # once when the cache was made, once now
+
+
+@pytest.mark.parametrize(
+    ("error", "attempts"),
+    [
+        (RuntimeError("Kernel died before replying to kernel_info"), 3),  # never came up: gives up after 3
+        (RuntimeError("Kernel didn't respond in 60 seconds"), 3),
+        (RuntimeError("the notebook's own error"), 1),  # anything else is the point's result: not retried
+        (ValueError("Kernel died before replying to kernel_info"), 1),
+    ],
+)
+def test_kernel_start_retries_only_startup_failures(tmp_path, monkeypatch, error, attempts):
+    import papermill
+
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        raise error
+
+    monkeypatch.setattr(papermill, "execute_notebook", failing)
+    monkeypatch.setattr(experiments.time, "sleep", lambda s: None)
+    task = {
+        "notebook": str(tmp_path / "nb.ipynb"), "out_nb": str(tmp_path / "p" / "k.ipynb"),
+        "log": str(tmp_path / "p" / "k.log"), "json": str(tmp_path / "p" / "k.json"), "numba_threads": 1,
+        "key": "k", "params": {}, "grid": {}, "repeat": 0, "seed": 0,
+    }  # fmt: skip
+    result = experiments.run_point(task)
+    assert len(calls) == attempts
+    assert result["status"] == "failed" and result["error"] == f"{type(error).__name__}: {error}"
+    assert json.loads(Path(task["json"]).read_text())["status"] == "failed"

@@ -57,6 +57,7 @@ import hashlib
 import itertools
 import json
 import os
+import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -343,11 +344,21 @@ def run_point(task: dict[str, Any]) -> dict[str, Any]:
             saved = os.dup(2)  # the kernel process inherits fd 2: its own messages go to the log too
             os.dup2(log.fileno(), 2)
             try:
-                papermill.execute_notebook(
-                    task["notebook"], str(out_nb), parameters=task["params"], kernel_name="python3",
-                    cwd=str(Path(task["notebook"]).parent), progress_bar=False, log_output=True,
-                    stdout_file=log, stderr_file=log,
-                )  # fmt: skip
+                for attempt in range(1, KERNEL_START_ATTEMPTS + 1):
+                    try:
+                        papermill.execute_notebook(
+                            task["notebook"], str(out_nb), parameters=task["params"], kernel_name="python3",
+                            cwd=str(Path(task["notebook"]).parent), progress_bar=False, log_output=True,
+                            stdout_file=log, stderr_file=log,
+                        )  # fmt: skip
+                        break
+                    except RuntimeError as exc:
+                        if not _kernel_start_failed(exc) or attempt == KERNEL_START_ATTEMPTS:
+                            raise
+                        # no cell ran: the kernel never came up (e.g. two workers raced for a port)
+                        log.write(f"\n[ruvattn] kernel start failed ({exc}); attempt {attempt + 1}\n")
+                        log.flush()
+                        time.sleep(0.5 * attempt + random.random())
             finally:
                 os.dup2(saved, 2)
                 os.close(saved)
@@ -359,6 +370,17 @@ def run_point(task: dict[str, Any]) -> dict[str, Any]:
     # written last, and whole or not at all: a record on disk means the notebook next to it is complete
     _write_atomic(json_path, json.dumps(result, default=str, indent=1))
     return result
+
+
+#: how often a point's kernel is started when it dies before running a cell
+KERNEL_START_ATTEMPTS = 3
+_KERNEL_START_ERRORS = ("Kernel died before replying to kernel_info", "Kernel didn't respond in")
+
+
+def _kernel_start_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` is jupyter_client's report that the kernel never answered (no cell of the notebook ran:
+    starting again is safe); a cell's own error is papermill's ``PapermillExecutionError`` and is not this."""
+    return isinstance(exc, RuntimeError) and str(exc).startswith(_KERNEL_START_ERRORS)
 
 
 def _error_text(exc: BaseException) -> str:

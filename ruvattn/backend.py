@@ -88,6 +88,21 @@ def _warm_graph() -> None:
     nav.search(x[:2], 3, ef=8)
 
 
+def _warm_quantized() -> None:
+    """The quantised-table kernels (:mod:`ruvattn.kernels.quant`) through every form, for int8 and uint8 codes
+    with float32 scales (float16 scales, ~13 s more per layout, compile on first use)."""
+    from ruvattn.compression import quantize
+    from ruvattn.mechanisms import mechanism_class
+
+    x = np.random.default_rng(0).standard_normal((12, 8)).astype(np.float32)
+    attn = mechanism_class("scaled_dot_product")(8)
+    for fmt, symmetric in (("int8", True), ("int4", False)):
+        t = quantize(x, fmt, symmetric=symmetric)
+        attn.forward(x[0], t, t)
+        attn.forward_batch(x[:3], t, t)
+        attn.forward_neighbours(x[:3], t, t, [[0, 1], [2], []])
+
+
 def _warm_geometry(dt: type) -> None:
     """The geometry module's own kernels (every manifold operation), outside any mechanism."""
     from ruvattn.geometry import Lorentz, PoincareBall, Sphere
@@ -167,6 +182,7 @@ def warmup(verbose: bool = False) -> dict[str, float]:
         _warm_training(dt)
         if dt is np.float32:
             _warm_graph()
+            _warm_quantized()
         timings[np.dtype(dt).name] = time.perf_counter() - t0
         if verbose:
             print(f"warmup {np.dtype(dt).name}: {timings[np.dtype(dt).name]:.2f} s")

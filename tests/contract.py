@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 
 from ruvattn import AttentionError, DimensionMismatch, EmptyInput, InvalidConfig, NumericalInstability, build
+from ruvattn.compression import QuantizedTable, quantize
 from ruvattn.mechanisms import Attention, Example, mechanism_class
 
 
@@ -508,6 +510,68 @@ def check_metadata(kind: str) -> None:
            m.forward(ex.query, ex.keys, ex.values))  # fmt: skip
 
 
+#: one table of each kind of layout: INT8 per row (golden rule), INT4 asymmetric in blocks, bfloat16
+QUANTIZED = (("int8", {}), ("int4", {"symmetric": False, "block": 4}), ("bfloat16", {}))
+
+
+def _same(kind: str, what: str, on_table: Any, on_floats: Any, dtype: Any = np.float32) -> None:
+    """``on_table()`` (quantised tables) equals ``on_floats()`` (their dequantised float32 tables), or raises the
+    same error type."""
+    try:
+        want = on_floats()
+    except AttentionError as exc:
+        try:
+            on_table()
+        except type(exc):
+            return
+        raise AssertionError(
+            f"{kind}.{what}: the float tables raise {type(exc).__name__}, the quantised do not"
+        ) from None
+    got = on_table()
+    try:
+        _close(got, want, dtype)
+    except AssertionError as exc:
+        raise AssertionError(f"{kind}.{what} over a quantised table: {exc}") from None
+
+
+def _quantized_forms(kind: str, fmt: str, m: Attention, ex: Example, kt: QuantizedTable, vt: QuantizedTable) -> None:
+    kd, vd = kt.dequantize(), vt.dequantize()
+    q, qs, nl = ex.query, ex.queries, ex.neighbours
+    _same(kind, f"forward[{fmt}]", lambda: m.forward(q, kt, vt), lambda: m.forward(q, kd, vd))
+    _same(kind, f"forward_batch[{fmt}]", lambda: m.forward_batch(qs, kt, vt), lambda: m.forward_batch(qs, kd, vd))
+    _same(kind, f"forward_neighbours[{fmt}]", lambda: m.forward_neighbours(qs, kt, vt, nl),
+          lambda: m.forward_neighbours(qs, kd, vd, nl))  # fmt: skip
+    _same(kind, f"weights[{fmt}]", lambda: m.weights(q, kt), lambda: m.weights(q, kd))
+    _same(kind, f"weights batch[{fmt}]", lambda: m.weights(qs, kt), lambda: m.weights(qs, kd))
+    _same(kind, f"weights neighbours[{fmt}]", lambda: m.weights(qs, kt, neighbours=nl),
+          lambda: m.weights(qs, kd, neighbours=nl))  # fmt: skip
+    _same(kind, f"prepare[{fmt}]", lambda: m.forward(q, m.prepare(kt, vt)), lambda: m.forward(q, kd, vd))
+
+
+def check_quantized_tables(kind: str) -> None:
+    """A :class:`QuantizedTable` is accepted wherever a key or value table is (one query, a batch, neighbour
+    lists, weights, prepare) and gives what its dequantised float32 table gives; the neighbour form of a
+    mechanism that does not read the codes gets float rows of only the rows it can read."""
+    ex = example(kind, np.float32)
+    m = ex.mechanism
+    nl = ex.neighbours
+    for fmt, kw in QUANTIZED:
+        _quantized_forms(kind, fmt, m, ex, quantize(ex.keys, fmt, **kw), quantize(ex.values, fmt, **kw))
+    # a mechanism that reads float rows gets, for neighbour lists, only rows 0..N-1 and the rows they name
+    kt = quantize(np.vstack([ex.keys, np.repeat(ex.keys[:1], 50, axis=0)]), "int8")
+    vt = quantize(np.vstack([ex.values, np.repeat(ex.values[:1], 50, axis=0)]), "int8")
+    seen: list[int] = []
+    original = QuantizedTable.dequantize
+
+    def counting(self: QuantizedTable, rows: Any = None) -> Any:
+        seen.append(self.shape[0] if rows is None else len(rows))
+        return original(self, rows)
+
+    with mock.patch.object(QuantizedTable, "dequantize", counting):
+        m.forward_neighbours(ex.queries, kt, vt, nl)
+    assert all(s < kt.shape[0] for s in seen), f"{kind}: the neighbour form dequantised a whole table ({seen})"
+
+
 CHECKS = (
     check_weights,
     check_forms,
@@ -525,4 +589,5 @@ CHECKS = (
     check_gradients,
     check_rejected_changes,
     check_metadata,
+    check_quantized_tables,
 )

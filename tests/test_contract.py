@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from ruvattn import ScaledDotProductAttention, available
+from ruvattn.compression import QuantizedTable
 from ruvattn.mechanisms import base, register
 from tests import contract as C
 
@@ -68,7 +69,26 @@ def broken() -> Iterator[dict[str, str]]:
         def forward(self, query: Any, keys: Any, values: Any = None, **kwargs: Any) -> Any:
             return super().forward(query, keys, values, **kwargs).astype(np.float64)
 
-    kinds.update(weights="broken_weights", mutation="broken_mutation", mask="broken_mask", dtype="broken_dtype")
+    @register("broken_codes")
+    class BrokenCodes(ScaledDotProductAttention):
+        """Reads a quantised table's raw codes as if they were the values (scales forgotten)."""
+
+        def forward(self, query: Any, keys: Any, values: Any = None, **kwargs: Any) -> Any:
+            if isinstance(values, QuantizedTable):
+                values = values.codes[:, : values.dim].astype(np.float32)
+            return super().forward(query, keys, values, **kwargs)
+
+    @register("broken_whole_table")
+    class BrokenWholeTable(ScaledDotProductAttention):
+        """Claims to read quantised tables but dequantises the whole table for neighbour lists."""
+
+        def forward_neighbours(self, queries: Any, keys: Any, values: Any, neighbours: Any) -> Any:
+            if isinstance(keys, QuantizedTable):
+                keys, values = keys.dequantize(), values.dequantize()
+            return super().forward_neighbours(queries, keys, values, neighbours)
+
+    kinds.update(weights="broken_weights", mutation="broken_mutation", mask="broken_mask", dtype="broken_dtype",
+                 codes="broken_codes", whole="broken_whole_table")  # fmt: skip
     try:
         yield kinds
     finally:
@@ -86,4 +106,8 @@ def test_the_checks_fail_for_broken_mechanisms(broken: dict[str, str]) -> None:
         C.check_masks(broken["mask"])
     with pytest.raises(AssertionError, match="float32 in, float64 out"):
         C.check_dtypes(broken["dtype"])
+    with pytest.raises(AssertionError, match="over a quantised table"):
+        C.check_quantized_tables(broken["codes"])
+    with pytest.raises(AssertionError, match="dequantised a whole table"):
+        C.check_quantized_tables(broken["whole"])
     C.check_weights("scaled_dot_product")  # the parent passes

@@ -39,11 +39,13 @@ from numpy.typing import NDArray
 from ruvattn import _validation as V
 from ruvattn._blas import one_thread
 from ruvattn._params import Param, Parametrized
+from ruvattn.compression.quantization import QuantizedTable
 from ruvattn.errors import DimensionMismatch, InvalidConfig, NumericalInstability, Unsupported
 from ruvattn.geometry import Euclidean, Manifold
 from ruvattn.graph import NeighbourList, as_neighbours
 from ruvattn.graph.metadata import GraphMetadata
 from ruvattn.kernels import attention as K
+from ruvattn.kernels import quant as KQ
 from ruvattn.kernels import tiles as T
 
 __all__ = [
@@ -149,9 +151,48 @@ def _checked_form(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         if neighbours is None:
             raise DimensionMismatch(f"{op}: neighbours are required (a NeighbourList, CSR pair or padded ids).")
         _check_widths(self, op, queries, keys)
+        if _has_table(keys, values) and not self._reads_quantized(keys, values):
+            keys, values, nl = _float_rows(op, queries, keys, values, neighbours)
+            args, kw = ((nl, *args[1:]), kw) if args else (args, {**kw, "neighbours": nl})
         return fn(self, queries, keys, values, *args, **kw)
 
     return forward_neighbours
+
+
+def _has_table(keys: Any, values: Any) -> bool:
+    return type(keys) is QuantizedTable or type(values) is QuantizedTable
+
+
+def _native(keys: Any, values: Any) -> bool:
+    """Keys an INT8/INT4 table, values one too or ``None`` (weights only): the quantised kernels read them."""
+    return (
+        type(keys) is QuantizedTable
+        and keys.readable_in_kernels
+        and (values is None or (type(values) is QuantizedTable and values.readable_in_kernels))
+    )
+
+
+def _float_rows(op: str, queries: Any, keys: Any, values: Any, neighbours: Any) -> tuple[Any, Any, NeighbourList]:
+    """For a mechanism that does not read quantised tables: float rows of only what the neighbour form can
+    read -- rows ``0..N-1`` (node ``i``'s own row, which self loops use) and the rows the lists name --
+    and the lists re-numbered into them.  Never a float copy of a whole large table."""
+    n_nodes, n_keys = int(np.shape(queries)[0]), int(np.shape(keys)[0])
+    nl = as_neighbours(op, neighbours, n_nodes, n_keys)
+    own = min(n_nodes, n_keys)
+    extra = np.unique(nl.indices[nl.indices >= own])
+    rows = np.concatenate([np.arange(own, dtype=np.int64), extra])
+    idx = nl.indices.copy()
+    far = idx >= own
+    idx[far] = own + np.searchsorted(extra, idx[far])
+
+    def pick(t: Any) -> Any:
+        if t is None:
+            return None
+        if type(t) is QuantizedTable:
+            return t.dequantize(rows)
+        return V.as_array(t, op, "values" if t is values else "keys", 2)[rows]
+
+    return pick(keys), pick(values), NeighbourList(nl.indptr, idx, int(rows.size))
 
 
 def _raw(keys: Any) -> bool:
@@ -265,6 +306,10 @@ class Attention(Parametrized, ABC):
     #: The :class:`~ruvattn.graph.GraphMetadata` fields :meth:`forward_with_metadata` can read (empty: the
     #: mechanism takes no graph metadata).
     metadata_fields: ClassVar[tuple[str, ...]] = ()
+    #: Whether the mechanism's kernels read INT8/INT4 :class:`~ruvattn.compression.QuantizedTable` codes
+    #: directly; the others get float rows (the whole table for one query or a batch, only the rows named
+    #: by the lists for the neighbour form).
+    reads_quantized: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Every ``forward_batch`` / ``forward_neighbours`` a mechanism defines first checks what holds for
@@ -304,6 +349,8 @@ class Attention(Parametrized, ABC):
         if neighbours is not None:
             _check_widths(self, op, query, keys)
             _check_options(op, type(self)._weights_neighbours, kwargs, "neighbour lists")
+            if _has_table(keys, None) and not self._reads_quantized(keys, None):
+                keys, _, neighbours = _float_rows(op, query, keys, None, neighbours)
             w = self._weights_neighbours(op, query, keys, neighbours, **kwargs)
         elif np.ndim(query) == 2:
             _check_widths(self, op, query, keys)
@@ -348,6 +395,11 @@ class Attention(Parametrized, ABC):
     def num_weight_heads(self) -> int:
         """``H`` of :meth:`weights` (1 unless the mechanism has several heads)."""
         return 1
+
+    def _reads_quantized(self, keys: Any, values: Any) -> bool:
+        """Whether this call's tables go to the quantised kernels (:attr:`reads_quantized`, INT8/INT4 tables,
+        no dropout: dropout re-weights float rows)."""
+        return self.reads_quantized and _native(keys, values) and not self._dropping
 
     def _check_keys(self, op: str, keys: Any) -> Array:
         if isinstance(keys, Prepared):
@@ -423,6 +475,9 @@ class Attention(Parametrized, ABC):
         real per-key-set work (projections, summaries) return their own form.
         """
         op = f"{self.kind}.prepare"
+        if not isinstance(keys, Prepared) and self._reads_quantized(keys, values):
+            self._check_tables(op, keys, values)
+            return Prepared(keys, values, self, self.state_version)  # the codes stay as they are
         k, v = self._unprepare(op, keys, values)
         if not isinstance(keys, Prepared):  # once per key set: a prepared form never holds NaN/inf
             V.check_finite(op, keys=k, values=v)
@@ -687,6 +742,8 @@ class Attention(Parametrized, ABC):
         scale: float,
     ) -> tuple[Array, Array, Array]:
         """Validate and run one query; returns ``(output, weights (heads, n), lse (heads,))``."""
+        if heads == 1 and _native(keys, values):
+            return self._quantized_one(op, query, keys, values, mask, bias, ids, scale)
         q, k, v, dt = self._tables(op, query, keys, values, "query")
         idx, n = self._key_rows(op, ids, k)
         w = np.empty((heads, n), dt)
@@ -725,6 +782,8 @@ class Attention(Parametrized, ABC):
         want_weights: bool,
     ) -> tuple[Array, Array | None, Array]:
         """Many queries over one key set: ``(outputs, weights (m, heads, n) or None, lse (m, heads))``."""
+        if heads == 1 and _native(keys, values):
+            return self._quantized_many(op, queries, keys, values, mask, bias, scale, want_weights)
         qs, k, v, dt = self._tables(op, queries, keys, values)
         m, n = qs.shape[0], k.shape[0]
         keep, keep_mode = _mode_array(op, "mask", mask, m, n, None)
@@ -763,6 +822,8 @@ class Attention(Parametrized, ABC):
         scale: float,
         want_weights: bool,
     ) -> tuple[Array, Array | None, Array, NeighbourList]:
+        if heads == 1 and _native(keys, values):
+            return self._quantized_neighbours(op, queries, keys, values, neighbours, scale, want_weights)
         qs, k, v, dt = self._tables(op, queries, keys, values)
         nl = as_neighbours(op, neighbours, qs.shape[0], k.shape[0])
         w = np.empty(heads * nl.nnz if want_weights else 0, dt)
@@ -774,6 +835,83 @@ class Attention(Parametrized, ABC):
         if status.any():
             V.raise_for_status(op, status, query=qs, keys=k, values=v, empty_ok=True)
         return out, (_edge_major(w, nl, heads) if want_weights else None), lse, nl
+
+    # -- quantised tables (INT8 / INT4 codes read by the kernels of ruvattn.kernels.quant) ----------
+    def _check_tables(self, op: str, keys: QuantizedTable, values: QuantizedTable | None) -> None:
+        d = self.hidden_dim
+        if keys.dim != d:
+            raise DimensionMismatch(f"{op}: keys has shape {keys.shape}, expected (n, {d}).")
+        if values is not None and values.shape[0] != keys.shape[0]:
+            raise DimensionMismatch(
+                f"{op}: keys has {keys.shape[0]} rows but values has {values.shape[0]}; give one value row per key."
+            )
+
+    def _quantized_query(self, op: str, queries: Any, ndim: int) -> NDArray[np.float32]:
+        name = "query" if ndim == 1 else "queries"
+        q = V.as_array(queries, op, name, ndim, _F32)
+        V.check_width(op, name, q, self.hidden_dim)
+        return q
+
+    def _quantized_one(
+        self, op: str, query: Any, keys: QuantizedTable, values: QuantizedTable | None, mask: Any, bias: Any,
+        ids: Any, scale: float,
+    ) -> tuple[Array, Array, Array]:  # fmt: skip
+        """:meth:`_one` over quantised tables (computed in float32)."""
+        self._check_tables(op, keys, values)
+        q = self._quantized_query(op, query, 1)
+        idx, n = self._key_rows(op, ids, keys)
+        w = np.empty(n, _F32)
+        out = np.empty(values.dim if values is not None else 0, _F32)
+        lse = np.empty(1, _F32)
+        keep = V.as_keep(op, mask, (n,)) if mask is not None else _NO_KEEP
+        b = V.as_bias(op, bias, (n,), _F32) if bias is not None else q
+        vt = values if values is not None else keys
+        status = KQ.q_attend_one(q, *keys.kernel_args(), *vt.kernel_args(), idx if idx is not None else _NO_IDS,
+                                 idx is not None, keep, mask is not None, b, bias is not None, _F32.type(scale),
+                                 values is not None, w, out, lse)  # fmt: skip
+        if status:
+            V.raise_for_status(op, status, query=q, bias=None if bias is None else b)
+        return out, w[None, :], lse
+
+    def _quantized_many(
+        self, op: str, queries: Any, keys: QuantizedTable, values: QuantizedTable | None, mask: Any, bias: Any,
+        scale: float, want_weights: bool,
+    ) -> tuple[Array, Array | None, Array]:  # fmt: skip
+        """:meth:`_many` over quantised tables (computed in float32, parallel over queries)."""
+        self._check_tables(op, keys, values)
+        qs = self._quantized_query(op, queries, 2)
+        m, n = qs.shape[0], keys.shape[0]
+        keep, keep_mode = _mode_array(op, "mask", mask, m, n, None)
+        b, bias_mode = _mode_array(op, "bias", bias, m, n, _F32)
+        w = np.empty((m, n), _F32) if want_weights else np.empty((1, 1), _F32)
+        out = np.empty((m, values.dim if values is not None else 0), _F32)
+        lse = np.empty(m, _F32)
+        status = np.empty(m, np.int8)
+        vt = values if values is not None else keys
+        KQ.q_attend_many(qs, *keys.kernel_args(), *vt.kernel_args(), keep, keep_mode, b, bias_mode, _F32.type(scale),
+                         w, want_weights, values is not None, out, lse, status, K.chunk_size(m))  # fmt: skip
+        if status.any():
+            V.raise_for_status(op, status, query=qs, bias=b if bias_mode else None)
+        return out, (w[:, None, :] if want_weights else None), lse[:, None]
+
+    def _quantized_neighbours(
+        self, op: str, queries: Any, keys: QuantizedTable, values: QuantizedTable | None, neighbours: Any,
+        scale: float, want_weights: bool,
+    ) -> tuple[Array, Array | None, Array, NeighbourList]:  # fmt: skip
+        """:meth:`_neighbours` over quantised tables: each node's rows read from the codes (float32)."""
+        self._check_tables(op, keys, values)
+        qs = self._quantized_query(op, queries, 2)
+        nl = as_neighbours(op, neighbours, qs.shape[0], keys.shape[0])
+        w = np.empty(nl.nnz if want_weights else 0, _F32)
+        out = np.empty((qs.shape[0], values.dim if values is not None else 0), _F32)
+        lse = np.empty(qs.shape[0], _F32)
+        status = np.empty(qs.shape[0], np.int8)
+        vt = values if values is not None else keys
+        KQ.q_attend_csr(qs, *keys.kernel_args(), *vt.kernel_args(), nl.indptr, nl.indices, _F32.type(scale), w,
+                        want_weights, values is not None, out, lse, status, K.chunk_size(qs.shape[0]))  # fmt: skip
+        if status.any():
+            V.raise_for_status(op, status, query=qs, empty_ok=True)
+        return out, (w[None, :] if want_weights else None), lse[:, None], nl
 
 
 def edge_weight_bias(self: Attention, op: str, metadata: GraphMetadata, n: int) -> dict[str, Any]:

@@ -85,6 +85,7 @@ class ScaledDotProductAttention(DropoutMixin, Attention):
     forward_options = frozenset({"mask", "bias", "ids"})
     params = (DIM, SCALE, TEMPERATURE, DROPOUT, SEED)
     supports_backward = True
+    reads_quantized = True
 
     def _init_state(self) -> None:
         self._init_rng()

@@ -1,0 +1,348 @@
+"""Numba kernels for scaled dot-product attention over quantised key/value tables.
+
+The codes are read where they lie and turned into float32 in registers, row by row; no dequantised copy
+of a table (or of a neighbourhood) is ever made.  Layouts are those of
+:class:`ruvattn.compression.QuantizedTable`; a table reaches a kernel as five values:
+
+* ``codes (n, B)``: int8 (INT8 symmetric) or uint8 (INT8 asymmetric; INT4, two columns per byte);
+* ``scales (n, nb)`` and ``offsets (n, nb)``: float32, or uint16 holding float16 bit patterns;
+* ``meta``: int64 ``[mode, block, nb, width, has_offsets]`` -- ``mode`` :data:`INT8` or :data:`INT4`;
+* ``zero``: the code that means 0 (8 for INT4 symmetric, else 0).
+
+A block ``b`` of row ``j`` stands for ``x = scale[j, b] * (u - zero) + offset[j, b]``, so
+
+``q . x_j = sum_b scale[j, b] * (q_b . u_jb - zero * sum(q_b)) + offset[j, b] * sum(q_b)``:
+
+one float dot product of the query with the raw codes per block, the rest per block.  INT4 stores, in
+block ``b``, column ``i`` in the low nibble of byte ``i`` and column ``i + g/2`` in its high nibble; with
+``f`` the byte as a float, ``hi = floor(f / 16)`` and ``lo = f - 16 hi`` (exact in float32), so
+``q_lo lo + q_hi hi = q_lo f + (q_hi - 16 q_lo) hi`` -- two fused multiply-adds per byte, no integer
+shifts (Numba widens those to int64, which do not vectorise on AVX2).  The values side accumulates
+``sum_j a_j f`` and ``sum_j a_j hi`` per byte and unpacks once at the end.
+
+Statuses are those of :mod:`ruvattn.kernels.attention` (``OK``, ``EMPTY``, ``NONFINITE``).  Numpy twins:
+:mod:`ruvattn.reference.quant`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from llvmlite import ir
+from numba import prange, types
+from numba.extending import intrinsic
+
+from ruvattn._config import JIT_DISABLED
+from ruvattn.kernels.attention import (
+    EMPTY,
+    NONFINITE,
+    OK,
+    _inline,
+    _is_finite,
+    _parallel,
+    _serial,
+    exp_sum,
+    max_finite,
+    widest_row,
+)
+
+INT8 = 0
+INT4 = 1
+
+if JIT_DISABLED:
+
+    def f32(x):
+        """float32 of ``x``; a uint16 is a float16 bit pattern (pure-Python fallback)."""
+        if isinstance(x, np.uint16):
+            return np.array(x, np.uint16).view(np.float16).astype(np.float32)[()]
+        return np.float32(x)
+
+else:
+
+    @intrinsic
+    def f32(typingctx, x):
+        """float32 of ``x``: a uint16 is read as float16 bits (``fpext half``: ``vcvtph2ps``), a float32 is
+        itself, an integer code is converted."""
+        if x == types.uint16:
+
+            def codegen(context, builder, signature, args):
+                return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+            return types.float32(x), codegen
+        if x == types.float32:
+
+            def codegen_same(context, builder, signature, args):
+                return args[0]
+
+            return types.float32(x), codegen_same
+        return None
+
+
+@_serial
+def prepare_query(q, meta, qf, q2, qsum):
+    """The query in the table's column order: ``qf`` (INT8: the padded query; INT4: the low-nibble columns
+    per byte), ``q2`` (INT4: ``q_hi - 16 q_lo`` per byte) and ``qsum[b]`` (sum of block ``b``)."""
+    mode, g, nb = meta[0], meta[1], meta[2]
+    d = q.shape[0]
+    if mode == INT8:
+        for b in range(nb):
+            s = np.float32(0)
+            for c in range(b * g, b * g + g):
+                v = np.float32(q[c]) if c < d else np.float32(0)
+                qf[c] = v
+                s += v
+            qsum[b] = s
+    else:
+        h = g // 2
+        for b in range(nb):
+            s = np.float32(0)
+            for i in range(h):
+                lo = b * g + i
+                ql = np.float32(q[lo]) if lo < d else np.float32(0)
+                qh = np.float32(q[lo + h]) if lo + h < d else np.float32(0)
+                qf[b * h + i] = ql
+                q2[b * h + i] = qh - np.float32(16) * ql
+                s += ql + qh
+            qsum[b] = s
+
+
+@_inline
+def row_dot(qf, q2, qsum, codes, scales, offsets, mode, g, nb, has_off, zero, j):
+    """``q . x_j`` for row ``j`` of a quantised table (see the module docstring).
+
+    Written for the vectoriser (each rule measured, 3-13x): no array views per row or block (a view of a
+    buffer allocated in the kernel costs reference counting calls), column indices unsigned (Numba checks
+    signed indices for wraparound, which keeps ``row[b * g + c]`` scalar), and the layout passed in as
+    scalars read once by the caller."""
+    total = np.float32(0)
+    if mode == INT8:
+        for b in range(nb):
+            base = np.uint64(b * g)
+            s = np.float32(0)
+            for c in range(g):
+                k = base + np.uint64(c)
+                s += qf[k] * np.float32(codes[j, k])
+            part = f32(scales[j, b]) * (s - zero * qsum[b])
+            if has_off:
+                part += f32(offsets[j, b]) * qsum[b]
+            total += part
+    else:
+        h = g // 2
+        for b in range(nb):
+            base = np.uint64(b * h)
+            s = np.float32(0)
+            for i in range(h):
+                k = base + np.uint64(i)
+                f = np.float32(codes[j, k])
+                s += qf[k] * f + q2[k] * np.floor(f * np.float32(0.0625))
+            part = f32(scales[j, b]) * (s - zero * qsum[b])
+            if has_off:
+                part += f32(offsets[j, b]) * qsum[b]
+            total += part
+    return total
+
+
+@_inline
+def row_axpy(a, codes, scales, offsets, mode, g, nb, has_off, zero, j, acc, acch, bterm):
+    """Add weight ``a`` times row ``j`` into the accumulators (``acc``/``acch`` per stored column or byte,
+    ``bterm`` per block; :func:`finish_values` turns them into the output).  Same rules as :func:`row_dot`."""
+    if mode == INT8:
+        for b in range(nb):
+            sc = f32(scales[j, b])
+            ab = a * sc
+            base = np.uint64(b * g)
+            for c in range(g):
+                k = base + np.uint64(c)
+                acc[k] += ab * np.float32(codes[j, k])
+            bterm[b] += a * ((f32(offsets[j, b]) if has_off else np.float32(0)) - zero * sc)
+    else:
+        h = g // 2
+        for b in range(nb):
+            sc = f32(scales[j, b])
+            ab = a * sc
+            base = np.uint64(b * h)
+            for i in range(h):
+                k = base + np.uint64(i)
+                f = np.float32(codes[j, k])
+                acc[k] += ab * f
+                acch[k] += ab * np.floor(f * np.float32(0.0625))
+            bterm[b] += a * ((f32(offsets[j, b]) if has_off else np.float32(0)) - zero * sc)
+
+
+@_serial
+def q_scores(qf, q2, qsum, codes, scales, offsets, meta, zero, ids, scale, w):
+    """``w[t] = scale * (q . x_ids[t])``.  The row loops live in small compiled functions of their own: in
+    the middle of the attention kernel LLVM left them scalar (4x slower, measured)."""
+    mode, g, nb, has_off = meta[0], meta[1], meta[2], meta[4]
+    for t in range(w.shape[0]):
+        w[t] = row_dot(qf, q2, qsum, codes, scales, offsets, mode, g, nb, has_off, zero, ids[t]) * scale
+
+
+@_serial
+def q_values(w, codes, scales, offsets, meta, zero, ids, acc, acch, bterm):
+    """Accumulate ``sum_t w[t] x_ids[t]`` (rows with weight 0 are not read) into ``acc``/``acch``/``bterm``."""
+    mode, g, nb, has_off = meta[0], meta[1], meta[2], meta[4]
+    for t in range(w.shape[0]):
+        a = w[t]
+        if a != 0:
+            row_axpy(a, codes, scales, offsets, mode, g, nb, has_off, zero, ids[t], acc, acch, bterm)
+
+
+@_inline
+def finish_values(mode, g, acc, acch, bterm, inv, out):
+    """``out[c] = (value accumulated for column c) * inv`` for the ``out.shape[0]`` real columns."""
+    dv = out.shape[0]
+    if mode == INT8:
+        for c in range(dv):
+            out[c] = (acc[c] + bterm[c // g]) * inv
+    else:
+        h = g // 2
+        for c in range(dv):
+            b = c // g
+            i = c - b * g
+            if i < h:
+                byte = b * h + i
+                out[c] = (acc[byte] - np.float32(16) * acch[byte] + bterm[b]) * inv
+            else:
+                byte = b * h + i - h
+                out[c] = (acch[byte] + bterm[b]) * inv
+
+
+@_serial
+def q_attend_row(q, kc, ks, ko, km, kz, vc, vs, vo, vm, vz, ids, keep, use_keep, bias, use_bias,
+                 scale, want_values, w, out, lse, qf, q2, qsum, acc, acch, bterm):  # fmt: skip
+    """One query over rows ``ids`` of a quantised key table: weights into ``w (n,)``, the output into
+    ``out (dv,)``, ``lse[0]``; returns a status.  (Always by ids: a second, id-less copy of the row loop in the
+    same kernel stopped LLVM vectorising one of the two, measured 4x.)
+
+    ``qf, q2, qsum, acc, acch, bterm``: the float32 scratch arrays of :func:`scratch`.  A compiled function of
+    its own, called once per query: inlined into a kernel that allocates the scratch, its row loops ran 4x
+    slower (measured; arrays allocated in the same function defeat the vectoriser there).  ``keep``/``bias``
+    as in :func:`ruvattn.kernels.attention.attend_row`.
+    """
+    n = w.shape[0]
+    prepare_query(q, km, qf, q2, qsum)
+    q_scores(qf, q2, qsum, kc, ks, ko, km, kz, ids, scale, w)
+    if use_bias:
+        for t in range(n):
+            w[t] += bias[t]
+    if use_keep:
+        for t in range(n):
+            if not keep[t]:
+                w[t] = -np.inf
+    if n == 0:
+        lse[0] = -np.inf
+        out[:] = 0
+        return EMPTY
+    top, finite = max_finite(w)
+    if not finite:
+        # -inf from the mask or a -inf bias is allowed; NaN or +inf is not
+        for t in range(n):
+            if w[t] != w[t] or w[t] == np.inf:
+                out[:] = np.nan
+                lse[0] = np.nan
+                return NONFINITE
+        top = -np.inf
+        for t in range(n):
+            if w[t] > top:
+                top = w[t]
+    if top == -np.inf:
+        w[:] = 0
+        out[:] = 0
+        lse[0] = -np.inf
+        return EMPTY
+    total = exp_sum(w, top)
+    inv = np.float32(1) / total
+    lse[0] = np.float32(top) + math.log(total)
+    if not want_values:
+        for t in range(n):
+            w[t] *= inv
+        return OK
+    vmode, vg = vm[0], vm[1]
+    acc[:] = 0
+    acch[:] = 0
+    bterm[:] = 0
+    q_values(w, vc, vs, vo, vm, vz, ids, acc, acch, bterm)
+    for t in range(n):
+        w[t] *= inv
+    finish_values(vmode, vg, acc, acch, bterm, inv, out)
+    for c in range(out.shape[0]):
+        if not _is_finite(out[c]):
+            return NONFINITE
+    return OK
+
+
+@_inline
+def scratch(km, vm):
+    """``(qf, q2, qsum, acc, acch, bterm)``: the scratch arrays of :func:`q_attend_row` (separate arrays,
+    indexed by scalars: views of one buffer would cost reference counting in the row loops)."""
+    return (np.empty(km[3], np.float32), np.empty(km[3], np.float32), np.empty(km[2], np.float32),
+            np.empty(vm[3], np.float32), np.empty(vm[3], np.float32), np.empty(vm[2], np.float32))  # fmt: skip
+
+
+@_serial
+def q_attend_one(q, kc, ks, ko, km, kz, vc, vs, vo, vm, vz, ids, use_ids, keep, use_keep, bias, use_bias, scale,
+                 want_values, w, out, lse):  # fmt: skip
+    """One query (see :func:`q_attend_row`)."""
+    bufs = scratch(km, vm)
+    rows = ids if use_ids else np.arange(kc.shape[0])
+    return q_attend_row(q, kc, ks, ko, km, kz, vc, vs, vo, vm, vz, rows, keep, use_keep, bias, use_bias,
+                        scale, want_values, w, out, lse, *bufs)  # fmt: skip
+
+
+@_serial
+def q_many_chunk(qs, kc, ks, ko, km, kz, vc, vs, vo, vm, vz, keep, keep_mode, bias, bias_mode, scale, w,
+                 want_weights, want_values, out, lse, status, first, last):  # fmt: skip
+    """Queries ``first..last-1`` of :func:`q_attend_many`, one scratch for the chunk."""
+    n = kc.shape[0]
+    ids = np.arange(n)
+    bufs = scratch(km, vm)
+    wbuf = np.empty(n, np.float32)
+    for i in range(first, last):
+        wi = w[i] if want_weights else wbuf
+        ki = keep[i] if keep_mode == 2 else keep[0]
+        bi = bias[i] if bias_mode == 2 else bias[0]
+        status[i] = q_attend_row(qs[i], kc, ks, ko, km, kz, vc, vs, vo, vm, vz, ids, ki, keep_mode > 0, bi,
+                                 bias_mode > 0, scale, want_values, wi, out[i], lse[i : i + 1], *bufs)  # fmt: skip
+
+
+@_parallel
+def q_attend_many(qs, kc, ks, ko, km, kz, vc, vs, vo, vm, vz, keep, keep_mode, bias, bias_mode, scale, w,
+                  want_weights, want_values, out, lse, status, size):  # fmt: skip
+    """Many queries over one quantised key/value table, parallel over chunks of ``size`` queries; ``w (m, n)``
+    when ``want_weights``.  ``keep``/``bias`` modes as :func:`ruvattn.kernels.attention.attend_many`."""
+    m = qs.shape[0]
+    for c in prange((m + size - 1) // size):
+        first = c * size
+        q_many_chunk(qs, kc, ks, ko, km, kz, vc, vs, vo, vm, vz, keep, keep_mode, bias, bias_mode, scale, w,
+                     want_weights, want_values, out, lse, status, first, min(first + size, m))  # fmt: skip
+
+
+@_serial
+def q_csr_chunk(qs, kc, ks, ko, km, kz, vc, vs, vo, vm, vz, indptr, indices, scale, w, want_weights, want_values,
+                out, lse, status, first, last):  # fmt: skip
+    """Nodes ``first..last-1`` of :func:`q_attend_csr`."""
+    keep = np.empty(0, np.bool_)
+    bias = np.empty(0, np.float32)
+    bufs = scratch(km, vm)
+    wbuf = np.empty(widest_row(indptr, first, last), np.float32)
+    for i in range(first, last):
+        lo = indptr[i]
+        hi = indptr[i + 1]
+        wi = w[lo:hi] if want_weights else wbuf[: hi - lo]
+        status[i] = q_attend_row(qs[i], kc, ks, ko, km, kz, vc, vs, vo, vm, vz, indices[lo:hi], keep, False,
+                                 bias, False, scale, want_values, wi, out[i], lse[i : i + 1], *bufs)  # fmt: skip
+
+
+@_parallel
+def q_attend_csr(qs, kc, ks, ko, km, kz, vc, vs, vo, vm, vz, indptr, indices, scale, w, want_weights, want_values,
+                 out, lse, status, size):  # fmt: skip
+    """Node ``i`` over rows ``indices[indptr[i]:indptr[i+1]]`` of quantised tables, parallel over chunks of
+    nodes; ``w (nnz,)`` aligned with ``indices`` when ``want_weights``.  A node without neighbours gets a zero
+    row and :data:`EMPTY`."""
+    n = qs.shape[0]
+    for c in prange((n + size - 1) // size):
+        first = c * size
+        q_csr_chunk(qs, kc, ks, ko, km, kz, vc, vs, vo, vm, vz, indptr, indices, scale, w, want_weights,
+                    want_values, out, lse, status, first, min(first + size, n))  # fmt: skip

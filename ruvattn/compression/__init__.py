@@ -1,5 +1,54 @@
-"""Tensor compression: quantised key/value tables (:mod:`~ruvattn.compression.quantization`)."""
+"""Tensor compression: quantised key/value tables (:mod:`~ruvattn.compression.quantization`).
+
+:data:`PRESETS` names the layouts the benchmarks and notebooks compare; :func:`agreement` measures how far
+attention over a compressed table is from attention over the float32 one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
 
 from ruvattn.compression.quantization import FORMATS, QuantizedTable, dequantize, quantize, quantize_int8
 
-__all__ = ["FORMATS", "QuantizedTable", "dequantize", "quantize", "quantize_int8"]
+__all__ = ["FORMATS", "PRESETS", "QuantizedTable", "agreement", "dequantize", "preset", "quantize", "quantize_int8"]
+
+#: name -> keyword arguments of :func:`quantize`
+PRESETS: dict[str, dict[str, Any]] = {
+    "int8": {"format": "int8"},
+    "int8_asym": {"format": "int8", "symmetric": False},
+    "int4": {"format": "int4"},
+    "int4_asym": {"format": "int4", "symmetric": False},
+    "int4_asym_b32": {"format": "int4", "symmetric": False, "block": 32},
+    "int4_asym_b64_f16": {"format": "int4", "symmetric": False, "block": 64, "scale_dtype": "float16"},
+    "float16": {"format": "float16"},
+    "bfloat16": {"format": "bfloat16"},
+}
+
+
+def preset(x: Any, name: str) -> QuantizedTable:
+    """``quantize(x, **PRESETS[name])``."""
+    if name not in PRESETS:
+        from ruvattn.errors import InvalidConfig
+
+        raise InvalidConfig(f"preset: unknown name {name!r}; choose one of {', '.join(PRESETS)}.")
+    return quantize(x, **PRESETS[name])
+
+
+def agreement(
+    mechanism: Any, queries: Any, keys: Any, values: Any, table_keys: Any, table_values: Any, top: int = 10
+) -> dict[str, NDArray[np.float64]]:
+    """Per query: cosine similarity of the outputs over the compressed and the float tables, and the overlap
+    of their ``top`` largest attention weights (a fraction of ``top``)."""
+    ref = np.asarray(mechanism.forward_batch(queries, keys, values), np.float64)
+    got = np.asarray(mechanism.forward_batch(queries, table_keys, table_values), np.float64)
+    cos = (ref * got).sum(axis=1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
+    w_ref = mechanism.weights(queries, keys).mean(axis=0)
+    w_got = mechanism.weights(queries, table_keys).mean(axis=0)
+    k = min(top, w_ref.shape[1])
+    a = np.argpartition(-w_ref, k - 1, axis=1)[:, :k]
+    b = np.argpartition(-w_got, k - 1, axis=1)[:, :k]
+    overlap = np.array([len(set(x) & set(y)) / k for x, y in zip(a, b, strict=True)])
+    return {"cosine": cos, "top_overlap": overlap}

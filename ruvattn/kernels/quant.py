@@ -175,18 +175,128 @@ def q_scores(qf, q2, qsum, codes, scales, offsets, meta, zero, ids, scale, w):
     """``w[t] = scale * (q . x_ids[t])``.  The row loops live in small compiled functions of their own: in
     the middle of the attention kernel LLVM left them scalar (4x slower, measured)."""
     mode, g, nb, has_off = meta[0], meta[1], meta[2], meta[4]
+    if mode == INT8 and nb == 1:  # one scale per row: the raw code dots in a loop of their own
+        raw = np.empty(w.shape[0], np.float32)
+        dot_rows_int8(qf, codes, ids, raw)
+        qs0 = qsum[0]
+        for t in range(w.shape[0]):
+            j = ids[t]
+            part = f32(scales[j, 0]) * (raw[t] - zero * qs0)
+            if has_off:
+                part += f32(offsets[j, 0]) * qs0
+            w[t] = part * scale
+        return
+    if mode == INT4 and nb == 1:  # one scale per row: the raw nibble dots in a loop of their own
+        raw = np.empty(w.shape[0], np.float32)
+        dot_rows_int4(qf[: g // 2], q2[: g // 2], codes, ids, raw)
+        qs0 = qsum[0]
+        for t in range(w.shape[0]):
+            j = ids[t]
+            part = f32(scales[j, 0]) * (raw[t] - zero * qs0)
+            if has_off:
+                part += f32(offsets[j, 0]) * qs0
+            w[t] = part * scale
+        return
+    scores_rows(qf, q2, qsum, codes, scales, offsets, mode, g, nb, has_off, zero, ids, scale, w)
+
+
+@_serial
+def scores_rows(qf, q2, qsum, codes, scales, offsets, mode, g, nb, has_off, zero, ids, scale, w):
+    """Any layout, row by row (:func:`row_dot`); a function of its own so its loops vectorise."""
     for t in range(w.shape[0]):
         w[t] = row_dot(qf, q2, qsum, codes, scales, offsets, mode, g, nb, has_off, zero, ids[t]) * scale
+
+
+@_serial
+def values_rows(w, codes, scales, offsets, mode, g, nb, has_off, zero, ids, acc, acch, bterm):
+    """Any layout, row by row (:func:`row_axpy`); a function of its own so its loops vectorise."""
+    for t in range(w.shape[0]):
+        a = w[t]
+        if a != 0:
+            row_axpy(a, codes, scales, offsets, mode, g, nb, has_off, zero, ids[t], acc, acch, bterm)
+
+
+@_serial
+def dot_rows_int4(ql, q2, codes, ids, out):
+    """``out[t]`` = the query's dot product with the nibbles of row ``ids[t]`` (one block per row):
+    ``sum_i ql[i] f_i + q2[i] floor(f_i / 16)`` over the bytes ``f_i`` (see the module docstring)."""
+    h = ql.shape[0]
+    for t in range(ids.shape[0]):
+        j = ids[t]
+        s = np.float32(0)
+        for i in range(h):
+            f = np.float32(codes[j, i])
+            s += ql[i] * f + q2[i] * np.floor(f * np.float32(0.0625))
+        out[t] = s
+
+
+@_serial
+def axpy_rows_int4(w, scales, codes, ids, acc, acch):
+    """``acc += sum_t a_t f``, ``acch += sum_t a_t floor(f / 16)`` over the bytes ``f`` of rows ``ids[t]``, with
+    ``a_t = w[t] scales[ids[t], 0]``; rows with ``w[t] == 0`` are never read."""
+    h = acc.shape[0]
+    for t in range(ids.shape[0]):
+        if w[t] != 0:
+            j = ids[t]
+            a = w[t] * f32(scales[j, 0])
+            for i in range(h):
+                f = np.float32(codes[j, i])
+                acc[i] += a * f
+                acch[i] += a * np.floor(f * np.float32(0.0625))
+
+
+@_serial
+def dot_rows_int8(qf, codes, ids, out):
+    """``out[t] = qf . codes[ids[t]]`` (the 8-bit codes turned into float32 in registers)."""
+    d = qf.shape[0]
+    for t in range(ids.shape[0]):
+        j = ids[t]
+        s = np.float32(0)
+        for c in range(d):
+            s += qf[c] * np.float32(codes[j, c])
+        out[t] = s
+
+
+@_serial
+def axpy_rows_int8(w, scales, codes, ids, acc):
+    """``acc += sum_t w[t] scales[ids[t], 0] codes[ids[t]]`` four rows per pass (one load and store of ``acc``
+    per four rows); rows with ``w[t] == 0`` are never read."""
+    d = acc.shape[0]
+    n = ids.shape[0]
+    t = 0
+    while t + 4 <= n and w[t] != 0 and w[t + 1] != 0 and w[t + 2] != 0 and w[t + 3] != 0:
+        j0, j1, j2, j3 = ids[t], ids[t + 1], ids[t + 2], ids[t + 3]
+        a0 = w[t] * f32(scales[j0, 0])
+        a1 = w[t + 1] * f32(scales[j1, 0])
+        a2 = w[t + 2] * f32(scales[j2, 0])
+        a3 = w[t + 3] * f32(scales[j3, 0])
+        for c in range(d):
+            acc[c] += (a0 * np.float32(codes[j0, c]) + a1 * np.float32(codes[j1, c])
+                       + a2 * np.float32(codes[j2, c]) + a3 * np.float32(codes[j3, c]))  # fmt: skip
+        t += 4
+    while t < n:
+        if w[t] != 0:
+            j = ids[t]
+            a = w[t] * f32(scales[j, 0])
+            for c in range(d):
+                acc[c] += a * np.float32(codes[j, c])
+        t += 1
 
 
 @_serial
 def q_values(w, codes, scales, offsets, meta, zero, ids, acc, acch, bterm):
     """Accumulate ``sum_t w[t] x_ids[t]`` (rows with weight 0 are not read) into ``acc``/``acch``/``bterm``."""
     mode, g, nb, has_off = meta[0], meta[1], meta[2], meta[4]
-    for t in range(w.shape[0]):
-        a = w[t]
-        if a != 0:
-            row_axpy(a, codes, scales, offsets, mode, g, nb, has_off, zero, ids[t], acc, acch, bterm)
+    if nb == 1:
+        if mode == INT8:
+            axpy_rows_int8(w, scales, codes, ids, acc)
+        else:
+            axpy_rows_int4(w, scales, codes, ids, acc[: g // 2], acch[: g // 2])
+        for t in range(w.shape[0]):  # the zero point and offsets: one number per row
+            j = ids[t]
+            bterm[0] += w[t] * ((f32(offsets[j, 0]) if has_off else np.float32(0)) - zero * f32(scales[j, 0]))
+        return
+    values_rows(w, codes, scales, offsets, mode, g, nb, has_off, zero, ids, acc, acch, bterm)
 
 
 @_inline

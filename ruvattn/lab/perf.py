@@ -46,6 +46,7 @@ __all__ = [
     "check_floors",
     "compare",
     "format_table",
+    "interleaved_medians",
     "measure_limits",
     "numpy_attention",
     "numpy_favor",
@@ -218,6 +219,35 @@ def _as_numpy(x: Any) -> np.ndarray:
     return x.detach().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
+def interleaved_medians(
+    calls: dict[str, Callable[[], Any]], rounds: int = 30, min_round_s: float = 2e-3
+) -> dict[str, float]:
+    """Median µs per call of each of ``calls``, timed in interleaved rounds (so a noisy neighbour or a clock
+    change hits all of them alike): in a round each runs ``k`` calls back to back (``k`` chosen once so a batch
+    takes about ``min_round_s``); garbage collection is off while timing."""
+    batch = {}
+    for name, fn in calls.items():
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        batch[name] = max(1, int(min_round_s / max(time.perf_counter() - t0, 1e-7)))
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(rounds):
+            for name, fn in calls.items():
+                k = batch[name]
+                t0 = time.perf_counter()
+                for _ in range(k):
+                    fn()
+                samples[name].append((time.perf_counter() - t0) / k)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return {name: float(np.median(s) * 1e6) for name, s in samples.items()}
+
+
 def compare(workloads: Sequence[Workload], limits: Limits, rounds: int = 30, min_round_s: float = 2e-3) -> list[Row]:
     """Check every peer against ruvattn, then time them in interleaved rounds (see the module docstring).
 
@@ -233,27 +263,7 @@ def compare(workloads: Sequence[Workload], limits: Limits, rounds: int = 30, min
                 got = _as_numpy(fn())
                 if got.shape != base.shape or not np.allclose(got, base, atol=w.atol, rtol=1e-3):
                     raise AssertionError(f"{w.name}: {peer} does not compute what ruvattn computes")
-            batch = {}
-            for name, fn in calls.items():
-                fn()
-                t0 = time.perf_counter()
-                fn()
-                batch[name] = max(1, int(min_round_s / max(time.perf_counter() - t0, 1e-7)))
-            samples: dict[str, list[float]] = {name: [] for name in calls}
-            gc_was_enabled = gc.isenabled()
-            gc.disable()
-            try:
-                for _ in range(rounds):
-                    for name, fn in calls.items():
-                        k = batch[name]
-                        t0 = time.perf_counter()
-                        for _ in range(k):
-                            fn()
-                        samples[name].append((time.perf_counter() - t0) / k)
-            finally:
-                if gc_was_enabled:
-                    gc.enable()
-            times = {name: float(np.median(s) * 1e6) for name, s in samples.items()}
+            times = interleaved_medians(calls, rounds, min_round_s)
             peers = {p: t for p, t in times.items() if p != "ruvattn"}
             best = min(peers, key=peers.__getitem__) if peers else None
             limit_s, bound = limits.roofline_s(w.flops, w.nbytes)

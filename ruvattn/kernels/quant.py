@@ -320,8 +320,27 @@ def finish_values(mode, g, acc, acch, bterm, inv, out):
 
 
 @_serial
+def touch_rows(codes, scales, offsets, has_off, ids):
+    """Load one byte of every cache line of rows ``ids`` (codes, scale, offset) and return their sum.
+
+    Rows read by id from a large table are cache misses; these loads depend on nothing, so the core keeps
+    dozens in flight at once, and the attention loops after them find the rows in cache.  (The row loops
+    themselves start a row's loads only after the previous row's work: one miss at a time.)"""
+    width = codes.shape[1]
+    total = np.int64(0)
+    for t in range(ids.shape[0]):
+        j = ids[t]
+        for c in range(0, width, 64):
+            total += np.int64(codes[j, c])
+        total += np.int64(codes[j, width - 1]) + np.int64(scales[j, 0] != 0)
+        if has_off:
+            total += np.int64(offsets[j, 0] != 0)
+    return total
+
+
+@_serial
 def q_attend_row(q, kc, ks, ko, km, kz, vc, vs, vo, vm, vz, ids, keep, use_keep, bias, use_bias,
-                 scale, want_values, w, out, lse, qf, q2, qsum, acc, acch, bterm):  # fmt: skip
+                 scale, want_values, w, out, lse, qf, q2, qsum, acc, acch, bterm, prefetch):  # fmt: skip
     """One query over rows ``ids`` of a quantised key table: weights into ``w (n,)``, the output into
     ``out (dv,)``, ``lse[0]``; returns a status.  (Always by ids: a second, id-less copy of the row loop in the
     same kernel stopped LLVM vectorising one of the two, measured 4x.)
@@ -332,6 +351,12 @@ def q_attend_row(q, kc, ks, ko, km, kz, vc, vs, vo, vm, vz, ids, keep, use_keep,
     as in :func:`ruvattn.kernels.attention.attend_row`.
     """
     n = w.shape[0]
+    if prefetch and n > 0 and kc.shape[1] > 0:  # rows by id (neighbour lists): start every miss at once
+        touched = touch_rows(kc, ks, ko, km[4], ids)
+        if want_values and vc.shape[1] > 0:
+            touched += touch_rows(vc, vs, vo, vm[4], ids)
+        if touched == -(2**62):  # never true; keeps the loads from being optimised away
+            lse[0] = np.nan
     prepare_query(q, km, qf, q2, qsum)
     q_scores(qf, q2, qsum, kc, ks, ko, km, kz, ids, scale, w)
     if use_bias:
@@ -398,7 +423,7 @@ def q_attend_one(q, kc, ks, ko, km, kz, vc, vs, vo, vm, vz, ids, use_ids, keep, 
     bufs = scratch(km, vm)
     rows = ids if use_ids else np.arange(kc.shape[0])
     return q_attend_row(q, kc, ks, ko, km, kz, vc, vs, vo, vm, vz, rows, keep, use_keep, bias, use_bias,
-                        scale, want_values, w, out, lse, *bufs)  # fmt: skip
+                        scale, want_values, w, out, lse, *bufs, False)  # fmt: skip
 
 
 @_serial
@@ -414,7 +439,8 @@ def q_many_chunk(qs, kc, ks, ko, km, kz, vc, vs, vo, vm, vz, keep, keep_mode, bi
         ki = keep[i] if keep_mode == 2 else keep[0]
         bi = bias[i] if bias_mode == 2 else bias[0]
         status[i] = q_attend_row(qs[i], kc, ks, ko, km, kz, vc, vs, vo, vm, vz, ids, ki, keep_mode > 0, bi,
-                                 bias_mode > 0, scale, want_values, wi, out[i], lse[i : i + 1], *bufs)  # fmt: skip
+                                 bias_mode > 0, scale, want_values, wi, out[i], lse[i : i + 1], *bufs,
+                                 False)  # fmt: skip
 
 
 @_parallel
@@ -442,7 +468,7 @@ def q_csr_chunk(qs, kc, ks, ko, km, kz, vc, vs, vo, vm, vz, indptr, indices, sca
         hi = indptr[i + 1]
         wi = w[lo:hi] if want_weights else wbuf[: hi - lo]
         status[i] = q_attend_row(qs[i], kc, ks, ko, km, kz, vc, vs, vo, vm, vz, indices[lo:hi], keep, False,
-                                 bias, False, scale, want_values, wi, out[i], lse[i : i + 1], *bufs)  # fmt: skip
+                                 bias, False, scale, want_values, wi, out[i], lse[i : i + 1], *bufs, True)  # fmt: skip
 
 
 @_parallel

@@ -89,18 +89,23 @@ def _warm_graph() -> None:
 
 
 def _warm_quantized() -> None:
-    """The quantised-table kernels (:mod:`ruvattn.kernels.quant`) through every form, for int8 and uint8 codes
-    with float32 scales (float16 scales, ~13 s more per layout, compile on first use)."""
+    """The quantised-table kernels (:mod:`ruvattn.kernels.quant`) through every form: int8 and uint8 codes with
+    float32 or float16 scales, and keys and values of the two code types mixed (float32 only; each pair of
+    table layouts is its own compiled specialisation, ~13 s)."""
     from ruvattn.compression import quantize
     from ruvattn.mechanisms import mechanism_class
 
     x = np.random.default_rng(0).standard_normal((12, 8)).astype(np.float32)
     attn = mechanism_class("scaled_dot_product")(8)
-    for fmt, symmetric in (("int8", True), ("int4", False)):
-        t = quantize(x, fmt, symmetric=symmetric)
-        attn.forward(x[0], t, t)
-        attn.forward_batch(x[:3], t, t)
-        attn.forward_neighbours(x[:3], t, t, [[0, 1], [2], []])
+    int8, int4 = quantize(x, "int8"), quantize(x, "int4", symmetric=False)
+    pairs = [(int8, int8), (int4, int4), (int8, int4), (int4, int8)]
+    pairs += [(t, t) for t in (quantize(x, "int8", scale_dtype="float16"), quantize(x, "int4", scale_dtype="float16"))]
+    for k, v in pairs:
+        attn.forward(x[0], k, v)
+        attn.forward_batch(x[:3], k, v)
+        attn.forward_neighbours(x[:3], k, v, [[0, 1], [2], []])
+        if v is k:
+            attn.weights(x[0], k)  # weights only: the key table stands in for the values
 
 
 def _warm_geometry(dt: type) -> None:

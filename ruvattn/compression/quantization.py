@@ -34,7 +34,7 @@ Shapes:
 >>> t = quantize(np.array([[0.5, -1.0, 0.25]], np.float32), "int8")
 >>> t.codes.tolist(), t.scales.tolist()
 ([[64, -127, 32]], [[0.007874015718698502]])
->>> t.dequantize().round(3).tolist()
+>>> t.dequantize().astype(float).round(3).tolist()
 [[0.504, -1.0, 0.252]]
 """
 

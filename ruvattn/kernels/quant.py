@@ -175,20 +175,12 @@ def q_scores(qf, q2, qsum, codes, scales, offsets, meta, zero, ids, scale, w):
     """``w[t] = scale * (q . x_ids[t])``.  The row loops live in small compiled functions of their own: in
     the middle of the attention kernel LLVM left them scalar (4x slower, measured)."""
     mode, g, nb, has_off = meta[0], meta[1], meta[2], meta[4]
-    if mode == INT8 and nb == 1:  # one scale per row: the raw code dots in a loop of their own
+    if nb == 1:  # one scale per row: the raw code dots in a loop of their own, then one fix-up per row
         raw = np.empty(w.shape[0], np.float32)
-        dot_rows_int8(qf, codes, ids, raw)
-        qs0 = qsum[0]
-        for t in range(w.shape[0]):
-            j = ids[t]
-            part = f32(scales[j, 0]) * (raw[t] - zero * qs0)
-            if has_off:
-                part += f32(offsets[j, 0]) * qs0
-            w[t] = part * scale
-        return
-    if mode == INT4 and nb == 1:  # one scale per row: the raw nibble dots in a loop of their own
-        raw = np.empty(w.shape[0], np.float32)
-        dot_rows_int4(qf[: g // 2], q2[: g // 2], codes, ids, raw)
+        if mode == INT8:
+            dot_rows_int8(qf, codes, ids, raw)
+        else:
+            dot_rows_int4(qf[: g // 2], q2[: g // 2], codes, ids, raw)
         qs0 = qsum[0]
         for t in range(w.shape[0]):
             j = ids[t]

@@ -634,12 +634,21 @@ def test_kernel_start_retries_only_startup_failures(tmp_path, monkeypatch, error
 
     monkeypatch.setattr(papermill, "execute_notebook", failing)
     monkeypatch.setattr(experiments.time, "sleep", lambda s: None)
+    # run_point sets the thread variables for the kernel it starts: the environment is restored after the call,
+    # since Numba refuses a different NUMBA_NUM_THREADS once its threads are up (it re-reads it at a compile)
+    import os
+    from unittest import mock
+
+    import numba
+
     task = {
         "notebook": str(tmp_path / "nb.ipynb"), "out_nb": str(tmp_path / "p" / "k.ipynb"),
-        "log": str(tmp_path / "p" / "k.log"), "json": str(tmp_path / "p" / "k.json"), "numba_threads": 1,
+        "log": str(tmp_path / "p" / "k.log"), "json": str(tmp_path / "p" / "k.json"),
+        "numba_threads": numba.config.NUMBA_NUM_THREADS,
         "key": "k", "params": {}, "grid": {}, "repeat": 0, "seed": 0,
     }  # fmt: skip
-    result = experiments.run_point(task)
+    with mock.patch.dict(os.environ):
+        result = experiments.run_point(task)
     assert len(calls) == attempts
     assert result["status"] == "failed" and result["error"] == f"{type(error).__name__}: {error}"
     assert json.loads(Path(task["json"]).read_text())["status"] == "failed"

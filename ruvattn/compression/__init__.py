@@ -12,6 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ruvattn.compression.quantization import FORMATS, QuantizedTable, dequantize, quantize, quantize_int8
+from ruvattn.errors import InvalidConfig
 
 __all__ = ["FORMATS", "PRESETS", "QuantizedTable", "agreement", "dequantize", "preset", "quantize", "quantize_int8"]
 
@@ -31,8 +32,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 def preset(x: Any, name: str) -> QuantizedTable:
     """``quantize(x, **PRESETS[name])``."""
     if name not in PRESETS:
-        from ruvattn.errors import InvalidConfig
-
         raise InvalidConfig(f"preset: unknown name {name!r}; choose one of {', '.join(PRESETS)}.")
     return quantize(x, **PRESETS[name])
 

@@ -289,3 +289,76 @@ def test_dropout_in_training_reads_float_rows() -> None:
     kt, vt = quantize(k, "int8"), quantize(v, "int8")
     np.testing.assert_allclose(att.forward(q, kt, vt), twin.forward(q, kt.dequantize(), vt.dequantize()),
                                rtol=1e-5, atol=1e-6)  # fmt: skip
+
+
+# -- the neighbour form's cache-line touches ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("width", [1, 7, 63, 64, 65, 100, 127, 128, 129, 192, 200, 255, 256, 257, 512])
+@pytest.mark.parametrize("start", [0, 1, 16, 63])
+def test_line_plan_touches_every_cache_line_of_every_row(width: int, start: int) -> None:
+    """The loads :func:`line_plan` plans (byte 0 and ``p1..``) hit every cache line each row spans, stay inside
+    the row, and a line-aligned table with whole-line rows needs exactly one load per line."""
+    from ruvattn.kernels import quant as KQ
+
+    buf = np.zeros(64 * 2 + 9 * width, np.uint8)
+    base = -buf.ctypes.data % 64 + start
+    codes = buf[base : base + 8 * width].reshape(8, width)
+    count, *p = KQ.line_plan(codes)
+    if width > 256:
+        assert count == 0
+        return
+    offsets = [0, *p[: count - 1]]
+    assert offsets == sorted(set(offsets)) and offsets[-1] <= width - 1
+    for j in range(8):
+        row = codes.ctypes.data + j * width
+        assert {(row + o) // 64 for o in offsets} == set(range(row // 64, (row + width - 1) // 64 + 1))
+    if start == 0 and width % 64 == 0:
+        assert count == width // 64
+
+
+def _unaligned(t: QuantizedTable) -> QuantizedTable:
+    """The same table with its codes moved to an address 16 bytes past a cache line."""
+    buf = np.empty(t.codes.nbytes + 128, np.uint8)
+    start = -buf.ctypes.data % 64 + 16
+    codes = buf[start : start + t.codes.nbytes].view(t.codes.dtype).reshape(t.codes.shape)
+    codes[...] = t.codes
+    return QuantizedTable(codes, t.scales, t.offsets, t.format, t.symmetric, t.block, t.dim)
+
+
+@pytest.mark.parametrize(
+    ("kfmt", "kkw", "vfmt", "d"),
+    [
+        ("int8", {}, "int8", 128),  # two lines per row: the written-out touch loop
+        ("int8", {}, "int4", 200),  # five loads per key row, two per value row
+        ("int8", {}, "int8", 300),  # rows wider than 256 bytes: each node's own rows touched
+        ("int8", {"symmetric": False}, "int8", 150),  # offsets touched too
+        ("int4", {}, "int4", 128),  # one line per row
+        ("int4", {"symmetric": False, "block": 32}, "int8", 64),
+    ],
+)
+@pytest.mark.parametrize("aligned", [True, False])
+def test_neighbour_form_over_every_line_plan(kfmt: str, kkw: dict[str, Any], vfmt: str, d: int, aligned: bool) -> None:
+    """Every node of a neighbour list (more nodes than a task, rows touched a few nodes ahead) against float64
+    attention over the reference rows, for each touch plan, line-aligned tables or not; keys alone too."""
+    rng = np.random.default_rng(d)
+    k, v, _, _ = _problem(60, d, d + 3, seed=d)
+    kt, vt = quantize(k, kfmt, **kkw), quantize(v, vfmt)
+    assert kt.codes.ctypes.data % 64 == 0 and vt.codes.ctypes.data % 64 == 0  # quantize's own tables start on a line
+    if not aligned:
+        kt, vt = _unaligned(kt), _unaligned(vt)
+    kr, vr = _reference_rows(kt), _reference_rows(vt)
+    qs = rng.standard_normal((150, d)).astype(np.float32)
+    lists = [rng.integers(0, 60, size=rng.integers(0, 12)) for _ in range(150)]
+    att = ScaledDotProductAttention(d)
+    scale = 1 / np.sqrt(d)
+    got = att.forward_neighbours(qs, kt, vt, [list(x) for x in lists])
+    w = att.weights(qs, kt, neighbours=[list(x) for x in lists])
+    assert w.shape == (1, sum(len(x) for x in lists))
+    w = w[0]
+    at = 0
+    for i, ids in enumerate(lists):
+        want, wref = ref.attention(qs[i], kr[ids], vr[ids], scale) if len(ids) else (np.zeros(d + 3), np.zeros(0))
+        np.testing.assert_allclose(got[i], want, rtol=2e-5, atol=2e-5 * np.abs(vr).max())
+        np.testing.assert_allclose(w[at : at + len(ids)], wref, rtol=2e-5, atol=1e-7)
+        at += len(ids)

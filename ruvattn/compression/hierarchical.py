@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-from ruvattn.compression.quantization import QuantizedTable, quantize
+from ruvattn.compression.quantization import QuantizedTable, quantize, real_matrix
 from ruvattn.errors import DimensionMismatch, EmptyInput, InvalidConfig, OutOfBounds
 from ruvattn.graph.hnsw import HNSWIndex
 from ruvattn.graph.search import trace_search
@@ -114,14 +114,7 @@ def _resolve(op: str, spec: Any) -> tuple[str, dict[str, Any]]:
 
 
 def _table(op: str, x: Any) -> NDArray[np.float32]:
-    try:
-        arr = np.asarray(x)
-    except ValueError as exc:
-        raise DimensionMismatch(f"{op}: table must be a rectangular array; got ragged rows ({exc}).") from None
-    if arr.ndim != 2:
-        raise DimensionMismatch(f"{op}: table has shape {arr.shape}, expected (N, d).")
-    if arr.dtype.kind not in "fiub":
-        raise DimensionMismatch(f"{op}: table must hold real numbers; got dtype {arr.dtype}.")
+    arr = real_matrix(op, x, "table", "(N, d)")
     if arr.shape[0] == 0:
         raise EmptyInput(f"{op}: table has shape {arr.shape}; it needs at least one row.")
     if arr.shape[1] == 0:

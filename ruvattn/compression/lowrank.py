@@ -69,6 +69,7 @@ from ruvattn._validation import (
     positive_float,
     positive_int,
 )
+from ruvattn.compression.quantization import real_matrix
 from ruvattn.errors import DimensionMismatch, EmptyInput, InvalidConfig, NumericalInstability
 
 __all__ = ["METHODS", "LowRank", "attend", "energy_curve", "error_curve", "factorize"]
@@ -236,14 +237,7 @@ class LowRank:
 
 def _as_matrix(op: str, x: Any, name: str = "matrix") -> tuple[NDArray[np.float64], np.dtype]:
     """``(x as float64, output dtype)``; refuses non-2-D, non-real, empty and non-finite input."""
-    try:
-        arr = np.asarray(x)
-    except ValueError as exc:
-        raise DimensionMismatch(f"{op}: {name} must be a rectangular array; got ragged rows ({exc}).") from None
-    if arr.ndim != 2:
-        raise DimensionMismatch(f"{op}: {name} has shape {arr.shape}, expected (m, n).")
-    if arr.dtype.kind not in "fiub":
-        raise DimensionMismatch(f"{op}: {name} must hold real numbers; got dtype {arr.dtype}.")
+    arr = real_matrix(op, x, name, "(m, n)")
     if arr.size == 0:
         raise EmptyInput(f"{op}: {name} has shape {arr.shape}; a factorization needs at least one row and column.")
     a = arr.astype(np.float64)

@@ -60,15 +60,22 @@ def _round(v: NDArray[np.floating], rounding: str) -> NDArray[np.floating]:
     return np.trunc(v + np.copysign(np.asarray(0.5, v.dtype), v))  # half away from zero, as C roundf
 
 
-def _checked(x: Any, op: str) -> NDArray[np.float32]:
+def real_matrix(op: str, x: Any, name: str = "x", expected: str = "(n, d)") -> NDArray[Any]:
+    """``np.asarray(x)`` if it is a 2-D array of real numbers (or booleans), else :class:`DimensionMismatch`
+    naming ``name`` and the ``expected`` shape (the compression modules' shared input check)."""
     try:
         arr = np.asarray(x)
     except ValueError as exc:
-        raise DimensionMismatch(f"{op}: x must be a rectangular array; got ragged rows ({exc}).") from None
+        raise DimensionMismatch(f"{op}: {name} must be a rectangular array; got ragged rows ({exc}).") from None
     if arr.ndim != 2:
-        raise DimensionMismatch(f"{op}: x has shape {arr.shape}, expected (n, d).")
+        raise DimensionMismatch(f"{op}: {name} has shape {arr.shape}, expected {expected}.")
     if arr.dtype.kind not in "fiub":
-        raise DimensionMismatch(f"{op}: x must hold real numbers; got dtype {arr.dtype}.")
+        raise DimensionMismatch(f"{op}: {name} must hold real numbers; got dtype {arr.dtype}.")
+    return arr
+
+
+def _checked(x: Any, op: str) -> NDArray[np.float32]:
+    arr = real_matrix(op, x)
     with np.errstate(over="ignore"):  # beyond float32's range becomes inf, refused below
         arr = arr.astype(np.float32)
     if not np.isfinite(arr).all():

@@ -385,6 +385,23 @@ def touch_two_lines(kc, ks, vc, vs, k1, v1, ids):
     return total
 
 
+@_inline
+def touch_planned(codes, scales, offsets, has_off, count, p1, p2, p3, p4, j):
+    """Row ``j``'s loads of :func:`line_plan` (byte 0 and ``p1..``, ``count`` in all), scale and offset, summed."""
+    x = np.int64(codes[j, 0]) + np.int64(scales[j, 0] != 0)
+    if count > 1:
+        x += np.int64(codes[j, p1])
+    if count > 2:
+        x += np.int64(codes[j, p2])
+    if count > 3:
+        x += np.int64(codes[j, p3])
+    if count > 4:
+        x += np.int64(codes[j, p4])
+    if has_off:
+        x += np.int64(offsets[j, 0] != 0)
+    return x
+
+
 @_serial
 def touch_node(kc, ks, ko, k_off, kn, k1, k2, k3, k4, vc, vs, vo, v_off, vn, v1, v2, v3, v4, indptr, indices, i):
     """Load one byte of every cache line of node ``i``'s key rows (and value rows when ``vn > 0``) -- codes,
@@ -402,30 +419,9 @@ def touch_node(kc, ks, ko, k_off, kn, k1, k2, k3, k4, vc, vs, vo, v_off, vn, v1,
     total = np.int64(0)
     for t in range(indptr[i], indptr[i + 1]):
         j = indices[t]
-        x = np.int64(kc[j, 0]) + np.int64(ks[j, 0] != 0)
-        if kn > 1:
-            x += np.int64(kc[j, k1])
-        if kn > 2:
-            x += np.int64(kc[j, k2])
-        if kn > 3:
-            x += np.int64(kc[j, k3])
-        if kn > 4:
-            x += np.int64(kc[j, k4])
-        if k_off:
-            x += np.int64(ko[j, 0] != 0)
+        total += touch_planned(kc, ks, ko, k_off, kn, k1, k2, k3, k4, j)
         if vn > 0:
-            x += np.int64(vc[j, 0]) + np.int64(vs[j, 0] != 0)
-            if vn > 1:
-                x += np.int64(vc[j, v1])
-            if vn > 2:
-                x += np.int64(vc[j, v2])
-            if vn > 3:
-                x += np.int64(vc[j, v3])
-            if vn > 4:
-                x += np.int64(vc[j, v4])
-            if v_off:
-                x += np.int64(vo[j, 0] != 0)
-        total += x
+            total += touch_planned(vc, vs, vo, v_off, vn, v1, v2, v3, v4, j)
     return total
 
 

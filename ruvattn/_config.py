@@ -20,6 +20,12 @@ flag is changed once for the whole package.
   process-wide lock around a launch until the first launch has shown the layer to be threadsafe
   (``tbb`` or ``omp``, :data:`THREADSAFE_LAYERS`); from then on a launch is one flag read more.
   Serial kernels (every single-query path) are plain dispatchers and never wait.
+* :func:`kernel_njit` (serial and inlined kernels) and :func:`parallel_njit` give every cached kernel a
+  :class:`LockedFunctionCache`: Numba's on-disk cache with one writer at a time per cache directory.
+  Numba's own cache picks a data file name by reading the index, and two processes compiling different
+  signatures of one function at once could both take name 1, so that one signature's index entry pointed
+  at the other's machine code (a wrong result or a crash in every later process; numba issues #4807,
+  #10128).  ``ruvattn warmup --jobs 2``, ``pytest -n 2`` and experiment workers compile concurrently.
 """
 
 from __future__ import annotations
@@ -31,9 +37,25 @@ from contextlib import contextmanager
 from typing import Any
 
 import numba
+from numba.core.caching import FunctionCache
 from numba.core.registry import CPUDispatcher
 
-__all__ = ["CACHE", "FASTMATH", "JIT_DISABLED", "THREADSAFE_LAYERS", "ParallelDispatcher", "parallel_njit", "threads"]
+try:
+    import fcntl
+except ImportError:  # not POSIX: Numba's cache unlocked, as Numba ships it
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "CACHE",
+    "FASTMATH",
+    "JIT_DISABLED",
+    "THREADSAFE_LAYERS",
+    "LockedFunctionCache",
+    "ParallelDispatcher",
+    "kernel_njit",
+    "parallel_njit",
+    "threads",
+]
 
 
 def _env_flag(name: str, default: bool) -> bool:
@@ -80,6 +102,59 @@ def layer_threadsafe() -> bool | None:
         return None
 
 
+#: the lock file :class:`LockedFunctionCache` takes in each cache directory
+LOCK_NAME = "ruvattn-cache.lock"
+
+
+@contextmanager
+def _cache_dir_locked(path: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path``'s lock file (created with the directory if missing)."""
+    if fcntl is None:
+        yield
+        return
+    os.makedirs(path, exist_ok=True)
+    fd = os.open(os.path.join(path, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+class LockedFunctionCache(FunctionCache):  # type: ignore[misc]
+    """Numba's ``FunctionCache`` whose saves hold an exclusive lock on the cache directory: reading the
+    index, choosing a data file name, writing the index and the data happen as one step across processes.
+
+    Loads take no lock: an index entry is written before its data file, so a load that comes between the
+    two finds no file and compiles (a miss, never another signature's code), and with saves serialised a
+    data file name is never given to a second signature.
+    """
+
+    def save_overload(self, sig: Any, data: Any) -> None:
+        with _cache_dir_locked(self._cache_path):
+            super().save_overload(sig, data)
+
+
+def _lock_cache(kernel: Any) -> Any:
+    """Give a dispatcher made with ``cache=True`` a :class:`LockedFunctionCache` (same state: only the
+    class changes)."""
+    cache = getattr(kernel, "_cache", None)
+    if type(cache) is FunctionCache:
+        cache.__class__ = LockedFunctionCache
+    return kernel
+
+
+def kernel_njit(**options: Any) -> Callable[[Callable[..., Any]], Any]:
+    """``numba.njit(**options)`` for serial and inlined kernels, with a :class:`LockedFunctionCache` when
+    ``cache=True`` (with ``NUMBA_DISABLE_JIT`` the plain function)."""
+    jit = numba.njit(**options)
+
+    def decorate(fn: Callable[..., Any]) -> Any:
+        return _lock_cache(jit(fn))
+
+    return decorate
+
+
 class ParallelDispatcher(CPUDispatcher):  # type: ignore[misc]
     """The dispatcher of a parallel kernel (made by :func:`parallel_njit`): a launch holds one
     process-wide lock unless the threading layer is known to be threadsafe.
@@ -112,7 +187,7 @@ def parallel_njit(**options: Any) -> Callable[[Callable[..., Any]], Any]:
         if isinstance(kernel, CPUDispatcher):
             # Numba builds its own dispatcher (options, caching); only the class is ours: it adds __call__.
             kernel.__class__ = ParallelDispatcher
-        return kernel
+        return _lock_cache(kernel)
 
     return decorate
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numba
@@ -88,24 +89,34 @@ def _warm_graph() -> None:
     nav.search(x[:2], 3, ef=8)
 
 
-def _warm_quantized() -> None:
-    """The quantised-table kernels (:mod:`ruvattn.kernels.quant`) through every form: int8 and uint8 codes with
-    float32 or float16 scales, and keys and values of the two code types mixed (float32 only; each pair of
-    table layouts is its own compiled specialisation, ~13 s)."""
+#: the key / value table layouts :func:`_warm_quantized` compiles for, one warm-up unit each: each pair of code
+#: and scale types is its own compiled specialisation of every quantised kernel (~25 s for the forms together)
+QUANTIZED_PAIRS = ("int8/int8", "int4/int4", "int8/int4", "int4/int8", "int8_f16/int8_f16", "int4_f16/int4_f16")
+
+
+def _warm_quantized(pair: str) -> None:
+    """The quantised-table kernels (:mod:`ruvattn.kernels.quant`) through every form for one pair of
+    :data:`QUANTIZED_PAIRS`: int8 codes (INT8 symmetric) or uint8 codes (INT4; INT8 asymmetric is the same
+    types), float32 or float16 scales (float32 only)."""
     from ruvattn.compression import quantize
     from ruvattn.mechanisms import mechanism_class
 
     x = np.random.default_rng(0).standard_normal((12, 8)).astype(np.float32)
     attn = mechanism_class("scaled_dot_product")(8)
-    int8, int4 = quantize(x, "int8"), quantize(x, "int4", symmetric=False)
-    pairs = [(int8, int8), (int4, int4), (int8, int4), (int4, int8)]
-    pairs += [(t, t) for t in (quantize(x, "int8", scale_dtype="float16"), quantize(x, "int4", scale_dtype="float16"))]
-    for k, v in pairs:
-        attn.forward(x[0], k, v)
-        attn.forward_batch(x[:3], k, v)
-        attn.forward_neighbours(x[:3], k, v, [[0, 1], [2], []])
-        if v is k:
-            attn.weights(x[0], k)  # weights only: the key table stands in for the values
+    layouts = {
+        "int8": lambda: quantize(x, "int8"),
+        "int4": lambda: quantize(x, "int4", symmetric=False),
+        "int8_f16": lambda: quantize(x, "int8", scale_dtype="float16"),
+        "int4_f16": lambda: quantize(x, "int4", scale_dtype="float16"),
+    }
+    key_layout, value_layout = pair.split("/")
+    k = layouts[key_layout]()
+    v = k if value_layout == key_layout else layouts[value_layout]()
+    attn.forward(x[0], k, v)
+    attn.forward_batch(x[:3], k, v)
+    attn.forward_neighbours(x[:3], k, v, [[0, 1], [2], []])
+    if v is k:
+        attn.weights(x[0], k)  # weights only: the key table stands in for the values
 
 
 def _warm_geometry(dt: type) -> None:
@@ -166,29 +177,91 @@ def warm_mechanism(mech: Attention, ex: Example) -> None:
     mech._warmup(ex)
 
 
-def warmup(verbose: bool = False) -> dict[str, float]:
-    """Compile every kernel for float32 and float64 once; returns seconds per dtype.
+def _warm_tasks(kinds: Sequence[str] | None = None) -> list[tuple[str, str]]:
+    """The warm-up's units of work, ``(dtype name, what)``: ``what`` is a registered kind (its example through
+    every form of the contract) or one of ``"geometry"``, ``"training"``, ``"graph"`` and ``"quantized"`` (the
+    kernels outside the mechanisms; the last two in float32 only, ``"quantized"`` one unit per pair of
+    :data:`QUANTIZED_PAIRS`: ``"quantized int8/int4"``).  ``kinds`` keeps those kinds and nothing
+    else."""
+    from ruvattn.mechanisms import available
+
+    if kinds is not None:
+        return [(dt, kind) for dt in ("float32", "float64") for kind in kinds]
+    # the longest units first, so that with several processes none is left running alone at the end
+    tasks = [("float32", f"quantized {pair}") for pair in QUANTIZED_PAIRS]
+    tasks += [(dt, kind) for dt in ("float32", "float64") for kind in available()]
+    tasks += [(dt, what) for dt in ("float32", "float64") for what in ("geometry", "training")]
+    return [*tasks, ("float32", "graph")]
+
+
+def _run_task(task: tuple[str, str]) -> float:
+    """Run one unit of :func:`_warm_tasks`; returns its seconds."""
+    from ruvattn.mechanisms import mechanism_class
+
+    dt, what = task
+    dtype = np.dtype(dt).type
+    t0 = time.perf_counter()
+    if what == "geometry":
+        _warm_geometry(dtype)
+    elif what == "training":
+        _warm_training(dtype)
+    elif what == "graph":
+        _warm_graph()
+    elif what.startswith("quantized "):
+        _warm_quantized(what.split(" ", 1)[1])
+    else:
+        ex = mechanism_class(what).example(dtype)
+        warm_mechanism(ex.mechanism, ex)
+    return time.perf_counter() - t0
+
+
+def warmup(verbose: bool = False, jobs: int = 1, kinds: Sequence[str] | None = None) -> dict[str, float]:
+    """Compile every kernel for float32 and float64 once; returns seconds per dtype (summed over the units).
 
     It iterates over the registry: every kind's :meth:`~ruvattn.mechanisms.Attention.example` in each dtype
     through every form of the contract (:func:`warm_mechanism`), plus the geometry module's, the training
-    layers' and (with faiss) the HNSW navigator's kernels.  A mechanism registered tomorrow is warmed without
-    an edit here.  With the on-disk cache (``NUMBA_CACHE_DIR``) a second process loads the kernels instead of
-    compiling them.
-    """
-    from ruvattn.mechanisms import available, mechanism_class
+    layers' and (with faiss) the HNSW navigator's kernels, and the quantised-table kernels.  A mechanism
+    registered tomorrow is warmed without an edit here.  With the on-disk cache (``NUMBA_CACHE_DIR``) a second
+    process loads the kernels instead of compiling them.
 
-    timings: dict[str, float] = {}
-    for dt in (np.float32, np.float64):
-        t0 = time.perf_counter()
-        for kind in available():
-            ex = mechanism_class(kind).example(dt)
-            warm_mechanism(ex.mechanism, ex)
-        _warm_geometry(dt)
-        _warm_training(dt)
-        if dt is np.float32:
-            _warm_graph()
-            _warm_quantized()
-        timings[np.dtype(dt).name] = time.perf_counter() - t0
+    ``jobs=1`` compiles in this process (its kernels are then ready here too).  ``jobs > 1`` compiles in that
+    many worker processes, each taking the next unit when free, into the on-disk cache only (this process then
+    loads each kernel at its first call); it needs the cache on.  Concurrent saves are safe: every kernel's
+    cache is a :class:`~ruvattn._config.LockedFunctionCache`.  ``kinds``: warm only these registered kinds
+    (both dtypes, every form), not the kernels outside the mechanisms.  ``verbose`` prints each unit's
+    seconds and each dtype's total.
+    """
+    from ruvattn.errors import InvalidConfig
+    from ruvattn.mechanisms import available
+
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise InvalidConfig(f"warmup: 'jobs' must be a positive int; got {jobs!r}.")
+    if kinds is not None:
+        kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+        unknown = [k for k in kinds if k not in available()]
+        if unknown or not kinds:
+            raise InvalidConfig(f"warmup: 'kinds' must name registered kinds ({', '.join(available())}); "
+                                f"got {kinds!r}.")  # fmt: skip
+    if jobs > 1 and (_config.JIT_DISABLED or not _config.CACHE):
+        why = "NUMBA_DISABLE_JIT=1" if _config.JIT_DISABLED else "the kernel cache is off (RUVATTN_NUMBA_CACHE=0)"
+        raise InvalidConfig(f"warmup: jobs={jobs} compiles in other processes for the on-disk cache, but {why}; "
+                            "use jobs=1.")  # fmt: skip
+    tasks = _warm_tasks(kinds)
+    if jobs == 1:
+        seconds = [_run_task(t) for t in tasks]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn: a worker starts clean (no inherited Numba threads or half-held locks); each takes the next unit
+        with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            seconds = list(pool.map(_run_task, tasks))
+    timings: dict[str, float] = {"float32": 0.0, "float64": 0.0}
+    for (dt, what), sec in zip(tasks, seconds, strict=True):
+        timings[dt] += sec
         if verbose:
-            print(f"warmup {np.dtype(dt).name}: {timings[np.dtype(dt).name]:.2f} s")
+            print(f"warmup {dt} {what}: {sec:.2f} s")
+    if verbose:
+        for dt, sec in timings.items():
+            print(f"warmup {dt}: {sec:.2f} s")
     return timings

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import pkgutil
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numba
+import pytest
 from numba.extending import is_jitted
 
 import ruvattn
 import ruvattn.kernels
 from ruvattn import _config
 from ruvattn.backend import backend_info, warmup
+
+#: the kind the two-process warm-up test compiles (one of the quickest; its kernels are its own)
+WARM_KIND = "local_global"
 
 
 def _python_callers() -> str:
@@ -65,3 +73,56 @@ def test_backend_info_names_the_backend():
     else:
         assert info["backend"] == "numba" and info["threads"] >= 1
         assert info["threading_layer"] in {"not started", "tbb", "omp", "workqueue"}
+
+
+def test_warmup_refuses_bad_jobs_and_kinds():
+    from ruvattn.errors import InvalidConfig
+
+    for jobs in (0, -1, 1.5, True, "2"):
+        with pytest.raises(InvalidConfig, match="'jobs' must be a positive int"):
+            warmup(jobs=jobs)
+    for kinds in (["no_such_kind"], [], ["scaled_dot_product", "nope"]):
+        with pytest.raises(InvalidConfig, match="'kinds' must name registered kinds"):
+            warmup(kinds=kinds)
+
+
+def test_warmup_in_other_processes_needs_the_cache(monkeypatch):
+    from ruvattn.errors import InvalidConfig
+
+    monkeypatch.setattr(_config, "CACHE", False)
+    with pytest.raises(InvalidConfig, match="jobs=2 compiles in other processes"):
+        warmup(jobs=2, kinds=["scaled_dot_product"])
+
+
+COUNT_CACHE = """
+import importlib, json, pkgutil, sys
+import ruvattn.kernels
+from numba.extending import is_jitted
+from ruvattn.backend import warmup
+if sys.argv[1] == "fill":
+    print(json.dumps(warmup(jobs=2, kinds=[KIND])))
+else:
+    warmup(kinds=[KIND])  # in this process: every kernel it reaches is loaded or compiled here
+    hits = misses = 0
+    for info in pkgutil.iter_modules(ruvattn.kernels.__path__):
+        for obj in vars(importlib.import_module("ruvattn.kernels." + info.name)).values():
+            if is_jitted(obj):
+                hits += sum(obj.stats.cache_hits.values())
+                misses += sum(obj.stats.cache_misses.values())
+    print(json.dumps({"hits": hits, "misses": misses}))
+"""
+
+
+@pytest.mark.skipif(_config.JIT_DISABLED or not _config.CACHE, reason="compiles into the on-disk cache")
+def test_warmup_in_two_processes_fills_the_cache_a_later_process_loads(tmp_path):
+    """``warmup(jobs=2)`` compiles in two worker processes at once into a fresh cache; a later process warming
+    the same kinds in-process then loads every kernel (hits) and compiles none (no miss)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CACHE_DIR")}
+    env["NUMBA_CACHE_DIR"] = str(tmp_path / "cache")
+    code = COUNT_CACHE.replace("KIND", repr(WARM_KIND))
+    runs = [subprocess.run([sys.executable, "-c", code, step], env=env, capture_output=True, text=True, timeout=900)
+            for step in ("fill", "load")]  # fmt: skip
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr[-2000:] + runs[1].stderr[-2000:]
+    filled, loaded = (json.loads(r.stdout.strip().splitlines()[-1]) for r in runs)
+    assert set(filled) == {"float32", "float64"} and all(t > 0 for t in filled.values())
+    assert loaded["misses"] == 0 and loaded["hits"] > 0, loaded

@@ -296,3 +296,65 @@ def test_numba_cache_locator_classes_naming_the_kernel_locators_keeps_the_cache(
     names = "ruvattn.kernels.KernelCacheDirLocator,ruvattn.kernels.KernelInTreeLocator,UserProvidedCacheLocator"
     first, second = _run(tmp_path, NUMBA_CACHE_LOCATOR_CLASSES=names), _run(tmp_path, NUMBA_CACHE_LOCATOR_CLASSES=names)
     assert (first["problem"], first["cache"], first["warnings"], second["hits"]) == ("", True, [], 1)
+
+
+RACY = """
+import time
+from numba.core import caching
+from ruvattn._config import kernel_njit, LockedFunctionCache
+
+_save_index = caching.IndexDataCacheFile._save_index
+
+
+def slow_save_index(self, overloads):  # widen the window between choosing a data file name and saving the index
+    time.sleep(float({pause!r}))
+    _save_index(self, overloads)
+
+
+caching.IndexDataCacheFile._save_index = slow_save_index
+
+
+@kernel_njit(cache=True)
+def plus_one(x):
+    return x + 1
+"""
+
+RACER = """
+import json, sys
+import racy
+x = {"int": 1, "float": 1.5}[sys.argv[1]]
+print(json.dumps({"value": racy.plus_one(x), "locked": type(racy.plus_one._cache).__name__}))
+"""
+
+CHECK = """
+import json
+import racy
+index = racy.plus_one._cache._cache_file._load_index()
+print(json.dumps({"int": racy.plus_one(1), "float": racy.plus_one(1.5), "entries": len(index),
+                  "hits": sum(racy.plus_one.stats.cache_hits.values())}))
+"""
+
+
+@needs_jit
+def test_two_processes_compiling_one_kernel_at_once_keep_both_signatures(tmp_path):
+    """Two processes compile different signatures of one cached kernel at the same moment (each holds the
+    index for a second between choosing a data file name and writing the index).  Unlocked, both choose
+    file 1, and a third process loads one signature's machine code for the other; locked, the saves take
+    turns and the third process loads both, right."""
+    if not _config.CACHE:
+        pytest.skip("RUVATTN_NUMBA_CACHE=0")
+    (tmp_path / "racy.py").write_text(RACY.format(pause=1.0))
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_", "PYTHON"))}
+    clean.update(PYTHONPATH=str(tmp_path), NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    racers = [subprocess.Popen([sys.executable, "-c", RACER, kind], cwd=tmp_path, env=clean, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for kind in ("int", "float")]  # fmt: skip
+    results = []
+    for proc in racers:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert results == [{"value": 2, "locked": "LockedFunctionCache"}, {"value": 2.5, "locked": "LockedFunctionCache"}]
+    proc = subprocess.run([sys.executable, "-c", CHECK], cwd=tmp_path, env=clean, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"int": 2, "float": 2.5, "entries": 2, "hits": 2}

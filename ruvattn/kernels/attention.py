@@ -33,20 +33,20 @@ import math
 import numba
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import prange, types
 from numba.extending import intrinsic
 
-from ruvattn._config import CACHE, FASTMATH, JIT_DISABLED, parallel_njit
+from ruvattn._config import CACHE, FASTMATH, JIT_DISABLED, kernel_njit, parallel_njit
 
 OK = 0
 EMPTY = 1
 NONFINITE = 2
 BADID = 3
 
-_serial = njit(fastmath=FASTMATH, cache=CACHE, nogil=True)
+_serial = kernel_njit(fastmath=FASTMATH, cache=CACHE, nogil=True)
 # Helpers are inlined into their callers at Numba-IR level: no call boundary means no NRT
 # reference counting (atomic increments) on the array views passed between them.
-_inline = njit(fastmath=FASTMATH, cache=CACHE, nogil=True, inline="always")
+_inline = kernel_njit(fastmath=FASTMATH, cache=CACHE, nogil=True, inline="always")
 # Parallel kernels are cached too: without it every new process spent ~90 s recompiling
 # them (measured); with it a warm start loads everything in under a second.  Their dispatchers
 # serialise launches from several Python threads when the threading layer is not threadsafe

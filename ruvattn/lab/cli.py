@@ -191,7 +191,12 @@ def _parser() -> argparse.ArgumentParser:
     an.add_argument("--seed", type=_int_at_least("--seed", 0), default=0, metavar="S",
                     help="seed of the demo graph and of the layers' parameters")  # fmt: skip
     sub.add_parser("info", help="print the kernel backend (JSON)")
-    sub.add_parser("warmup", help="compile every kernel once (fills NUMBA_CACHE_DIR)")
+    wu = sub.add_parser("warmup", help="compile every kernel once (fills NUMBA_CACHE_DIR)")
+    wu.add_argument("--jobs", type=_int_at_least("--jobs", 1), default=None, metavar="N",
+                    help="processes compiling at once (default: the CPU count; 1 with the cache off)")  # fmt: skip
+    wu.add_argument("--kinds", nargs="+", default=None, metavar="KIND",
+                    help="warm only these mechanism kinds (both dtypes), not the kernels outside them")  # fmt: skip
+    wu.add_argument("--verbose", action="store_true", help="print each unit's seconds")
     from ruvattn.lab import cli_experiment
 
     cli_experiment.add_parsers(sub)
@@ -286,9 +291,12 @@ def _run(args: argparse.Namespace) -> int:
 
         print(json.dumps(backend_info(), indent=2))
     elif args.command == "warmup":
-        from ruvattn import warmup
+        from ruvattn import _config, warmup
 
-        print(json.dumps(warmup()))
+        jobs = args.jobs
+        if jobs is None:
+            jobs = (os.cpu_count() or 1) if _config.CACHE and not _config.JIT_DISABLED else 1
+        print(json.dumps(warmup(verbose=args.verbose, jobs=jobs, kinds=args.kinds)))
     elif args.command in ("experiment", "benchmark", "compare", "report"):
         from ruvattn.lab import cli_experiment
 

@@ -245,8 +245,10 @@ def test_masked_keys_are_never_read_and_get_weight_zero() -> None:
     att = ScaledDotProductAttention(16)
     w = att.weights(q, kt, mask=keep)
     assert (w[0, ~keep] == 0).all() and abs(w.sum() - 1) < 1e-6
+    # the same sums in another grouping (the value loops take four rows per pass): INT4's float32 unpacking
+    # cancels (see ruvattn.kernels.quant), so equal to a few float32 steps of the largest value
     np.testing.assert_allclose(att.forward(q, kt, vt, mask=keep), att.forward(q, kt.take(np.flatnonzero(keep)),
-                               vt.take(np.flatnonzero(keep))), rtol=1e-5, atol=1e-6)  # fmt: skip
+                               vt.take(np.flatnonzero(keep))), rtol=1e-5, atol=2e-5 * np.abs(v).max())  # fmt: skip
     with pytest.raises(EmptyInput):
         att.forward(q, kt, vt, mask=np.zeros(40, bool))
 

@@ -232,18 +232,49 @@ def dot_rows_int4(ql, q2, codes, ids, out):
 
 
 @_serial
-def axpy_rows_int4(w, scales, codes, ids, acc, acch):
+def axpy_rows_int4(w, scales, offsets, has_off, zero, codes, ids, acc, acch):
     """``acc += sum_t a_t f``, ``acch += sum_t a_t floor(f / 16)`` over the bytes ``f`` of rows ``ids[t]``, with
-    ``a_t = w[t] scales[ids[t], 0]``; rows with ``w[t] == 0`` are never read."""
+    ``a_t = w[t] scales[ids[t], 0]``, four rows per pass (one load and store of ``acc``/``acch`` per four rows);
+    rows with ``w[t] == 0`` are never read.  Returns the rows' zero-point and offset term,
+    ``sum_t w[t] (offset_t - zero scale_t)``, summed in a register here (as a loop of its own over
+    ``bterm[0]`` it cost as much as the codes: the sum went through memory).  Four rows per pass: 73 -> 57 us
+    over 10,000 rows of 64 bytes (measured)."""
     h = acc.shape[0]
-    for t in range(ids.shape[0]):
+    n = ids.shape[0]
+    c16 = np.float32(0.0625)
+    bt = np.float32(0)
+    t = 0
+    while t + 4 <= n and w[t] != 0 and w[t + 1] != 0 and w[t + 2] != 0 and w[t + 3] != 0:
+        j0, j1, j2, j3 = ids[t], ids[t + 1], ids[t + 2], ids[t + 3]
+        a0 = w[t] * f32(scales[j0, 0])
+        a1 = w[t + 1] * f32(scales[j1, 0])
+        a2 = w[t + 2] * f32(scales[j2, 0])
+        a3 = w[t + 3] * f32(scales[j3, 0])
+        bt -= zero * (a0 + a1 + a2 + a3)
+        if has_off:
+            bt += (w[t] * f32(offsets[j0, 0]) + w[t + 1] * f32(offsets[j1, 0])
+                   + w[t + 2] * f32(offsets[j2, 0]) + w[t + 3] * f32(offsets[j3, 0]))  # fmt: skip
+        for i in range(h):
+            f0 = np.float32(codes[j0, i])
+            f1 = np.float32(codes[j1, i])
+            f2 = np.float32(codes[j2, i])
+            f3 = np.float32(codes[j3, i])
+            acc[i] += a0 * f0 + a1 * f1 + a2 * f2 + a3 * f3
+            acch[i] += (a0 * np.floor(f0 * c16) + a1 * np.floor(f1 * c16)
+                        + a2 * np.floor(f2 * c16) + a3 * np.floor(f3 * c16))  # fmt: skip
+        t += 4
+    while t < n:
         if w[t] != 0:
             j = ids[t]
-            a = w[t] * f32(scales[j, 0])
+            sc = f32(scales[j, 0])
+            a = w[t] * sc
+            bt += w[t] * ((f32(offsets[j, 0]) if has_off else np.float32(0)) - zero * sc)
             for i in range(h):
                 f = np.float32(codes[j, i])
                 acc[i] += a * f
-                acch[i] += a * np.floor(f * np.float32(0.0625))
+                acch[i] += a * np.floor(f * c16)
+        t += 1
+    return bt
 
 
 @_serial
@@ -259,11 +290,13 @@ def dot_rows_int8(qf, codes, ids, out):
 
 
 @_serial
-def axpy_rows_int8(w, scales, codes, ids, acc):
+def axpy_rows_int8(w, scales, offsets, has_off, zero, codes, ids, acc):
     """``acc += sum_t w[t] scales[ids[t], 0] codes[ids[t]]`` four rows per pass (one load and store of ``acc``
-    per four rows); rows with ``w[t] == 0`` are never read."""
+    per four rows); rows with ``w[t] == 0`` are never read.  Returns ``sum_t w[t] (offset_t - zero scale_t)``
+    (see :func:`axpy_rows_int4`)."""
     d = acc.shape[0]
     n = ids.shape[0]
+    bt = np.float32(0)
     t = 0
     while t + 4 <= n and w[t] != 0 and w[t + 1] != 0 and w[t + 2] != 0 and w[t + 3] != 0:
         j0, j1, j2, j3 = ids[t], ids[t + 1], ids[t + 2], ids[t + 3]
@@ -271,6 +304,10 @@ def axpy_rows_int8(w, scales, codes, ids, acc):
         a1 = w[t + 1] * f32(scales[j1, 0])
         a2 = w[t + 2] * f32(scales[j2, 0])
         a3 = w[t + 3] * f32(scales[j3, 0])
+        bt -= zero * (a0 + a1 + a2 + a3)
+        if has_off:
+            bt += (w[t] * f32(offsets[j0, 0]) + w[t + 1] * f32(offsets[j1, 0])
+                   + w[t + 2] * f32(offsets[j2, 0]) + w[t + 3] * f32(offsets[j3, 0]))  # fmt: skip
         for c in range(d):
             acc[c] += (a0 * np.float32(codes[j0, c]) + a1 * np.float32(codes[j1, c])
                        + a2 * np.float32(codes[j2, c]) + a3 * np.float32(codes[j3, c]))  # fmt: skip
@@ -278,24 +315,24 @@ def axpy_rows_int8(w, scales, codes, ids, acc):
     while t < n:
         if w[t] != 0:
             j = ids[t]
-            a = w[t] * f32(scales[j, 0])
+            sc = f32(scales[j, 0])
+            a = w[t] * sc
+            bt += w[t] * ((f32(offsets[j, 0]) if has_off else np.float32(0)) - zero * sc)
             for c in range(d):
                 acc[c] += a * np.float32(codes[j, c])
         t += 1
+    return bt
 
 
 @_serial
 def q_values(w, codes, scales, offsets, meta, zero, ids, acc, acch, bterm):
     """Accumulate ``sum_t w[t] x_ids[t]`` (rows with weight 0 are not read) into ``acc``/``acch``/``bterm``."""
     mode, g, nb, has_off = meta[0], meta[1], meta[2], meta[4]
-    if nb == 1:
+    if nb == 1:  # the zero point and offsets: one number per row, summed by the row loops
         if mode == INT8:
-            axpy_rows_int8(w, scales, codes, ids, acc)
+            bterm[0] += axpy_rows_int8(w, scales, offsets, has_off, zero, codes, ids, acc)
         else:
-            axpy_rows_int4(w, scales, codes, ids, acc[: g // 2], acch[: g // 2])
-        for t in range(w.shape[0]):  # the zero point and offsets: one number per row
-            j = ids[t]
-            bterm[0] += w[t] * ((f32(offsets[j, 0]) if has_off else np.float32(0)) - zero * f32(scales[j, 0]))
+            bterm[0] += axpy_rows_int4(w, scales, offsets, has_off, zero, codes, ids, acc[: g // 2], acch[: g // 2])
         return
     values_rows(w, codes, scales, offsets, mode, g, nb, has_off, zero, ids, acc, acch, bterm)
 

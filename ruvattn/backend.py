@@ -90,15 +90,17 @@ def _warm_graph() -> None:
 
 
 #: the key / value table layouts :func:`_warm_quantized` compiles for, one warm-up unit each: each pair of code
-#: and scale types is its own compiled specialisation of every quantised kernel (~25 s for the forms together)
-QUANTIZED_PAIRS = ("int8/int8", "int4/int4", "int8/int4", "int4/int8", "int8_f16/int8_f16", "int4_f16/int4_f16")
+#: and scale types is its own compiled specialisation of every quantised kernel (~25 s for the forms together);
+#: ``"paired"``: :func:`~ruvattn.compression.quantize_pair`'s tables (scales as strided views of one array)
+QUANTIZED_PAIRS = ("int8/int8", "int4/int4", "int8/int4", "int4/int8", "int8_f16/int8_f16", "int4_f16/int4_f16",
+                   "int8 paired", "int4 paired")  # fmt: skip
 
 
 def _warm_quantized(pair: str) -> None:
     """The quantised-table kernels (:mod:`ruvattn.kernels.quant`) through every form for one pair of
     :data:`QUANTIZED_PAIRS`: int8 codes (INT8 symmetric) or uint8 codes (INT4; INT8 asymmetric is the same
-    types), float32 or float16 scales (float32 only)."""
-    from ruvattn.compression import quantize
+    types), float32 or float16 scales, contiguous or shared by the two tables (float32 only)."""
+    from ruvattn.compression import quantize, quantize_pair
     from ruvattn.mechanisms import mechanism_class
 
     x = np.random.default_rng(0).standard_normal((12, 8)).astype(np.float32)
@@ -109,13 +111,16 @@ def _warm_quantized(pair: str) -> None:
         "int8_f16": lambda: quantize(x, "int8", scale_dtype="float16"),
         "int4_f16": lambda: quantize(x, "int4", scale_dtype="float16"),
     }
-    key_layout, value_layout = pair.split("/")
-    k = layouts[key_layout]()
-    v = k if value_layout == key_layout else layouts[value_layout]()
+    if pair.endswith(" paired"):  # asymmetric INT4: offsets shared too (the same array types as symmetric)
+        k, v = quantize_pair(x, x, pair.split()[0], symmetric=pair.startswith("int8"))
+    else:
+        key_layout, value_layout = pair.split("/")
+        k = layouts[key_layout]()
+        v = k if value_layout == key_layout else layouts[value_layout]()
     attn.forward(x[0], k, v)
     attn.forward_batch(x[:3], k, v)
     attn.forward_neighbours(x[:3], k, v, [[0, 1], [2], []])
-    if v is k:
+    if v is k or pair.endswith(" paired"):
         attn.weights(x[0], k)  # weights only: the key table stands in for the values
 
 

@@ -16,7 +16,7 @@ from unittest import mock
 import numpy as np
 
 from ruvattn import AttentionError, DimensionMismatch, EmptyInput, InvalidConfig, NumericalInstability, build
-from ruvattn.compression import QuantizedTable, quantize
+from ruvattn.compression import QuantizedTable, quantize, quantize_pair
 from ruvattn.mechanisms import Attention, Example, mechanism_class
 
 
@@ -557,6 +557,8 @@ def check_quantized_tables(kind: str) -> None:
     nl = ex.neighbours
     for fmt, kw in QUANTIZED:
         _quantized_forms(kind, fmt, m, ex, quantize(ex.keys, fmt, **kw), quantize(ex.values, fmt, **kw))
+    # key and value scales in one shared array (strided views): the neighbour form's layout
+    _quantized_forms(kind, "int8 paired", m, ex, *quantize_pair(ex.keys, ex.values, "int8"))
     # a mechanism that reads float rows gets, for neighbour lists, only rows 0..N-1 and the rows they name
     kt = quantize(np.vstack([ex.keys, np.repeat(ex.keys[:1], 50, axis=0)]), "int8")
     vt = quantize(np.vstack([ex.values, np.repeat(ex.values[:1], 50, axis=0)]), "int8")

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ruvattn import DimensionMismatch, EmptyInput, InvalidConfig, NumericalInstability, ScaledDotProductAttention
-from ruvattn.compression import QuantizedTable, dequantize, quantize, quantize_int8
+from ruvattn.compression import QuantizedTable, dequantize, quantize, quantize_int8, quantize_pair
 from ruvattn.reference import quant as ref
 from tests.golden_harness import GOLDEN_DIR, cases, load
 
@@ -374,3 +374,67 @@ def test_neighbour_form_over_every_line_plan(kfmt: str, kkw: dict[str, Any], vfm
         np.testing.assert_allclose(got[i], want, rtol=2e-5, atol=2e-5 * np.abs(vr).max())
         np.testing.assert_allclose(w[at : at + len(ids)], wref, rtol=2e-5, atol=1e-7)
         at += len(ids)
+
+
+# -- quantize_pair: key and value scales side by side in one array ------------------------------------------
+
+
+@pytest.mark.parametrize(("fmt", "kw"), [lay for lay in LAYOUTS if lay[0].startswith("int")], ids=IDS[:9])
+def test_paired_tables_equal_separate_ones_with_scales_side_by_side(fmt: str, kw: dict[str, Any]) -> None:
+    rng = np.random.default_rng(7)
+    k = rng.standard_normal((37, 20)).astype(np.float32)
+    v = (3 * rng.standard_normal((37, 13)) + 1).astype(np.float32)
+    kp, vp = quantize_pair(k, v, fmt, **kw)
+    for paired, alone in ((kp, quantize(k, fmt, **kw)), (vp, quantize(v, fmt, **kw))):
+        assert (paired.format, paired.symmetric, paired.block, paired.shape) == (
+            alone.format, alone.symmetric, alone.block, alone.shape)  # fmt: skip
+        np.testing.assert_array_equal(paired.codes, alone.codes)
+        np.testing.assert_array_equal(paired.scales, alone.scales)
+        assert (paired.offsets is None) == (alone.offsets is None)
+        if alone.offsets is not None:
+            np.testing.assert_array_equal(paired.offsets, alone.offsets)
+        assert paired.nbytes == alone.nbytes
+        np.testing.assert_array_equal(paired.dequantize(), alone.dequantize())
+    # one array: row j holds key j's scales, value j's scales (then the offsets), starting on a cache line
+    base = kp.scales.base
+    assert base is vp.scales.base and kp.scales.ctypes.data % 64 == 0
+    arrays = [kp.scales, vp.scales] + ([kp.offsets, vp.offsets] if kp.offsets is not None else [])
+    assert all(a.base is base and a.strides == arrays[0].strides for a in arrays)
+    starts = [a.ctypes.data - arrays[0].ctypes.data for a in arrays]
+    widths = [a.shape[1] * a.itemsize for a in arrays]
+    assert starts == list(np.cumsum([0, *widths[:-1]])) and arrays[0].strides[0] == sum(widths)
+
+
+@pytest.mark.parametrize(("fmt", "kw"), [lay for lay in LAYOUTS if lay[0].startswith("int")], ids=IDS[:9])
+def test_every_form_over_paired_tables_is_bit_identical_to_separate_tables(fmt: str, kw: dict[str, Any]) -> None:
+    rng = np.random.default_rng(3)
+    n, d, dv = 70, 24, 17
+    k = rng.standard_normal((n, d)).astype(np.float32)
+    v = rng.standard_normal((n, dv)).astype(np.float32)
+    qs = rng.standard_normal((6, d)).astype(np.float32)
+    kp, vp = quantize_pair(k, v, fmt, **kw)
+    ks, vs = quantize(k, fmt, **kw), quantize(v, fmt, **kw)
+    att = ScaledDotProductAttention(d)
+    lists = [list(rng.integers(0, n, size=s)) for s in (0, 1, 5, 32, 33, 7)]
+    keep = rng.random(n) < 0.7
+    bias = rng.standard_normal(n).astype(np.float32)
+    forms = [
+        lambda kt, vt: att.forward(qs[0], kt, vt),
+        lambda kt, vt: att.forward(qs[0], kt, vt, mask=keep, bias=bias),
+        lambda kt, vt: att.forward_batch(qs, kt, vt),
+        lambda kt, vt: att.forward_neighbours(qs, kt, vt, lists),
+        lambda kt, vt: att.weights(qs, kt, neighbours=lists),
+        lambda kt, vt: att.weights(qs[0], kt),
+    ]
+    for form in forms:
+        np.testing.assert_array_equal(form(kp, vp), form(ks, vs))
+
+
+def test_quantize_pair_refuses_what_it_cannot_pair() -> None:
+    k = np.ones((4, 3), np.float32)
+    with pytest.raises(InvalidConfig, match="'format' must be 'int8' or 'int4'"):
+        quantize_pair(k, k, "float16")
+    with pytest.raises(DimensionMismatch, match="keys has 4 rows but values has 5"):
+        quantize_pair(k, np.ones((5, 3), np.float32))
+    with pytest.raises(InvalidConfig, match="'block' must be even"):
+        quantize_pair(k, k, "int4", block=3)

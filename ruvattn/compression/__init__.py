@@ -18,7 +18,14 @@ from numpy.typing import NDArray
 
 from ruvattn.compression.hierarchical import LayeredTable, layered_error, quantize_by_level, uniform_at_bytes
 from ruvattn.compression.lowrank import LowRank, energy_curve, error_curve, factorize
-from ruvattn.compression.quantization import FORMATS, QuantizedTable, dequantize, quantize, quantize_int8
+from ruvattn.compression.quantization import (
+    FORMATS,
+    QuantizedTable,
+    dequantize,
+    quantize,
+    quantize_int8,
+    quantize_pair,
+)
 from ruvattn.compression.sparse_storage import SparseWeights, sparsify
 from ruvattn.errors import InvalidConfig
 
@@ -36,9 +43,11 @@ __all__ = [
     "factorize",
     "layered_error",
     "preset",
+    "preset_pair",
     "quantize",
     "quantize_by_level",
     "quantize_int8",
+    "quantize_pair",
     "sparsify",
     "uniform_at_bytes",
 ]
@@ -61,6 +70,13 @@ def preset(x: Any, name: str) -> QuantizedTable:
     if name not in PRESETS:
         raise InvalidConfig(f"preset: unknown name {name!r}; choose one of {', '.join(PRESETS)}.")
     return quantize(x, **PRESETS[name])
+
+
+def preset_pair(keys: Any, values: Any, name: str) -> tuple[QuantizedTable, QuantizedTable]:
+    """``quantize_pair(keys, values, **PRESETS[name])`` (INT presets: key and value scales in one array)."""
+    if name not in PRESETS:
+        raise InvalidConfig(f"preset_pair: unknown name {name!r}; choose one of {', '.join(PRESETS)}.")
+    return quantize_pair(keys, values, **PRESETS[name])
 
 
 def agreement(

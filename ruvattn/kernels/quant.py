@@ -220,14 +220,31 @@ def values_rows(w, codes, scales, offsets, mode, g, nb, has_off, zero, ids, acc,
 @_serial
 def dot_rows_int4(ql, q2, codes, ids, out):
     """``out[t]`` = the query's dot product with the nibbles of row ``ids[t]`` (one block per row):
-    ``sum_i ql[i] f_i + q2[i] floor(f_i / 16)`` over the bytes ``f_i`` (see the module docstring)."""
+    ``sum_i ql[i] f_i + q2[i] floor(f_i / 16)`` over the bytes ``f_i`` (see the module docstring); two rows per
+    pass (the query's loads shared)."""
     h = ql.shape[0]
-    for t in range(ids.shape[0]):
+    n = ids.shape[0]
+    c16 = np.float32(0.0625)
+    t = 0
+    while t + 2 <= n:
+        j0 = ids[t]
+        j1 = ids[t + 1]
+        s0 = np.float32(0)
+        s1 = np.float32(0)
+        for i in range(h):
+            f0 = np.float32(codes[j0, i])
+            f1 = np.float32(codes[j1, i])
+            s0 += ql[i] * f0 + q2[i] * np.floor(f0 * c16)
+            s1 += ql[i] * f1 + q2[i] * np.floor(f1 * c16)
+        out[t] = s0
+        out[t + 1] = s1
+        t += 2
+    if t < n:
         j = ids[t]
         s = np.float32(0)
         for i in range(h):
             f = np.float32(codes[j, i])
-            s += ql[i] * f + q2[i] * np.floor(f * np.float32(0.0625))
+            s += ql[i] * f + q2[i] * np.floor(f * c16)
         out[t] = s
 
 

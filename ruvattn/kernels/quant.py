@@ -310,7 +310,8 @@ def dot_rows_int8(qf, codes, ids, out):
 def axpy_rows_int8(w, scales, offsets, has_off, zero, codes, ids, acc):
     """``acc += sum_t w[t] scales[ids[t], 0] codes[ids[t]]`` four rows per pass (one load and store of ``acc``
     per four rows); rows with ``w[t] == 0`` are never read.  Returns ``sum_t w[t] (offset_t - zero scale_t)``
-    (see :func:`axpy_rows_int4`)."""
+    (see :func:`axpy_rows_int4`).  The weight lines repeat :func:`axpy_rows_int4`'s on purpose: as one inlined
+    helper returning the four ids, weights and the term, both loops ran ~10 % slower (A/B, one process)."""
     d = acc.shape[0]
     n = ids.shape[0]
     bt = np.float32(0)

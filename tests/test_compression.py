@@ -406,7 +406,11 @@ def test_paired_tables_equal_separate_ones_with_scales_side_by_side(fmt: str, kw
 
 
 @pytest.mark.parametrize(("fmt", "kw"), [lay for lay in LAYOUTS if lay[0].startswith("int")], ids=IDS[:9])
-def test_every_form_over_paired_tables_is_bit_identical_to_separate_tables(fmt: str, kw: dict[str, Any]) -> None:
+def test_every_form_over_paired_tables_equals_separate_tables(fmt: str, kw: dict[str, Any]) -> None:
+    """The same arithmetic over the same codes and scales, only the scales' layout differs: equal up to the
+    summation order the compiler picks for each layout (fast-math re-association; measured up to 1 float32 ulp,
+    and INT4's unpacking cancels, see test_masked_keys_are_never_read_and_get_weight_zero).  A scale read
+    from the wrong column or row would be off by the size of the values."""
     rng = np.random.default_rng(3)
     n, d, dv = 70, 24, 17
     k = rng.standard_normal((n, d)).astype(np.float32)
@@ -427,7 +431,7 @@ def test_every_form_over_paired_tables_is_bit_identical_to_separate_tables(fmt: 
         lambda kt, vt: att.weights(qs[0], kt),
     ]
     for form in forms:
-        np.testing.assert_array_equal(form(kp, vp), form(ks, vs))
+        np.testing.assert_allclose(form(kp, vp), form(ks, vs), rtol=1e-5, atol=2e-5 * np.abs(v).max())
 
 
 def test_quantize_pair_refuses_what_it_cannot_pair() -> None:

@@ -131,24 +131,27 @@ def _torch_dual(layer: nn.DualSpaceLayer, x, g: nn.Graph, latent, torch):
     n, heads, c = x.shape[0], layer.heads, layer.out_channels
     h = (xt @ p["weight"]).reshape(n, heads, c)
 
-    def branch(src, dst, a_s, a_d):
+    def branch(src, dst, a_s, a_d, query=None):
         keep = src != dst
         loops = np.arange(n)
         s = torch.tensor(np.concatenate([src[keep], loops]))
         d = torch.tensor(np.concatenate([dst[keep], loops]))
-        e = torch.nn.functional.leaky_relu((h * a_s).sum(-1)[s] + (h * a_d).sum(-1)[d], layer.negative_slope)
+        q = h if query is None else query
+        e = torch.nn.functional.leaky_relu((h * a_s).sum(-1)[s] + (q * a_d).sum(-1)[d], layer.negative_slope)
         mx = torch.full((n, heads), -torch.inf, dtype=e.dtype).scatter_reduce(
             0, d[:, None].expand(-1, heads), e, "amax"
         )
         w = torch.exp(e - mx[d])
         w = w / torch.zeros(n, heads, dtype=e.dtype).index_add(0, d, w)[d]
         out = torch.zeros(n, heads, c, dtype=e.dtype).index_add(0, d, w[:, :, None] * h[s])
-        return out.reshape(n, -1) if layer.concat else out.mean(1)
+        return out, out.reshape(n, -1) if layer.concat else out.mean(1)
 
-    og = branch(g.src, g.dst, p["att_src"], p["att_dst"])
+    graph_heads, og = branch(g.src, g.dst, p["att_src"], p["att_dst"])
     k = latent.shape[1]
-    ol = branch(latent.ravel(), np.repeat(np.arange(n), k), p["latent_att_src"], p["latent_att_dst"])
-    outs = [og, ol]
+    lsrc, ldst = latent.ravel(), np.repeat(np.arange(n), k)
+    outs = [og, branch(lsrc, ldst, p["latent_att_src"], p["latent_att_dst"])[1]]
+    if layer.cross:  # the graph branch's per-head output is the query over the latent neighbours
+        outs.append(branch(lsrc, ldst, p["cross_att_src"], p["cross_att_dst"], graph_heads)[1])
     own = h.reshape(n, -1) if layer.concat else h.mean(1)
     if layer.self_path:
         outs.append(own)
@@ -159,15 +162,15 @@ def _torch_dual(layer: nn.DualSpaceLayer, x, g: nn.Graph, latent, torch):
 
 @pytest.mark.parametrize("concat", [True, False])
 @pytest.mark.parametrize(("self_path", "residual"), [(False, False), (True, False), (False, True), (True, True)])
-def test_dual_layer_forward_and_gradients_equal_torch_autograd(concat, self_path, residual):
+@pytest.mark.parametrize("cross", [False, True])
+def test_dual_layer_forward_and_gradients_equal_torch_autograd(concat, self_path, residual, cross):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(6)
     g = _sym_graph(rng, n=16, e=30)
     x = rng.standard_normal((16, 5))
     latent = np.stack([rng.choice(np.delete(np.arange(16), i), 3, replace=False) for i in range(16)])
-    layer = nn.DualSpaceLayer(5, 3, heads=2, concat=concat, k=3, refresh=0, self_path=self_path, residual=residual,
-                              seed=1,
-                              dtype=np.float64).eval()  # fmt: skip
+    layer = nn.DualSpaceLayer(5, 3, heads=2, concat=concat, k=3, refresh=0, cross=cross, self_path=self_path,
+                              residual=residual, seed=1, dtype=np.float64).eval()  # fmt: skip
     for p in layer.parameters():  # non-zero gate and bias: every term of the backward is exercised
         p.data += 0.3 * rng.standard_normal(p.data.shape)
     layer.set_latent(latent)
@@ -182,14 +185,15 @@ def test_dual_layer_forward_and_gradients_equal_torch_autograd(concat, self_path
         np.testing.assert_allclose(par.grad, params[name].grad.numpy(), atol=1e-11, err_msg=name)
     np.testing.assert_allclose(dx, xt.grad.numpy(), atol=1e-11)
     gate = layer.gate()
-    assert gate.shape == (16, 3 if self_path else 2) and 0 < gate.min() and gate.max() < 1
+    assert gate.shape == (16, 2 + cross + self_path) and 0 < gate.min() and gate.max() < 1
     np.testing.assert_allclose(gate.sum(1), 1, rtol=1e-12)
 
 
 def test_dual_layer_gradients_match_finite_differences_with_dropout():
     rng = np.random.default_rng(7)
     g = _sym_graph(rng, n=14, e=30)
-    layer = nn.DualSpaceLayer(4, 3, heads=2, k=2, dropout=0.3, refresh=0, self_path=True, seed=2, dtype=np.float64)
+    layer = nn.DualSpaceLayer(4, 3, heads=2, k=2, dropout=0.3, refresh=0, cross=True, self_path=True, seed=2,
+                              dtype=np.float64)  # fmt: skip
     for p in layer.parameters():
         p.data += 0.2 * rng.standard_normal(p.data.shape)
     layer.set_latent(exact_knn(rng.standard_normal((14, 3)), 2))

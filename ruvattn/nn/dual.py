@@ -170,7 +170,11 @@ class DualSpaceLayer(_GraphAttentionLayer):
     ``h = x W``; the graph branch is GAT's attention (``att_src``, ``att_dst``) over the graph's edges, the latent
     branch the same attention with its own vectors (``latent_att_src``, ``latent_att_dst``) over each node's
     ``k`` latent neighbours (plus itself); heads are concatenated or averaged as in :class:`GATLayer`.  With
-    :math:`o_g, o_\ell` the two outputs; ``self_path=True`` adds a third output, the node's own projection
+    :math:`o_g, o_\ell` the two outputs; ``cross=True`` adds the specification's cross term (FR-004.3,
+    ``Attention(graph_attn, N_latent, N_latent)``): the same attention over the latent neighbours with its own
+    vectors (``cross_att_src``, ``cross_att_dst``) and the graph branch's output, per head, as the query, so the
+    graph summary asks the latent neighbours its own question (:math:`o_c`; its gradient reaches the graph branch
+    through the query); ``self_path=True`` adds a third output, the node's own projection
     :math:`o_s = h_i` (heads combined likewise) to the gated ones; ``residual=True`` adds :math:`o_s` to the output
     outside the gate (:math:`y = o_s + \sum_b \gamma_b o_b + b`: the gate can then shift a node's own prediction
     towards its neighbourhoods but never drop it).
@@ -190,7 +194,8 @@ class DualSpaceLayer(_GraphAttentionLayer):
     """
 
     def __init__(self, in_channels: int, out_channels: int, heads: int = 1, concat: bool = False, k: int = 10,
-                 refresh: int = 20, index: str = "auto", self_path: bool = False, residual: bool = False,
+                 refresh: int = 20, index: str = "auto", cross: bool = False, self_path: bool = False,
+                 residual: bool = False,
                  negative_slope: float = 0.2,
                  dropout: float = 0.0,
                  add_self_loops: bool = True, bias: bool = True, seed: int | np.random.Generator | None = None,
@@ -210,8 +215,13 @@ class DualSpaceLayer(_GraphAttentionLayer):
         self.att_dst = Parameter(glorot(self.rng, (self.heads, self.out_channels), self.dtype), "att_dst")
         self.latent_att_src = Parameter(glorot(self.rng, (self.heads, self.out_channels), self.dtype), "latent_att_src")
         self.latent_att_dst = Parameter(glorot(self.rng, (self.heads, self.out_channels), self.dtype), "latent_att_dst")
-        self.self_path, self.residual = bool(self_path), bool(residual)
-        branches = 3 if self.self_path else 2
+        self.cross, self.self_path, self.residual = bool(cross), bool(self_path), bool(residual)
+        if self.cross:
+            self.cross_att_src = Parameter(glorot(self.rng, (self.heads, self.out_channels), self.dtype),
+                                           "cross_att_src")  # fmt: skip
+            self.cross_att_dst = Parameter(glorot(self.rng, (self.heads, self.out_channels), self.dtype),
+                                           "cross_att_dst")  # fmt: skip
+        branches = 2 + self.cross + self.self_path
         self.gate_weight = Parameter(np.zeros((branches, self.out_width), self.dtype), "gate_weight")
         self.gate_bias = Parameter(np.zeros(branches, self.dtype), "gate_bias")
         self._init_bias()
@@ -275,17 +285,20 @@ class DualSpaceLayer(_GraphAttentionLayer):
 
     # -- forward / backward ------------------------------------------------------------------------------------
 
-    def _branch(self, g: Slots, h: Array, a_src_w: Array, a_dst_w: Array) -> dict[str, Any]:
+    def _branch(self, g: Slots, h: Array, a_src_w: Array, a_dst_w: Array, query: Array | None = None) -> dict[str, Any]:
+        """GAT attention over ``g``'s slots: keys and values ``h``, queries ``query`` (``h`` if ``None``), per head."""
         n = h.shape[0]
         h3 = h.reshape(n, self.heads, self.out_channels)
+        q3 = h3 if query is None else query.reshape(n, self.heads, self.out_channels)
         a_src = np.ascontiguousarray(np.einsum("nhc,hc->nh", h3, a_src_w))
-        a_dst = np.ascontiguousarray(np.einsum("nhc,hc->nh", h3, a_dst_w))
+        a_dst = np.ascontiguousarray(np.einsum("nhc,hc->nh", q3, a_dst_w))
         drop = self._drop(g.src.size)
         alpha = np.empty((g.src.size, self.heads), self.dtype)
         out = np.empty_like(h)
         KT.gat_forward(g.indptr, g.src, a_src, a_dst, h, self.dtype.type(self.negative_slope), drop, alpha, out, CHUNK)
         combined = out if self.concat else out.reshape(n, self.heads, self.out_channels).mean(1)
-        return {"slots": g, "a_src": a_src, "a_dst": a_dst, "drop": drop, "alpha": alpha, "out": combined}
+        return {"slots": g, "a_src": a_src, "a_dst": a_dst, "drop": drop, "alpha": alpha, "raw": out,
+                "query": query, "out": combined}  # fmt: skip
 
     def _forward(self, x: Input, graph: Any) -> Array:
         op = "DualSpaceLayer"
@@ -297,6 +310,10 @@ class DualSpaceLayer(_GraphAttentionLayer):
         gb = self._branch(graph.slots(self.add_self_loops), h, self.att_src.data, self.att_dst.data)
         lb = self._branch(latent.slots(True), h, self.latent_att_src.data, self.latent_att_dst.data)
         outs = [gb["out"], lb["out"]]
+        cb = None
+        if self.cross:  # the graph summary asks the latent neighbours (per head, before the heads are combined)
+            cb = self._branch(latent.slots(True), h, self.cross_att_src.data, self.cross_att_dst.data, gb["raw"])
+            outs.append(cb["out"])
         own = h if self.concat else h.reshape(n, self.heads, self.out_channels).mean(1)
         if self.self_path:
             outs.append(own)
@@ -304,7 +321,7 @@ class DualSpaceLayer(_GraphAttentionLayer):
         score -= score.max(1, keepdims=True)
         gamma = np.exp(score)
         gamma /= gamma.sum(1, keepdims=True)
-        self._saved = {"x": x, "h": h, "graph": gb, "latent": lb, "gamma": gamma, "outs": outs}
+        self._saved = {"x": x, "h": h, "graph": gb, "latent": lb, "cross": cb, "gamma": gamma, "outs": outs}
         y = sum(gamma[:, b, None] * o for b, o in enumerate(outs))
         if self.residual:
             y = y + own
@@ -316,13 +333,16 @@ class DualSpaceLayer(_GraphAttentionLayer):
             )
         return y
 
-    def _branch_backward(
-        self, b: dict[str, Any], h: Array, dout: Array, a_src_w: Parameter, a_dst_w: Parameter
-    ) -> Array:
+    def _branch_backward(self, b: dict[str, Any], h: Array, dout: Array, a_src_w: Parameter, a_dst_w: Parameter,
+                         draw: Array | None = None) -> tuple[Array, Array | None]:  # fmt: skip
+        """Gradients of a branch: ``dout`` of its combined output, ``draw`` added to its per-head output.  Returns
+        the gradient of ``h`` and, for a branch with its own queries, of the queries."""
         n = h.shape[0]
         if not self.concat:
             dout = np.broadcast_to((dout / self.dtype.type(self.heads))[:, None, :], (n, self.heads, self.out_channels))
         dout = np.ascontiguousarray(dout, dtype=self.dtype).reshape(n, -1)
+        if draw is not None:
+            dout = dout + draw
         g = b["slots"]
         dz = np.empty_like(b["alpha"])
         da_dst, da_src, dmsg = np.empty_like(b["a_dst"]), np.empty_like(b["a_src"]), np.empty_like(h)
@@ -331,10 +351,15 @@ class DualSpaceLayer(_GraphAttentionLayer):
                         CHUNK)  # fmt: skip
         h3 = h.reshape(n, self.heads, self.out_channels)
         a_src_w.grad += np.einsum("nh,nhc->hc", da_src, h3)
-        a_dst_w.grad += np.einsum("nh,nhc->hc", da_dst, h3)
         dh = dmsg.reshape(n, self.heads, self.out_channels)
-        dh += da_src[:, :, None] * a_src_w.data + da_dst[:, :, None] * a_dst_w.data
-        return dh.reshape(n, -1)
+        dh += da_src[:, :, None] * a_src_w.data
+        dq = da_dst[:, :, None] * a_dst_w.data
+        if b["query"] is None:
+            a_dst_w.grad += np.einsum("nh,nhc->hc", da_dst, h3)
+            dh += dq
+            return dh.reshape(n, -1), None
+        a_dst_w.grad += np.einsum("nh,nhc->hc", da_dst, b["query"].reshape(n, self.heads, self.out_channels))
+        return dh.reshape(n, -1), dq.reshape(n, -1)
 
     def _backward(self, dy: Array, need_input_grad: bool) -> Array | None:
         s = _saved(self, self._saved)
@@ -352,9 +377,14 @@ class DualSpaceLayer(_GraphAttentionLayer):
             self.gate_weight.grad[b] += dscore[:, b] @ o
         self.gate_bias.grad += dscore.sum(0)
         douts = [gamma[:, b, None] * dy + dscore[:, b, None] * u[b] for b in range(len(outs))]
-        dh = self._branch_backward(gb, h, douts[0], self.att_src, self.att_dst)
-        dh += self._branch_backward(lb, h, douts[1], self.latent_att_src, self.latent_att_dst)
-        own = (douts[2] if self.self_path else 0) + (dy if self.residual else 0)
+        dquery = None
+        dh = np.zeros_like(h)
+        if self.cross:
+            dh_c, dquery = self._branch_backward(s["cross"], h, douts[2], self.cross_att_src, self.cross_att_dst)
+            dh += dh_c
+        dh += self._branch_backward(gb, h, douts[0], self.att_src, self.att_dst, dquery)[0]
+        dh += self._branch_backward(lb, h, douts[1], self.latent_att_src, self.latent_att_dst)[0]
+        own = (douts[-1] if self.self_path else 0) + (dy if self.residual else 0)
         if self.self_path or self.residual:
             n = h.shape[0]
             if self.concat:
@@ -367,8 +397,8 @@ class DualSpaceLayer(_GraphAttentionLayer):
         return dh @ self.weight.data.T
 
     def gate(self) -> Array:
-        """The last forward's gate per node ``(N, branches)``: the graph branch's, the latent branch's and (with
-        ``self_path``) the node's own share; rows sum to 1."""
+        """The last forward's gate per node ``(N, branches)``: the graph branch's, the latent branch's, (with
+        ``cross``) the cross term's and (with ``self_path``) the node's own share; rows sum to 1."""
         return _saved(self, self._saved)["gamma"].copy()
 
     def attention_weights(self, branch: str = "graph") -> tuple[Slots, Array]:
@@ -416,6 +446,7 @@ def dual_space_model(
     index: str = "auto",
     heads: int = 1,
     attention_dropout: float = 0.0,
+    cross: bool = False,
     self_path: bool = False,
     residual: bool = True,
     seed: int | None = None,
@@ -430,8 +461,9 @@ def dual_space_model(
     """
     rng = np.random.default_rng(seed)
     dt = _float_dtype(dtype)
-    head = DualSpaceLayer(hidden, num_classes, heads=heads, k=k, refresh=refresh, index=index, self_path=self_path,
-                          residual=residual, dropout=attention_dropout, seed=rng, dtype=dt)  # fmt: skip
+    head = DualSpaceLayer(hidden, num_classes, heads=heads, k=k, refresh=refresh, index=index, cross=cross,
+                          self_path=self_path, residual=residual, dropout=attention_dropout, seed=rng,
+                          dtype=dt)  # fmt: skip
     return Sequential(
         *_grand_trunk(num_features, hidden, order, dropnode, input_dropout, hidden_dropout, rng, dt), head
     )

@@ -200,6 +200,30 @@ def test_dual_layer_gradients_match_finite_differences_with_dropout():
     _check_fd(layer, rng.standard_normal((14, 4)), g)
 
 
+def test_cross_weights_are_a_softmax_over_the_latent_slots_with_the_graph_summary_as_query():
+    rng = np.random.default_rng(12)
+    g = _sym_graph(rng, n=15, e=30)
+    layer = nn.DualSpaceLayer(4, 3, heads=2, concat=True, k=3, refresh=0, cross=True, seed=3, dtype=np.float64).eval()
+    latent = exact_knn(rng.standard_normal((15, 3)), 3)
+    layer.set_latent(latent)
+    x = rng.standard_normal((15, 4))
+    layer(x, g)
+    h = (x @ layer.weight.data).reshape(15, 2, 3)
+    gslots, galpha = layer.attention_weights("graph")  # the graph summary, per head, from its own weights
+    query = np.zeros_like(h)
+    np.add.at(query, np.repeat(np.arange(15), np.diff(gslots.indptr)), galpha[:, :, None] * h[gslots.src])
+    slots, alpha = layer.attention_weights("cross")
+    for i in range(15):
+        nb = slots.src[slots.indptr[i] : slots.indptr[i + 1]]
+        assert sorted(nb) == sorted([*latent[i], i])
+        e = (h[nb] * layer.cross_att_src.data).sum(-1) + (query[i] * layer.cross_att_dst.data).sum(-1)
+        e = np.where(e > 0, e, layer.negative_slope * e)
+        w = np.exp(e - e.max(0))
+        np.testing.assert_allclose(alpha[slots.indptr[i] : slots.indptr[i + 1]], w / w.sum(0), rtol=1e-12)
+    with pytest.raises(InvalidConfig, match="'graph', 'latent'; got 'cross'"):
+        nn.DualSpaceLayer(4, 3, k=3, refresh=0).attention_weights("cross")
+
+
 def test_latent_neighbours_follow_the_embedding_every_refresh_training_steps():
     rng = np.random.default_rng(8)
     g = _sym_graph(rng, n=40, e=60)

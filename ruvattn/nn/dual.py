@@ -377,13 +377,13 @@ class DualSpaceLayer(_GraphAttentionLayer):
             self.gate_weight.grad[b] += dscore[:, b] @ o
         self.gate_bias.grad += dscore.sum(0)
         douts = [gamma[:, b, None] * dy + dscore[:, b, None] * u[b] for b in range(len(outs))]
-        dquery = None
-        dh = np.zeros_like(h)
-        if self.cross:
-            dh_c, dquery = self._branch_backward(s["cross"], h, douts[2], self.cross_att_src, self.cross_att_dst)
-            dh += dh_c
-        dh += self._branch_backward(gb, h, douts[0], self.att_src, self.att_dst, dquery)[0]
+        dh_cross, dquery = None, None
+        if self.cross:  # first: its query's gradient joins the graph branch's output gradient
+            dh_cross, dquery = self._branch_backward(s["cross"], h, douts[2], self.cross_att_src, self.cross_att_dst)
+        dh = self._branch_backward(gb, h, douts[0], self.att_src, self.att_dst, dquery)[0]
         dh += self._branch_backward(lb, h, douts[1], self.latent_att_src, self.latent_att_dst)[0]
+        if dh_cross is not None:
+            dh += dh_cross
         own = (douts[-1] if self.self_path else 0) + (dy if self.residual else 0)
         if self.self_path or self.residual:
             n = h.shape[0]
@@ -402,11 +402,13 @@ class DualSpaceLayer(_GraphAttentionLayer):
         return _saved(self, self._saved)["gamma"].copy()
 
     def attention_weights(self, branch: str = "graph") -> tuple[Slots, Array]:
-        """The last forward's slots and weights ``(S, heads)`` before dropout of ``branch`` (``"graph"`` or
-        ``"latent"``)."""
-        if branch not in ("graph", "latent"):
+        """The last forward's slots and weights ``(S, heads)`` before dropout of ``branch`` (``"graph"``,
+        ``"latent"`` or, with ``cross=True``, ``"cross"``: the latent slots weighted by the graph summary's query)."""
+        names = ("graph", "latent", "cross") if self.cross else ("graph", "latent")
+        if branch not in names:
             raise InvalidConfig(
-                f"DualSpaceLayer.attention_weights: branch must be 'graph' or 'latent'; got {branch!r}."
+                f"DualSpaceLayer.attention_weights: branch must be one of {', '.join(map(repr, names))}; "
+                f"got {branch!r}."
             )
         b = _saved(self, self._saved)[branch]
         return b["slots"], b["alpha"]

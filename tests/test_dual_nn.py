@@ -121,6 +121,26 @@ def test_propagation_refuses_what_it_cannot_propagate():
         nn.Propagation(order=-1)
 
 
+def test_grand_model_in_evaluation_is_grands_formula_with_the_bias_after_the_propagation():
+    rng = np.random.default_rng(6)
+    g = _sym_graph(rng, n=18, e=40)
+    x = sp.random(18, 12, density=0.3, format="csr", random_state=1)
+    model = nn.grand_model(12, 3, hidden=5, order=3, seed=0, dtype=np.float64)
+    for p in model.parameters():
+        p.data += rng.standard_normal(p.data.shape)  # non-zero biases
+    params = {name: p.data for name, p in model.named_parameters()}
+    (w1,) = [v for k, v in params.items() if v.shape == (12, 5)]
+    (b1,) = [v for k, v in params.items() if v.shape == (5,)]
+    w2, b2 = [v for k, v in params.items() if v.shape in ((5, 3), (3,))]
+    a = _dense_ahat(g)
+    prop = sum(np.linalg.matrix_power(a, k) for k in range(4)) / 4
+    want = np.maximum(prop @ x.toarray() @ w1 + b1, 0) @ w2 + b2  # GRAND: MLP(mean_k Â^k X), bias after propagation
+    np.testing.assert_allclose(model.eval()(x, g), want, rtol=1e-10, atol=1e-12)
+    dual = nn.dual_space_model(12, 3, hidden=5, order=3, seed=0, dtype=np.float64)
+    assert [type(m) for m in dual.layers[:-1]] == [type(m) for m in model.layers[:-1]]
+    assert dual.layers[1].init == "gcn" and np.abs(dual.layers[1].weight.data).max() <= 1 / np.sqrt(5)
+
+
 # -- DualSpaceLayer ------------------------------------------------------------------------------------------------
 
 

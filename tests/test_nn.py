@@ -245,7 +245,8 @@ def test_two_layer_model_gradients_match_finite_differences():
     src, dst, n = _edges(rng, n=15, e=40)
     x = rng.standard_normal((n, 6))
     model = nn.Sequential(
-        nn.Dropout(0.2, seed=1), nn.Linear(6, 6, seed=2, dtype=np.float64), nn.LeakyReLU(0.1),
+        nn.Dropout(0.2, seed=1), nn.Linear(6, 6, bias=False, seed=2, dtype=np.float64), nn.Bias(6, np.float64),
+        nn.LeakyReLU(0.1),
         nn.GATLayer(6, 3, heads=2, dropout=0.2, seed=3, dtype=np.float64), nn.ELU(), nn.ReLU(),
         nn.GATv2Layer(6, 4, heads=2, concat=False, seed=4, dtype=np.float64),
     )  # fmt: skip
@@ -303,6 +304,33 @@ def test_dropout_keeps_expectation_and_is_identity_in_eval():
     assert set(zip(*ys.nonzero(), strict=True)) <= set(zip(*xs.nonzero(), strict=True))  # a zero entry stays zero
     assert abs(ys.nnz / xs.nnz - 0.4) < 0.05
     assert d.backward(np.ones((300, 200))) is None  # a sparse input has no gradient
+
+
+def test_bias_adds_one_learned_value_per_channel():
+    rng = np.random.default_rng(15)
+    x, dy = rng.standard_normal((7, 4)), rng.standard_normal((7, 4))
+    layer = nn.Bias(4, dtype=np.float64)
+    layer.bias.data[...] = [0.5, -1.0, 2.0, 0.0]
+    np.testing.assert_array_equal(layer(x), x + np.array([0.5, -1.0, 2.0, 0.0]))
+    np.testing.assert_array_equal(layer.backward(dy), dy)
+    np.testing.assert_allclose(layer.bias.grad, dy.sum(0), rtol=1e-15)
+    with pytest.raises(DimensionMismatch, match=r"\(N, 4\)"):
+        layer(np.ones((3, 5)))
+    with pytest.raises(InvalidConfig, match="dense"):
+        layer(sp.csr_matrix(np.ones((3, 4))))
+    with pytest.raises(InvalidConfig, match="positive integer"):
+        nn.Bias(0)
+
+
+def test_linear_gcn_init_is_uniform_over_one_over_sqrt_out():
+    w = nn.Linear(300, 49, seed=0, init="gcn", dtype=np.float64).weight.data  # bound 1/7
+    assert np.abs(w).max() <= 1 / 7 and np.abs(w).max() > 0.99 / 7
+    assert abs(w.var() - (1 / 7) ** 2 / 3) < 0.03 * (1 / 7) ** 2 / 3  # U(-a, a) has variance a^2 / 3
+    g = nn.Linear(300, 49, seed=0, dtype=np.float64).weight.data
+    assert np.abs(g).max() <= np.sqrt(6 / 349) and np.abs(g).max() > 0.99 * np.sqrt(6 / 349)  # glorot by default
+    assert "init='gcn'" in repr(nn.Linear(3, 2, init="gcn"))
+    with pytest.raises(InvalidConfig, match="init"):
+        nn.Linear(3, 2, init="kaiming")
 
 
 def test_results_do_not_depend_on_thread_count():

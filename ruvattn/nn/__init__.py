@@ -15,6 +15,7 @@ See :mod:`ruvattn.optim` for the optimizers and schedules.
 
 from ruvattn.nn.core import (
     ELU,
+    Bias,
     Dropout,
     Identity,
     LeakyReLU,
@@ -31,6 +32,7 @@ from ruvattn.nn.gat import GATLayer, GATv2Layer, Graph
 
 __all__ = [
     "ELU",
+    "Bias",
     "Dropout",
     "DualSpaceLayer",
     "GATLayer",

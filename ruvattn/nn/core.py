@@ -31,6 +31,7 @@ from ruvattn.errors import DimensionMismatch, InvalidConfig, NumericalInstabilit
 
 __all__ = [
     "ELU",
+    "Bias",
     "Dropout",
     "Identity",
     "LeakyReLU",
@@ -374,17 +375,32 @@ def weight_grad(x: Input, dy: Array) -> Array:
     return np.asarray(x.T @ dy) if sp.issparse(x) else x.T @ dy
 
 
+_LINEAR_INITS = ("glorot", "gcn")
+
+
 class Linear(Module):
-    """``y = x W + b`` with ``W (in_features, out_features)``; ``x`` dense or sparse (CSR).  Glorot-uniform ``W``,
-    zero ``b`` (PyG's ``Linear(weight_initializer="glorot")``)."""
+    """``y = x W + b`` with ``W (in_features, out_features)``; ``x`` dense or sparse (CSR).  Zero ``b``; ``W`` is
+    Glorot-uniform (``init="glorot"``, PyG's ``Linear(weight_initializer="glorot")``) or, with ``init="gcn"``,
+    :math:`U(-1/\\sqrt{\\text{out}}, 1/\\sqrt{\\text{out}})`, the initialisation of the GCN authors' reference code,
+    which GRAND's code (:func:`~ruvattn.nn.grand_model`) also uses."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 seed: int | np.random.Generator | None = None, dtype: Any = np.float32) -> None:  # fmt: skip
+                 seed: int | np.random.Generator | None = None, dtype: Any = np.float32,
+                 init: str = "glorot") -> None:  # fmt: skip
         dt = _float_dtype(dtype)
+        if init not in _LINEAR_INITS:
+            raise InvalidConfig(f"Linear: init must be one of {', '.join(map(repr, _LINEAR_INITS))}; got {init!r}.")
         rng = _rng(seed)
         self.in_features, self.out_features = int(in_features), int(out_features)
-        self.weight = Parameter(glorot(rng, (self.in_features, self.out_features), dt), "weight")
+        shape = (self.in_features, self.out_features)
+        if init == "glorot":
+            w = glorot(rng, shape, dt)
+        else:
+            bound = 1.0 / math.sqrt(self.out_features)
+            w = rng.uniform(-bound, bound, shape).astype(dt)
+        self.weight = Parameter(w, "weight")
         self.bias = Parameter(np.zeros(self.out_features, dt), "bias") if bias else None
+        self.init = init
         self._x: Input = None
 
     def forward(self, x: Input, graph: Any = None) -> Array:
@@ -403,7 +419,32 @@ class Linear(Module):
         return dy @ self.weight.data.T
 
     def __repr__(self) -> str:
-        return f"Linear({self.in_features}, {self.out_features}, bias={self.bias is not None})"
+        init = "" if self.init == "glorot" else f", init={self.init!r}"
+        return f"Linear({self.in_features}, {self.out_features}, bias={self.bias is not None}{init})"
+
+
+class Bias(Module):
+    """``y = x + b``, a learned bias per channel ``b (channels,)`` (zero at the start) -- for a bias after a layer
+    that has none, such as GRAND's hidden-layer bias after :class:`~ruvattn.nn.Propagation`."""
+
+    def __init__(self, channels: int, dtype: Any = np.float32) -> None:
+        if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or channels < 1:
+            raise InvalidConfig(f"Bias: channels must be a positive integer; got {channels!r}.")
+        self.channels = int(channels)
+        self.bias = Parameter(np.zeros(self.channels, _float_dtype(dtype)), "bias")
+
+    def forward(self, x: Input, graph: Any = None) -> Array:
+        x = check_features("Bias", x, self.channels, self.bias.data.dtype)
+        if sp.issparse(x):
+            raise InvalidConfig("Bias: x must be dense (adding a bias to a sparse matrix fills it).")
+        return np.asarray(x) + self.bias.data
+
+    def backward(self, dy: Array, need_input_grad: bool = True) -> Array | None:
+        self.bias.grad += np.asarray(dy).sum(0)
+        return dy if need_input_grad else None
+
+    def __repr__(self) -> str:
+        return f"Bias({self.channels})"
 
 
 def softmax_cross_entropy(logits: Array, labels: Any, index: Any = None) -> tuple[float, Array]:

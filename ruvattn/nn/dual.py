@@ -34,6 +34,7 @@ from ruvattn.errors import DimensionMismatch, InvalidConfig, NumericalInstabilit
 from ruvattn.kernels import training as KT
 from ruvattn.nn.core import (
     Array,
+    Bias,
     Dropout,
     Input,
     Linear,
@@ -425,11 +426,13 @@ class DualSpaceLayer(_GraphAttentionLayer):
 def _grand_trunk(num_features: int, hidden: int, order: int, dropnode: float, input_dropout: float,
                  hidden_dropout: float, rng: np.random.Generator, dtype: np.dtype) -> list[Module]:  # fmt: skip
     """GRAND's augmentation and hidden layer, the linear map first (it commutes with the propagation, which then
-    runs on ``hidden`` channels instead of the raw features)."""
+    runs on ``hidden`` channels instead of the raw features) and its bias after the propagation, where GRAND's
+    code adds it; the weight initialised as in GRAND's code (``Linear(init="gcn")``)."""
     return [
         Dropout(input_dropout, seed=rng),
-        Linear(num_features, hidden, bias=False, seed=rng, dtype=dtype),
+        Linear(num_features, hidden, bias=False, seed=rng, dtype=dtype, init="gcn"),
         Propagation(order, dropnode, seed=rng),
+        Bias(hidden, dtype=dtype),
         ReLU(),
         Dropout(hidden_dropout, seed=rng),
     ]
@@ -454,11 +457,12 @@ def dual_space_model(
     seed: int | None = None,
     dtype: Any = np.float32,
 ) -> Sequential:
-    """Dropout(``input_dropout``) → Linear(features, ``hidden``, no bias) → :class:`Propagation` (``order``,
-    ``dropnode``) → ReLU → Dropout(``hidden_dropout``) → :class:`DualSpaceLayer` (``hidden`` → classes, ``heads``
-    averaged, ``k`` latent neighbours rebuilt every ``refresh`` training steps, residual by default).
+    """Dropout(``input_dropout``) → Linear(features, ``hidden``, no bias, ``init="gcn"``) → :class:`Propagation`
+    (``order``, ``dropnode``) → :class:`Bias` → ReLU → Dropout(``hidden_dropout``) → :class:`DualSpaceLayer`
+    (``hidden`` → classes, ``heads`` averaged, ``k`` latent neighbours rebuilt every ``refresh`` training steps,
+    residual by default).
 
-    The first five layers are GRAND's augmentation and hidden layer (:func:`grand_model`); train it with
+    The first six layers are GRAND's augmentation and hidden layer (:func:`grand_model`); train it with
     ``fit(..., samples=4, consistency=1.0, temperature=0.5, patience=200)`` (GRAND's Cora settings).
     """
     rng = np.random.default_rng(seed)

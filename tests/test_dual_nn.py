@@ -139,6 +139,7 @@ def test_grand_model_in_evaluation_is_grands_formula_with_the_bias_after_the_pro
     dual = nn.dual_space_model(12, 3, hidden=5, order=3, seed=0, dtype=np.float64)
     assert [type(m) for m in dual.layers[:-1]] == [type(m) for m in model.layers[:-1]]
     assert dual.layers[1].init == "gcn" and np.abs(dual.layers[1].weight.data).max() <= 1 / np.sqrt(5)
+    assert (model.layers[3].p, dual.layers[3].p) == (0.0, 0.3)  # dropout on the propagated features: dual only
 
 
 # -- DualSpaceLayer ------------------------------------------------------------------------------------------------

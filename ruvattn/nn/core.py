@@ -381,8 +381,10 @@ _LINEAR_INITS = ("glorot", "gcn")
 class Linear(Module):
     """``y = x W + b`` with ``W (in_features, out_features)``; ``x`` dense or sparse (CSR).  Zero ``b``; ``W`` is
     Glorot-uniform (``init="glorot"``, PyG's ``Linear(weight_initializer="glorot")``) or, with ``init="gcn"``,
-    :math:`U(-1/\\sqrt{\\text{out}}, 1/\\sqrt{\\text{out}})`, the initialisation of the GCN authors' reference code,
-    which GRAND's code (:func:`~ruvattn.nn.grand_model`) also uses."""
+    :math:`U(-1/\\sqrt{\\text{out}}, 1/\\sqrt{\\text{out}})`, the initialisation of pygcn (the GCN authors' PyTorch
+    code), which :func:`~ruvattn.nn.grand_model`'s hidden layer uses.  (GRAND's code, built on pygcn, calls
+    ``normal_(-stdv, stdv)`` instead: a normal draw with mean :math:`-1/\\sqrt{\\text{out}}`; on Cora it gave the same
+    accuracy, see ``docs/research/dual_space.md``.)"""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  seed: int | np.random.Generator | None = None, dtype: Any = np.float32,

@@ -436,10 +436,9 @@ class Bias(Module):
         self.bias = Parameter(np.zeros(self.channels, _float_dtype(dtype)), "bias")
 
     def forward(self, x: Input, graph: Any = None) -> Array:
-        x = check_features("Bias", x, self.channels, self.bias.data.dtype)
-        if sp.issparse(x):
+        if sp.issparse(x):  # before the check, which would copy it to CSR first
             raise InvalidConfig("Bias: x must be dense (adding a bias to a sparse matrix fills it).")
-        return np.asarray(x) + self.bias.data
+        return check_features("Bias", x, self.channels, self.bias.data.dtype) + self.bias.data
 
     def backward(self, dy: Array, need_input_grad: bool = True) -> Array | None:
         self.bias.grad += np.asarray(dy).sum(0)
